@@ -1,0 +1,161 @@
+"""Alpaca-format records: download, load, validate, subset and split.
+
+A record is a dict with string fields `instruction`, `input` and `output`. Every record is checked on
+load; a broken file stops the job with one line naming the file, the record and the field.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import fail
+from .io_utils import atomic_write_bytes
+
+REQUIRED_FIELDS = ("instruction", "input", "output")
+
+ALPACA_DATA_URL = "https://raw.githubusercontent.com/tatsu-lab/stanford_alpaca/main/alpaca_data.json"
+ALPACA_DATA_SHA256 = "2eddafc6b977608d778aaab8dfc7e50e547b3af9826dfb9e909d9fc362e4a419"
+DEFAULT_DATA_PATH = "alpaca_data.json"
+
+
+# ---------------------------------------------------------------------------------------------
+# Download of the original Alpaca data (not redistributed: CC BY-NC 4.0)
+# ---------------------------------------------------------------------------------------------
+def download_alpaca_data(destination: Path, url: str | None = None) -> None:
+    """Fetch alpaca_data.json, check its sha256 and store it atomically."""
+    url = url or os.environ.get("ALPACA_DATA_URL", ALPACA_DATA_URL)
+    print(f"{destination} not found: downloading the Stanford Alpaca data from {url}")
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response:
+            payload = response.read()
+    except Exception as error:  # any network failure means the same thing to the user
+        fail(
+            f"cannot download {destination.name} from {url} ({type(error).__name__}: {error}); "
+            f"download it by hand into {destination} (sha256 {ALPACA_DATA_SHA256}) or pass --data_path"
+        )
+    digest = hashlib.sha256(payload).hexdigest()
+    if digest != ALPACA_DATA_SHA256:
+        fail(f"downloaded {url} has sha256 {digest}, expected {ALPACA_DATA_SHA256}; not saved")
+    atomic_write_bytes(destination, payload)
+    print(f"saved {destination} ({len(payload):,} bytes, sha256 verified)")
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading and validation
+# ---------------------------------------------------------------------------------------------
+def load_records(data_path: str) -> list[dict]:
+    """Records from a .json list, a .jsonl file or a datasets hub id, each validated, each given an `id`."""
+    path = Path(data_path)
+    if not path.exists() and data_path == DEFAULT_DATA_PATH:
+        download_alpaca_data(path)
+    if path.is_file():
+        if path.suffix == ".json":
+            raw = _read_json_list(path)
+        elif path.suffix == ".jsonl":
+            raw = _read_jsonl(path)
+        else:
+            fail(f"{path}: unsupported data file type '{path.suffix}' (use .json or .jsonl)")
+    elif path.exists():
+        fail(f"{path}: is a directory, expected a .json or .jsonl file")
+    elif path.suffix in (".json", ".jsonl"):
+        fail(f"{path}: no such file")
+    else:
+        raw = _load_hub_dataset(data_path)
+    records = [validate_record(record, data_path, index) for index, record in enumerate(raw)]
+    if not records:
+        fail(f"{data_path}: holds no records")
+    return records
+
+
+def _read_json_list(path: Path) -> list:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        fail(f"{path}: broken JSON at line {error.lineno} column {error.colno}: {error.msg}")
+    except UnicodeDecodeError as error:
+        fail(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})")
+    if not isinstance(data, list):
+        fail(f"{path}: top level must be a JSON list of records, found {type(data).__name__}")
+    return data
+
+
+def _read_jsonl(path: Path) -> list:
+    records = []
+    with path.open(encoding="utf-8") as handle:
+        for line_number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as error:
+                fail(f"{path}: line {line_number} (record {len(records)}): broken JSON: {error.msg}")
+    return records
+
+
+def _load_hub_dataset(dataset_id: str) -> list:
+    try:
+        import datasets
+
+        dataset = datasets.load_dataset(dataset_id, split="train")
+    except Exception as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        fail(f"{dataset_id}: not a local .json/.jsonl file and not loadable as a datasets hub id ({first_line})")
+    return [dict(row) for row in dataset]
+
+
+def validate_record(record, source: str, index: int) -> dict:
+    """The record with its `id`, or a one-line error naming file, record index and field."""
+    if not isinstance(record, dict):
+        fail(f"{source}: record {index}: expected an object with {', '.join(REQUIRED_FIELDS)}, found {type(record).__name__}")
+    for field in REQUIRED_FIELDS:
+        if field not in record:
+            fail(f"{source}: record {index}: missing field '{field}'")
+        if not isinstance(record[field], str):
+            fail(f"{source}: record {index}: field '{field}' must be a string, found {type(record[field]).__name__}")
+    if not record["instruction"].strip():
+        fail(f"{source}: record {index}: field 'instruction' is empty")
+    record_id = record.get("id", index)
+    return {"id": record_id, **{field: record[field] for field in REQUIRED_FIELDS}}
+
+
+# ---------------------------------------------------------------------------------------------
+# Subset and held-out split
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class DataSplit:
+    train: list[dict]
+    val: list[dict]
+    empty_outputs: int  # records kept whose output is empty: they teach the model to stop at once
+
+
+def resolve_val_size(val_set_size: float, n_records: int) -> int:
+    if val_set_size < 0:
+        fail(f"--val_set_size must be >= 0, got {val_set_size}")
+    size = round(val_set_size * n_records) if 0 < val_set_size < 1 else int(val_set_size)
+    if size >= n_records:
+        fail(
+            f"--val_set_size {val_set_size} leaves no training records out of {n_records}; "
+            "pass a smaller count or a fraction such as 0.1"
+        )
+    return size
+
+
+def split_records(records: list[dict], val_set_size: float, max_samples: int | None, seed: int) -> DataSplit:
+    """Deterministic: the same records, seed and sizes always give the same subset and split."""
+    order = list(range(len(records)))
+    random.Random(seed).shuffle(order)
+    if max_samples is not None:
+        if max_samples < 1:
+            fail(f"--max_samples must be >= 1, got {max_samples}")
+        order = order[:max_samples]
+    n_val = resolve_val_size(val_set_size, len(order))
+    val = [records[i] for i in order[:n_val]]
+    train = [records[i] for i in order[n_val:]]
+    empty_outputs = sum(1 for record in train + val if not record["output"].strip())
+    return DataSplit(train=train, val=val, empty_outputs=empty_outputs)

@@ -1,0 +1,130 @@
+"""Loading the tokenizer and the base model (quantized or not) and putting LoRA on it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from .errors import fail
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """A local directory as an absolute path (so run folders stay valid from anywhere), a hub id unchanged."""
+    path = Path(name_or_path).expanduser()
+    return str(path.resolve()) if path.is_dir() else name_or_path
+
+
+def resolve_compute_dtype(name: str) -> torch.dtype:
+    if name != "auto":
+        return DTYPES[name]
+    if torch.cuda.is_available():
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def check_bitsandbytes(quantization: str) -> None:
+    """Say exactly what is missing when a quantized base is asked for and bitsandbytes cannot serve it."""
+    if quantization == "none":
+        return
+    try:
+        import bitsandbytes  # noqa: F401
+    except Exception as error:
+        fail(
+            f"--quantization {quantization} needs bitsandbytes, which failed to import "
+            f"({type(error).__name__}: {error}); install it with `pip install 'bitsandbytes>=0.48'` "
+            "or train without quantization: --quantization none"
+        )
+    if quantization == "int8" and not torch.cuda.is_available():
+        fail("--quantization int8 needs a CUDA GPU (bitsandbytes' 8-bit matmul has no CPU kernel); use nf4 or none on the CPU")
+
+
+def quantization_config(quantization: str, compute_dtype: torch.dtype, double_quant: bool = True, quant_storage: str = "uint8"):
+    from transformers import BitsAndBytesConfig
+
+    if quantization == "none":
+        return None
+    if quantization == "int8":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    storage = torch.uint8 if quant_storage == "uint8" else DTYPES[quant_storage]
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=quantization,
+        bnb_4bit_use_double_quant=double_quant,
+        bnb_4bit_compute_dtype=compute_dtype,
+        bnb_4bit_quant_storage=storage,
+    )
+
+
+def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as error:
+        fail(f"cannot load the tokenizer of '{name_or_path}': {_first_line(error)}")
+    if tokenizer.pad_token is None:
+        # Never add a token: that resizes the embeddings and breaks adapter reloading (peft#2415).
+        # The pad id only fills batch tails; labels are built by position, so EOS stays learned.
+        tokenizer.pad_token = tokenizer.unk_token if tokenizer.unk_token is not None else tokenizer.eos_token
+    return tokenizer
+
+
+def default_device_map():
+    """Each process's model on its own GPU (DDP); None on the CPU."""
+    if not torch.cuda.is_available():
+        return None
+    return {"": int(os.environ.get("LOCAL_RANK", 0))}
+
+
+def load_base_model(
+    name_or_path: str,
+    quantization: str = "none",
+    compute_dtype: torch.dtype = torch.float32,
+    double_quant: bool = True,
+    quant_storage: str = "uint8",
+    attn_implementation: str = "sdpa",
+    trust_remote_code: bool = False,
+    device_map=None,
+):
+    from transformers import AutoModelForCausalLM
+
+    check_bitsandbytes(quantization)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            name_or_path,
+            quantization_config=quantization_config(quantization, compute_dtype, double_quant, quant_storage),
+            dtype=compute_dtype,
+            attn_implementation=attn_implementation,
+            trust_remote_code=trust_remote_code,
+            use_safetensors=True,
+            device_map=device_map,
+        )
+    except (OSError, ValueError, ImportError) as error:
+        fail(f"cannot load the base model '{name_or_path}': {_first_line(error)}")
+    return model
+
+
+def add_lora(model, r: int, alpha: int, dropout: float, target_modules: str, gradient_checkpointing: bool, checkpointing_kwargs=None):
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False):
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=gradient_checkpointing, gradient_checkpointing_kwargs=checkpointing_kwargs
+        )
+    elif gradient_checkpointing:
+        model.enable_input_require_grads()
+    targets = target_modules if target_modules == "all-linear" else [m.strip() for m in target_modules.split(",") if m.strip()]
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, bias="none", task_type="CAUSAL_LM")
+    try:
+        return get_peft_model(model, config)
+    except ValueError as error:
+        fail(f"--lora_target_modules {target_modules}: {_first_line(error)}")
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

@@ -1,0 +1,79 @@
+"""Turning records into training examples: token ids and labels with the prompt masked out.
+
+The end-of-sequence token is appended to every response that fits and is always a label, so the
+model learns to stop. Labels are built here from positions, never derived from pad ids, so a
+tokenizer whose pad token equals its EOS token cannot mask the EOS out of the loss.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .errors import fail
+from .prompts import build_prompt
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class TokenizedExample:
+    input_ids: list[int]
+    labels: list[int]
+    truncated: bool
+
+
+@dataclass
+class TokenizationReport:
+    examples: int = 0
+    truncated: int = 0  # longer than max_seq_length: the response was cut and has no EOS
+    prompt_too_long: int = 0  # the prompt alone fills max_seq_length: nothing left to learn, left out
+    left_out_ids: list = field(default_factory=list)
+
+    def summary(self, name: str) -> str:
+        return (
+            f"{name}: {self.examples} examples, {self.truncated} truncated to max_seq_length, "
+            f"{self.prompt_too_long} left out because their prompt alone fills max_seq_length"
+        )
+
+
+def tokenize_example(
+    record: dict, tokenizer, template: str, max_seq_length: int, train_on_inputs: bool
+) -> TokenizedExample | None:
+    """One record as ids and labels; None when its prompt leaves no room for a single response token."""
+    prompt = build_prompt(record, template, tokenizer)
+    prompt_ids = tokenizer(prompt)["input_ids"]
+    full_ids = tokenizer(prompt + record["output"])["input_ids"]
+    if full_ids[: len(prompt_ids)] != prompt_ids:
+        # The tokenizer merged the last prompt token with the first response token: keep the prompt's
+        # own tokens so the masked prefix is exactly what generation will be given.
+        full_ids = prompt_ids + tokenizer(record["output"], add_special_tokens=False)["input_ids"]
+    input_ids = full_ids + [tokenizer.eos_token_id]
+    if len(prompt_ids) >= max_seq_length:
+        return None
+    truncated = len(input_ids) > max_seq_length
+    input_ids = input_ids[:max_seq_length]
+    prompt_labels = input_ids[: len(prompt_ids)] if train_on_inputs else [IGNORE_INDEX] * len(prompt_ids)
+    labels = prompt_labels + input_ids[len(prompt_ids) :]
+    # No token predicts the first one. Ignoring it here also keeps packed examples apart in the
+    # loss: in a packed row the previous example's last token would otherwise "predict" it.
+    labels[0] = IGNORE_INDEX
+    return TokenizedExample(input_ids=input_ids, labels=labels, truncated=truncated)
+
+
+def tokenize_records(
+    records: list[dict], tokenizer, template: str, max_seq_length: int, train_on_inputs: bool
+) -> tuple[list[dict], TokenizationReport]:
+    if tokenizer.eos_token_id is None:
+        fail(f"the tokenizer of '{tokenizer.name_or_path}' has no EOS token; training could not teach it to stop")
+    report = TokenizationReport()
+    examples = []
+    for record in records:
+        example = tokenize_example(record, tokenizer, template, max_seq_length, train_on_inputs)
+        if example is None:
+            report.prompt_too_long += 1
+            report.left_out_ids.append(record["id"])
+            continue
+        report.examples += 1
+        report.truncated += example.truncated
+        examples.append({"input_ids": example.input_ids, "labels": example.labels})
+    return examples, report

@@ -1,0 +1,202 @@
+"""The training job: data -> tokenized examples -> quantized base + LoRA -> Trainer -> run folder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from transformers.trainer_callback import ProgressCallback
+
+from . import run_folder as rf
+from .collators import PackedCollator, PaddedCollator, pop_token_counts
+from .config import TrainingConfig, parse_training_config
+from .data import split_records, load_records
+from .errors import fail
+from .io_utils import atomic_write_json, atomic_write_jsonl
+from .modeling import add_lora, load_base_model, load_tokenizer, resolve_compute_dtype, resolve_model_path, default_device_map
+from .plots import plot_loss_curve
+from .tokenization import tokenize_records
+from .trainer import InstructionTrainer, JsonlLogCallback, LossProgressCallback, read_log
+
+
+def resolve_resume(resume: str | None, output_dir: str) -> str | None:
+    """--resume_from_checkpoint: a checkpoint folder, or true for the newest one in the run folder."""
+    if resume is None or resume.lower() in ("", "false", "no"):
+        return None
+    if resume.lower() in ("true", "yes", "1", "last"):
+        checkpoint = rf.last_checkpoint(output_dir)
+        if checkpoint is None:
+            fail(f"--resume_from_checkpoint true: no checkpoint-* folder in {output_dir}")
+        return checkpoint
+    if not (Path(resume) / "trainer_state.json").is_file():
+        fail(f"--resume_from_checkpoint {resume}: not a checkpoint folder (no trainer_state.json)")
+    return resume
+
+
+@torch.no_grad()
+def attention_honours_packing(model, token_ids: list[int]) -> bool:
+    """Check on the real model that two examples packed in one row do not attend to each other.
+
+    Models whose attention ignores restarting position ids would silently mix examples (trl#1230).
+    """
+    first, second = token_ids[:7], token_ids[7:16]
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    alone = model(input_ids=torch.tensor([second], device=device), use_cache=False).logits[0]
+    packed_ids = torch.tensor([first + second], device=device)
+    positions = torch.tensor([list(range(len(first))) + list(range(len(second)))], device=device)
+    packed = model(input_ids=packed_ids, position_ids=positions, use_cache=False).logits[0, len(first):]
+    model.train(was_training)
+    scale = float(alone.abs().max()) + 1.0
+    return float((packed - alone).abs().max()) <= 1e-2 * scale
+
+
+def build_collator(config: TrainingConfig, tokenizer, model, sample_ids: list[int]):
+    if config.data.packing:
+        if attention_honours_packing(model, sample_ids):
+            return PackedCollator(pad_token_id=tokenizer.pad_token_id, max_row_length=config.data.max_seq_length)
+        print(
+            f"warning: attention '{config.model.attn_implementation}' of this model lets packed examples attend to each other; "
+            "falling back to padded batches grouped by length"
+        )
+        config.data.packing = False
+    if config.train.train_sampling_strategy == "random":
+        config.train.train_sampling_strategy = "group_by_length"
+    return PaddedCollator(pad_token_id=tokenizer.pad_token_id)
+
+
+def padding_share(collator, examples: list[dict], batch_size: int) -> float:
+    """Share of padding tokens over the training set batched in file order (a fixed yardstick)."""
+    total = real = 0
+    for start in range(0, len(examples), batch_size):
+        batch_total, batch_real, _ = pop_token_counts(collator(examples[start : start + batch_size]))
+        total += batch_total
+        real += batch_real
+    return (total - real) / total if total else 0.0
+
+
+def adapter_checksums(model, world_size: int) -> list[float]:
+    """Sum of every trainable weight, per process: equal values mean the DDP ranks agree."""
+    checksum = sum(float(p.detach().double().sum()) for p in model.parameters() if p.requires_grad)
+    if world_size <= 1:
+        return [checksum]
+    gathered = [None] * world_size
+    torch.distributed.all_gather_object(gathered, checksum)
+    return gathered
+
+
+def write_run_start(config: TrainingConfig, split, reports: dict, output_dir: Path, packing_share: dict) -> None:
+    atomic_write_json(output_dir / rf.RUN_CONFIG, config.to_dict())
+    atomic_write_jsonl(output_dir / rf.VAL_RECORDS, split.val)
+    atomic_write_json(output_dir / rf.TRAIN_IDS, [record["id"] for record in split.train])
+    atomic_write_json(
+        output_dir / rf.RUN_INFO,
+        {
+            "versions": rf.library_versions(),
+            "machine": rf.machine_info(),
+            "git_commit": rf.git_commit(),
+            "data": {
+                "train_records": len(split.train),
+                "val_records": len(split.val),
+                "empty_outputs": split.empty_outputs,
+                **{name: vars(report) for name, report in reports.items()},
+                **packing_share,
+            },
+        },
+    )
+
+
+def check_resumed_split(output_dir: Path, split) -> None:
+    saved = output_dir / rf.TRAIN_IDS
+    if saved.exists() and json.loads(saved.read_text()) != [record["id"] for record in split.train]:
+        fail(f"--resume_from_checkpoint: the data options select other training records than {saved} records; resume with the run's own options")
+
+
+def train(config: TrainingConfig) -> dict:
+    args = config.train
+    output_dir = Path(args.output_dir)
+    resume = resolve_resume(args.resume_from_checkpoint, args.output_dir)
+    rf.check_output_dir(args.output_dir, config.run.overwrite_output_dir, resume is not None)
+
+    # Everything a user can get wrong is checked before the run folder is touched.
+    records = load_records(config.data.data_path)
+    split = split_records(records, config.data.val_set_size, config.data.max_samples, config.data.split_seed)
+    print(f"data: {len(split.train)} training and {len(split.val)} held-out records; {split.empty_outputs} with an empty output (kept: they teach the model to stop)")
+    base_model = resolve_model_path(config.model.base_model)
+    tokenizer = load_tokenizer(base_model, config.model.trust_remote_code)
+    tokenize = lambda rs: tokenize_records(rs, tokenizer, config.data.prompt_template, config.data.max_seq_length, config.data.train_on_inputs)  # noqa: E731
+    train_examples, train_report = tokenize(split.train)
+    val_examples, val_report = tokenize(split.val)
+    print(train_report.summary("train"))
+    print(val_report.summary("held-out"))
+    if not train_examples:
+        fail("no training example is left after tokenization; raise --max_seq_length")
+
+    compute_dtype = resolve_compute_dtype(config.model.compute_dtype)
+    model = load_base_model(
+        base_model, config.model.quantization, compute_dtype, config.model.double_quant, config.model.bnb_4bit_quant_storage,
+        config.model.attn_implementation, config.model.trust_remote_code, device_map=default_device_map(),
+    )
+    model.config.use_cache = False  # a KV cache hides packing from the attention mask (field notes)
+    collator = build_collator(config, tokenizer, model, train_examples[0]["input_ids"] * 16)
+    model = add_lora(
+        model, config.lora.lora_r, config.lora.lora_alpha, config.lora.lora_dropout, config.lora.lora_target_modules,
+        args.gradient_checkpointing, getattr(args, "activation_checkpointing_kwargs", None) or args.gradient_checkpointing_kwargs,
+    )
+    padding = {
+        "packing": config.data.packing,
+        "padding_share_packed" if config.data.packing else "padding_share_padded": padding_share(collator, train_examples, args.per_device_train_batch_size),
+    }
+    print(f"padding share of the training batches: {next(iter(v for k, v in padding.items() if k.startswith('padding'))):.1%} (packing {'on' if config.data.packing else 'off'})")
+
+    if not val_examples:
+        args.eval_strategy = "no"
+    if args.process_index == 0:
+        if config.run.overwrite_output_dir and resume is None:
+            rf.clear_output_dir(args.output_dir)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        if resume is not None:
+            check_resumed_split(output_dir, split)
+        write_run_start(config, split, {"train_tokenization": train_report, "val_tokenization": val_report}, output_dir, padding)
+
+    trainer = InstructionTrainer(
+        model=model, args=args, train_dataset=train_examples, eval_dataset=val_examples or None,
+        eval_examples=val_examples, data_collator=collator, processing_class=tokenizer,
+        callbacks=[JsonlLogCallback(output_dir / rf.TRAIN_LOG)],
+    )
+    trainer.remove_callback(ProgressCallback)
+    trainer.add_callback(LossProgressCallback())
+
+    results = {}
+    if val_examples and resume is None:
+        results["before_training"] = trainer.heldout_loss()
+    trainer.train(resume_from_checkpoint=resume)
+    if val_examples:
+        results["after_training"] = trainer.heldout_loss()
+    checksums = adapter_checksums(trainer.model, args.world_size)
+    if trainer.is_world_process_zero():
+        finish_run(trainer, tokenizer, output_dir, results, checksums)
+    return results
+
+
+def finish_run(trainer, tokenizer, output_dir: Path, results: dict, checksums: list[float]) -> None:
+    saved = output_dir / "eval_results.json"
+    if "before_training" not in results and saved.exists():  # a resumed run keeps the first measurement
+        previous = json.loads(saved.read_text())
+        if "before_training" in previous:
+            results = {"before_training": previous["before_training"], **results}
+    results["adapter_checksum_per_process"] = checksums
+    trainer.model.save_pretrained(output_dir, safe_serialization=True)
+    tokenizer.save_pretrained(output_dir)
+    atomic_write_json(saved, results)
+    plot_loss_curve(read_log(output_dir / rf.TRAIN_LOG), output_dir / rf.LOSS_CURVE, title=f"{output_dir.name}: loss")
+    if "after_training" in results:
+        before = results.get("before_training", {}).get("eval_loss", float("nan"))
+        print(f"held-out loss: {before:.4f} before training, {results['after_training']['eval_loss']:.4f} after")
+    print(f"run folder: {output_dir}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    train(parse_training_config(argv))
