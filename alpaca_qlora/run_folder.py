@@ -81,7 +81,11 @@ def git_commit() -> str | None:
 
 
 def last_checkpoint(output_dir: str) -> str | None:
-    checkpoints = [p for p in Path(output_dir).glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
+    # trainer_state.json is written last: a checkpoint without it was cut short by a crash.
+    checkpoints = [
+        p for p in Path(output_dir).glob("checkpoint-*")
+        if p.name.split("-")[-1].isdigit() and (p / "trainer_state.json").is_file()
+    ]
     if not checkpoints:
         return None
     return str(max(checkpoints, key=lambda p: int(p.name.split("-")[-1])))

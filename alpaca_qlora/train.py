@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import torch
+from transformers import set_seed
 from transformers.trainer_callback import ProgressCallback
 
 from . import run_folder as rf
@@ -134,6 +135,7 @@ def train(config: TrainingConfig) -> dict:
     if not train_examples:
         fail("no training example is left after tokenization; raise --max_seq_length")
 
+    set_seed(args.seed)  # the LoRA initialisation is random: same seed, same starting adapter
     compute_dtype = resolve_compute_dtype(config.model.compute_dtype)
     model = load_base_model(
         base_model, config.model.quantization, compute_dtype, config.model.double_quant, config.model.bnb_4bit_quant_storage,

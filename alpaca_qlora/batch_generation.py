@@ -1,0 +1,273 @@
+"""Batch mode: a prompts file -> one JSONL line per (record, setting), resumable, with sweeps.
+
+Lines are appended and flushed one by one. Started again with the same command, a run reads what is
+already there, skips it and writes only what is missing: an interrupted run neither loses nor
+duplicates a line. Batches are fixed by the prompts and --batch_size alone (records sorted by prompt
+length, longest first) and each batch is seeded from the setting's seed and the batch's index, so a
+resumed run writes the same lines an uninterrupted one would have.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+import yaml
+from tqdm.auto import tqdm
+
+from .data import load_records
+from .errors import UserError, fail
+from .generation import (
+    SETTING_NAMES,
+    GenerationSettings,
+    ModelSource,
+    batch_seed,
+    context_length,
+    generate_answers,
+    parse_setting_value,
+    prompt_for,
+    resolve_settings,
+    seed_everything,
+    settings_key,
+    settings_label,
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# Sweeps
+# ---------------------------------------------------------------------------------------------
+def parse_sweep(spec: str) -> dict[str, list]:
+    """--sweep "top_k=1,10,50 num_beams=1,4" or a YAML/JSON file mapping setting names to lists of values."""
+    if spec.endswith((".yaml", ".yml", ".json")) or Path(spec).is_file():
+        return read_sweep_file(spec)
+    grid = {}
+    for item in spec.split():
+        name, sep, values = item.partition("=")
+        if not sep or not values:
+            fail(f"--sweep: '{item}' is not name=value1,value2,... (e.g. --sweep \"top_k=1,10 num_beams=1,4\")")
+        if name in grid:
+            fail(f"--sweep: '{name}' is given twice")
+        grid[name] = sweep_values(name, values.split(","), "--sweep")
+    if not grid:
+        fail("--sweep is empty")
+    return grid
+
+
+def read_sweep_file(path: str) -> dict[str, list]:
+    if not Path(path).is_file():
+        fail(f"--sweep {path}: no such file")
+    try:
+        values = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        fail(f"--sweep {path}: cannot parse: {str(error).splitlines()[0]}")
+    if not isinstance(values, dict) or not values:
+        fail(f"--sweep {path}: expected a mapping of setting names to lists of values, e.g. top_k: [1, 10, 50]")
+    grid = {}
+    for name, options in values.items():
+        options = options if isinstance(options, list) else [options]
+        if not options:
+            fail(f"--sweep {path}: '{name}' has no values")
+        grid[str(name)] = sweep_values(str(name), [str(option) for option in options], f"--sweep {path}")
+    return grid
+
+
+def sweep_values(name: str, texts: list[str], where: str) -> list:
+    try:
+        return [parse_setting_value(name, text) for text in texts]
+    except UserError as error:
+        fail(f"{where}: {error}")
+
+
+def expand_grid(base: GenerationSettings, sweep: dict[str, list] | None) -> list[dict]:
+    """Resolved settings of every combination (the flags give what the sweep leaves out), each checked."""
+    if not sweep:
+        return [resolve_settings(base)]
+    names = list(sweep)
+    resolved, seen = [], set()
+    for values in itertools.product(*(sweep[name] for name in names)):
+        combination = dict(zip(names, values))
+        where = "--sweep setting " + " ".join(f"{name}={value}" for name, value in combination.items())
+        setting = resolve_settings(replace(base, **combination), where)
+        if settings_key(setting) not in seen:
+            seen.add(settings_key(setting))
+            resolved.append(setting)
+    return resolved
+
+
+# ---------------------------------------------------------------------------------------------
+# Prompts
+# ---------------------------------------------------------------------------------------------
+def load_prompt_records(path: str, max_prompts: int | None) -> list[dict]:
+    """Alpaca records (.json/.jsonl, a run folder's val.jsonl included) with unique ids."""
+    records = load_records(path)
+    if max_prompts is not None:
+        records = records[:max_prompts]
+    seen = set()
+    for index, record in enumerate(records):
+        key = json.dumps(record["id"])
+        if key in seen:
+            fail(f"{path}: record {index}: duplicate id {record['id']!r} (ids must be unique to resume a run)")
+        seen.add(key)
+    return records
+
+
+def plan_batches(prompt_lengths: list[int], batch_size: int) -> list[list[int]]:
+    """Record indices per batch: sorted by prompt length, longest first (little padding; memory limits show at once)."""
+    order = sorted(range(len(prompt_lengths)), key=lambda i: (-prompt_lengths[i], i))
+    return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+
+
+# ---------------------------------------------------------------------------------------------
+# The output file: resume-safe appending
+# ---------------------------------------------------------------------------------------------
+def read_jsonl_for_append(path: Path) -> list[dict]:
+    """Complete lines of a JSONL file we append to; a half-written last line (a killed run) is cut off."""
+    if not path.exists():
+        return []
+    data = path.read_bytes()
+    complete = data[: data.rfind(b"\n") + 1]
+    if len(complete) != len(data):
+        with path.open("r+b") as handle:
+            handle.truncate(len(complete))
+        print(f"note: {path}: removed a half-written last line (an interrupted run)")
+    rows = []
+    for number, line in enumerate(complete.decode("utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as error:
+            fail(f"{path}: line {number}: not valid JSON ({error.msg}); fix it or pass --overwrite to start over")
+    return rows
+
+
+def append_line(handle, row: dict) -> None:
+    handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+    handle.flush()
+
+
+def line_key(setting_key: str, record_id) -> tuple[str, str]:
+    return setting_key, json.dumps(record_id)
+
+
+def done_keys(path: Path, source: ModelSource, settings: list[dict], records: list[dict], overwrite: bool) -> set:
+    """Keys of the lines already written; refuses a file from other settings, another model or other prompts."""
+    if overwrite:
+        return set()  # the file is replaced when the first line is written, not before the model loads
+    wanted_settings = {settings_key(s) for s in settings}
+    wanted_ids = {json.dumps(r["id"]) for r in records}
+    done = set()
+    for number, row in enumerate(read_jsonl_for_append(path), start=1):
+        where = f"--output_file {path} line {number}"
+        if not isinstance(row, dict) or not {"id", "settings", "base_model", "adapter"} <= set(row):
+            fail(f"{where}: not a generation line (no id/settings/base_model/adapter); pass --overwrite to replace the file")
+        if (row["base_model"], row["adapter"]) != (source.base_model, source.adapter):
+            fail(
+                f"{where}: written by base model {row['base_model']} with adapter {row['adapter']}, not "
+                f"{source.base_model} with adapter {source.adapter}; pass --overwrite to replace the file or choose another --output_file"
+            )
+        key = line_key(settings_key(row["settings"]), row["id"])
+        if key[0] not in wanted_settings:
+            fail(f"{where}: written with other generation settings ({settings_label(row['settings'])}); pass --overwrite or choose another --output_file")
+        if key[1] not in wanted_ids:
+            fail(f"{where}: id {row['id']!r} is not in the prompts file; pass --overwrite or choose another --output_file")
+        done.add(key)
+    return done
+
+
+# ---------------------------------------------------------------------------------------------
+# The job
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class BatchJob:
+    records: list[dict]
+    settings: list[dict]
+    output_file: Path
+    batch_size: int
+    source: ModelSource
+    overwrite: bool
+
+
+def prepare_batch_job(records, settings, output_file: str, batch_size: int, source: ModelSource, overwrite: bool):
+    """Everything checked before a model is loaded: returns the job and the lines already done."""
+    path = Path(output_file)
+    if path.is_dir():
+        fail(f"--output_file {output_file} is a folder")
+    done = done_keys(path, source, settings, records, overwrite)
+    return BatchJob(records, settings, path, batch_size, source, overwrite), done
+
+
+def generation_line(record: dict, answer, setting: dict, source: ModelSource, seconds: float) -> dict:
+    return {
+        "id": record["id"],
+        "instruction": record["instruction"],
+        "input": record["input"],
+        "reference": record["output"],
+        "prediction": answer.text,
+        "settings": setting,
+        "base_model": source.base_model,
+        "adapter": source.adapter,
+        "new_tokens": answer.new_tokens,
+        "seconds": round(seconds, 4),
+    }
+
+
+def warn_long_prompts(lengths: list[int], settings: list[dict], model) -> None:
+    limit = context_length(model)
+    longest_answer = max(s["max_new_tokens"] for s in settings)
+    too_long = sum(1 for n in lengths if limit and n + longest_answer > limit)
+    if too_long:
+        print(
+            f"warning: {too_long} of {len(lengths)} prompts plus max_new_tokens {longest_answer} exceed the model's "
+            f"{limit}-token context; what is generated past it is unreliable"
+        )
+
+
+def run_batch_job(job: BatchJob, done: set, model, tokenizer) -> int:
+    """Generate every missing (setting, record) line; returns how many lines were written."""
+    prompts = [prompt_for(record, job.source.prompt_template, tokenizer) for record in job.records]
+    lengths = [len(ids) for ids in tokenizer(prompts)["input_ids"]]
+    warn_long_prompts(lengths, job.settings, model)
+    batches = plan_batches(lengths, job.batch_size)
+    total = len(job.settings) * len(job.records)
+    print(f"{len(job.settings)} setting(s) x {len(job.records)} prompts = {total} lines; {len(done)} already in {job.output_file}")
+    job.output_file.parent.mkdir(parents=True, exist_ok=True)
+    written = 0
+    mode = "w" if job.overwrite else "a"
+    with job.output_file.open(mode, encoding="utf-8") as handle, tqdm(total=total, initial=len(done), unit="line") as bar:
+        for setting in job.settings:
+            key = settings_key(setting)
+            bar.set_description(short_label(setting, job.settings))
+            for batch_index, batch in enumerate(batches):
+                missing = [i for i in batch if line_key(key, job.records[i]["id"]) not in done]
+                if not missing:
+                    continue
+                seed_everything(batch_seed(setting["seed"], batch_index))
+                started = time.perf_counter()
+                answers = generate_batch(model, tokenizer, [prompts[i] for i in batch], setting, job.batch_size)
+                seconds = (time.perf_counter() - started) / len(batch)
+                for i, answer in zip(batch, answers):
+                    if i in missing:
+                        append_line(handle, generation_line(job.records[i], answer, setting, job.source, seconds))
+                        written += 1
+                        bar.update(1)
+        os.fsync(handle.fileno())
+    return written
+
+
+def generate_batch(model, tokenizer, prompts: list[str], setting: dict, batch_size: int):
+    try:
+        return generate_answers(model, tokenizer, prompts, setting)
+    except torch.cuda.OutOfMemoryError:
+        fail(f"out of GPU memory at --batch_size {batch_size}; run again with a smaller one (the lines written so far are kept)")
+
+
+def short_label(setting: dict, all_settings: list[dict]) -> str:
+    """The settings that vary across the sweep, for the progress bar."""
+    varying = [name for name in SETTING_NAMES if len({s[name] for s in all_settings}) > 1]
+    return " ".join(f"{name}={setting[name]}" for name in varying) or "generating"

@@ -1,0 +1,223 @@
+"""Interactive mode, for human evaluation: ask, watch the answer stream, change settings, rate answers.
+
+Every rating is appended and flushed to the ratings file the moment it is given, so leaving the
+session in any way (Ctrl-D, Ctrl-C, /quit, a closed terminal) loses none of them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from transformers import TextStreamer
+
+from .batch_generation import read_jsonl_for_append
+from .errors import UserError
+from .generation import (
+    GenerationSettings,
+    ModelSource,
+    generate_answers,
+    parse_setting_value,
+    prompt_for,
+    resolve_settings,
+    seed_everything,
+    settings_label,
+)
+
+RATINGS_FILE = "ratings.jsonl"
+TRIPLE_QUOTE = '"""'
+
+HELP = f"""\
+Type an instruction and press Enter: the answer streams below it.
+  {TRIPLE_QUOTE}                 start a multi-line message; a line ending in {TRIPLE_QUOTE} ends it
+  /input TEXT         input (context) for the next instruction; /input alone clears it
+  /set NAME=VALUE ... change decoding settings, e.g. /set top_k=10 temperature=0.7
+                      (auto puts top_k, top_p, temperature or do_sample back to its default)
+  /settings           show the decoding settings
+  /rate N [comment]   rate the last answer from 1 (bad) to 5 (good); saved at once
+  /help               this text
+  /quit or Ctrl-D     leave (Ctrl-C too; Ctrl-C while an answer streams stops only that answer)"""
+
+
+def default_ratings_path(source: ModelSource) -> Path:
+    """Beside the generations: in the adapter's run folder, else in the current folder."""
+    return Path(source.adapter) / RATINGS_FILE if source.adapter else Path(RATINGS_FILE)
+
+
+class RatingsFile:
+    """Append-only ratings JSONL; answers are numbered on from the highest index already in it."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if self.path.is_dir():
+            raise UserError(f"--ratings_file {path} is a folder")
+        rows = read_jsonl_for_append(self.path)
+        indices = [row.get("id") for row in rows if isinstance(row, dict) and isinstance(row.get("id"), int)]
+        self.next_index = max(indices, default=0) + 1
+        self.saved = 0
+
+    def take_index(self) -> int:
+        self.next_index += 1
+        return self.next_index - 1
+
+    def append(self, row: dict) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        self.saved += 1
+
+
+@dataclass
+class AnsweredQuestion:
+    index: int
+    instruction: str
+    input: str
+    prediction: str
+    settings: dict
+
+
+def read_message(prompt: str) -> str:
+    """One message: a line, or several between triple quotes. Raises EOFError at the end of the input."""
+    lines = [input(prompt)]
+    while "\n".join(lines).count(TRIPLE_QUOTE) % 2 == 1:
+        lines.append(input("... "))
+    return "\n".join(lines).replace(TRIPLE_QUOTE, "").strip()
+
+
+def parse_rating(text: str) -> tuple[int, str]:
+    """'4 clear but short' -> (4, 'clear but short')."""
+    score, _, comment = text.strip().partition(" ")
+    if score not in {"1", "2", "3", "4", "5"}:
+        raise UserError(f"a rating is a whole number from 1 to 5 followed by an optional comment, got '{text.strip()}'")
+    return int(score), comment.strip()
+
+
+class Session:
+    def __init__(self, model, tokenizer, source: ModelSource, settings: GenerationSettings, ratings: RatingsFile, rate_each: bool):
+        self.model, self.tokenizer, self.source = model, tokenizer, source
+        self.settings = settings
+        self.resolved = resolve_settings(settings)
+        self.ratings = ratings
+        self.rate_each = rate_each
+        self.pending_input = ""
+        self.last: AnsweredQuestion | None = None
+
+    # -- the loop ------------------------------------------------------------------------------
+    def run(self) -> None:
+        adapter = self.source.adapter or "none (untuned base)"
+        print(f"model {self.source.base_model}, adapter {adapter}, template {self.source.prompt_template}")
+        print(f"ratings go to {self.ratings.path}. /help for commands, Ctrl-D to leave.")
+        seed_everything(self.resolved["seed"])
+        try:
+            self.loop()
+        except (EOFError, KeyboardInterrupt):
+            print()
+        print(f"bye: {self.ratings.saved} rating(s) saved to {self.ratings.path}")
+
+    def loop(self) -> None:
+        while True:
+            message = read_message(">>> ")
+            if not message:
+                continue
+            if message.startswith("/"):
+                if not self.command(message):
+                    return
+                continue
+            if self.answer(message) and self.rate_each:
+                self.ask_rating()
+
+    # -- commands ------------------------------------------------------------------------------
+    def command(self, message: str) -> bool:
+        """Run one /command; False means leave."""
+        name, _, argument = message.partition(" ")
+        argument = argument.strip()
+        if name in ("/quit", "/exit", "/bye"):
+            return False
+        handlers = {"/help": lambda: print(HELP), "/settings": self.show_settings, "/set": lambda: self.set(argument),
+                    "/input": lambda: self.set_input(argument), "/rate": lambda: self.rate(argument)}
+        if name not in handlers:
+            print(f"error: unknown command {name}; /help lists them")
+            return True
+        try:
+            handlers[name]()
+        except UserError as error:
+            print(f"error: {error}")
+        return True
+
+    def show_settings(self) -> None:
+        print(settings_label(self.resolved))
+
+    def set(self, argument: str) -> None:
+        if not argument:
+            raise UserError("/set NAME=VALUE ..., e.g. /set top_k=10 temperature=0.7")
+        changes = {}
+        for item in argument.split():
+            name, sep, value = item.partition("=")
+            if not sep:
+                raise UserError(f"/set {item}: expected NAME=VALUE")
+            changes[name] = parse_setting_value(name, value)
+        settings = replace(self.settings, **changes)
+        resolved = resolve_settings(settings)  # a bad combination keeps the old settings
+        self.settings, self.resolved = settings, resolved
+        if "seed" in changes:
+            seed_everything(resolved["seed"])
+        self.show_settings()
+
+    def set_input(self, argument: str) -> None:
+        self.pending_input = argument
+        print("input set for the next instruction" if argument else "input cleared")
+
+    def rate(self, argument: str) -> None:
+        if self.last is None:
+            raise UserError("nothing to rate yet: ask a question first")
+        score, comment = parse_rating(argument)
+        self.save_rating(score, comment)
+
+    def ask_rating(self) -> None:
+        while True:
+            text = input("rate 1-5 [comment], Enter to skip> ").strip()
+            if not text:
+                return
+            try:
+                self.save_rating(*parse_rating(text))
+                return
+            except UserError as error:
+                print(f"error: {error}")
+
+    def save_rating(self, score: int, comment: str) -> None:
+        last = self.last
+        self.ratings.append({
+            "id": last.index, "instruction": last.instruction, "input": last.input, "prediction": last.prediction,
+            "rating": score, "comment": comment, "settings": last.settings,
+            "base_model": self.source.base_model, "adapter": self.source.adapter,
+        })
+        print(f"rated [{last.index}] {score}/5")
+
+    # -- answering -----------------------------------------------------------------------------
+    def answer(self, instruction: str) -> bool:
+        """Stream the answer (beam search prints it at the end); False if Ctrl-C stopped it."""
+        record = {"instruction": instruction, "input": self.pending_input, "output": ""}
+        prompt = prompt_for(record, self.source.prompt_template, self.tokenizer)
+        streamer = TextStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True) if self.resolved["num_beams"] == 1 else None
+        started = time.perf_counter()
+        try:
+            [answer] = generate_answers(self.model, self.tokenizer, [prompt], self.resolved, streamer=streamer)
+        except KeyboardInterrupt:
+            print("\n[stopped]")
+            return False
+        if streamer is None:
+            print(answer.text)
+        index = self.ratings.take_index()
+        self.last = AnsweredQuestion(index, instruction, self.pending_input, answer.text, dict(self.resolved))
+        self.pending_input = ""
+        print(f"[{index}] {answer.new_tokens} tokens in {time.perf_counter() - started:.1f}s; /rate 1-5 [comment]")
+        return True
+
+
+def run_interactive(model, tokenizer, source: ModelSource, settings: GenerationSettings, ratings: RatingsFile, rate_each: bool) -> None:
+    Session(model, tokenizer, source, settings, ratings, rate_each).run()

@@ -1,0 +1,333 @@
+"""Writing the scores: metrics.json, metrics.csv, metrics.md, scores.jsonl and metrics.png.
+
+Everything is rendered in memory first and written (each file atomically) only after all scoring succeeded.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from .errors import fail
+from .io_utils import atomic_write_bytes, atomic_write_text
+from .metrics import Comparison, Difference, Estimate, GroupScores, RatingSummary, Scorers
+
+OUTPUT_FILES = ("metrics.json", "metrics.csv", "metrics.md", "scores.jsonl", "metrics.png")
+METRICS = (("bleu", "BLEU"), ("rougeL_f1", "ROUGE-L F1"), ("bertscore_f1", "BERTScore F1"))
+
+
+@dataclass
+class OutputConfig:
+    """Where the report goes."""
+
+    output_dir: str = field(metadata={"help": "Folder for metrics.json/.csv/.md, scores.jsonl and metrics.png."})
+    overwrite: bool = field(default=False, metadata={"help": "Replace report files already in --output_dir."})
+
+
+@dataclass
+class Report:
+    inputs: list[str]
+    settings: dict[str, Any]
+    groups: list[GroupScores]
+    comparisons: list[Comparison]
+    pooled_ratings: Optional[RatingSummary] = None
+
+
+def check_output_dir(config: OutputConfig) -> None:
+    """Refuse, before any scoring, to clobber an earlier report."""
+    folder = Path(config.output_dir)
+    if folder.exists() and not folder.is_dir():
+        fail(f"--output_dir {folder} exists and is not a folder")
+    existing = [name for name in OUTPUT_FILES if (folder / name).exists()]
+    if existing and not config.overwrite:
+        fail(f"{folder / existing[0]} already exists; pass --overwrite to replace the report in {folder}")
+
+
+def build_report(inputs: list[str], scorers: Scorers, groups: list[GroupScores], comparisons: list[Comparison],
+                 pooled: Optional[RatingSummary] = None) -> Report:
+    return Report(inputs=inputs, settings=scorers.settings(), groups=groups, comparisons=comparisons,
+                  pooled_ratings=pooled)
+
+
+def write_report(report: Report, config: OutputConfig) -> list[Path]:
+    """Render every file, then write them; returns the paths written."""
+    folder = Path(config.output_dir)
+    rendered = {
+        "metrics.json": json.dumps(to_json(report), indent=2, ensure_ascii=False) + "\n",
+        "metrics.csv": to_csv(report),
+        "metrics.md": to_markdown(report),
+        "scores.jsonl": to_scores_jsonl(report),
+        "metrics.png": to_png(report),
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, content in rendered.items():
+        if isinstance(content, bytes):
+            atomic_write_bytes(folder / name, content)
+        else:
+            atomic_write_text(folder / name, content)
+    return [folder / name for name in rendered]
+
+
+# ---------------------------------------------------------------- json
+
+
+def to_json(report: Report) -> dict[str, Any]:
+    data = {
+        "inputs": report.inputs,
+        "settings": report.settings,
+        "groups": [group_row(g, report.settings) for g in report.groups],
+        "comparisons": [comparison_row(c) for c in report.comparisons],
+    }
+    if report.pooled_ratings is not None:
+        data["ratings_all_groups"] = rating_dict(report.pooled_ratings)
+    return _finite(data)
+
+
+def group_row(result: GroupScores, settings: dict[str, Any]) -> dict[str, Any]:
+    group = result.group
+    row: dict[str, Any] = {
+        "label": group.label,
+        "source": group.source,
+        "base_model": group.base_model,
+        "adapter": group.adapter,
+        "settings": group.settings,
+        "n": len(group.records),
+        "n_empty_predictions": sum(not r.prediction.strip() for r in group.records),
+    }
+    row.update(_estimate("bleu", result.bleu))
+    row["bleu_signature"] = settings["bleu"]["signature"]
+    row.update(_estimate("rougeL_f1", result.rouge_l_f1))
+    row.update(_estimate("bertscore_f1", result.bertscore_f1))
+    row["bertscore_model"] = settings["bertscore"]["model"]
+    row["bertscore_num_layers"] = settings["bertscore"]["num_layers"]
+    if result.ratings is not None:
+        row["ratings"] = rating_dict(result.ratings)
+    return row
+
+
+def _estimate(name: str, estimate: Estimate) -> dict[str, Any]:
+    return {name: estimate.value, f"{name}_ci95": list(estimate.ci95)}
+
+
+def rating_dict(summary: RatingSummary) -> dict[str, Any]:
+    return {"n": summary.n, "mean": summary.mean, "ci95": list(summary.ci95), "scale": "1-5",
+            "correlation_with": summary.correlations}
+
+
+def comparison_row(comparison: Comparison) -> dict[str, Any]:
+    pairing = comparison.pairing
+    row: dict[str, Any] = {
+        "a": pairing.a.label, "b": pairing.b.label, "a_source": pairing.a.source, "b_source": pairing.b.source,
+        "n_shared": len(pairing.shared_ids), "only_in_a": pairing.only_in_a, "only_in_b": pairing.only_in_b,
+        "difference": "b - a",
+    }
+    for name, difference in _differences(comparison):
+        row[name] = {"a": difference.a, "b": difference.b, "difference": difference.difference,
+                     "ci95": list(difference.ci95), "p_value": difference.p_value}
+    return row
+
+
+def _differences(comparison: Comparison) -> list[tuple[str, Difference]]:
+    return [("bleu", comparison.bleu), ("rougeL_f1", comparison.rouge_l_f1),
+            ("bertscore_f1", comparison.bertscore_f1)]
+
+
+def _finite(value: Any) -> Any:
+    """NaN/inf are not JSON: they become null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+# ---------------------------------------------------------------- csv
+
+
+def to_csv(report: Report) -> str:
+    setting_names: list[str] = []
+    for result in report.groups:
+        setting_names += [name for name in result.group.settings if name not in setting_names]
+    rows = [_csv_row(result, setting_names, report.settings) for result in report.groups]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def _csv_row(result: GroupScores, setting_names: list[str], settings: dict[str, Any]) -> dict[str, Any]:
+    group = result.group
+    row: dict[str, Any] = {"group": group.label, "source": group.source, "n": len(group.records)}
+    for name, estimate in (("bleu", result.bleu), ("rougeL_f1", result.rouge_l_f1),
+                           ("bertscore_f1", result.bertscore_f1)):
+        row[name] = estimate.value
+        row[f"{name}_ci_low"], row[f"{name}_ci_high"] = estimate.ci95
+    ratings = result.ratings
+    row["rating_n"] = ratings.n if ratings else ""
+    row["rating_mean"] = ratings.mean if ratings else ""
+    row["rating_ci_low"], row["rating_ci_high"] = ratings.ci95 if ratings else ("", "")
+    row["base_model"] = group.base_model or ""
+    row["adapter"] = group.adapter or ""
+    for name in setting_names:
+        value = group.settings.get(name)
+        row[f"settings.{name}"] = "" if value is None else value
+    row["bleu_signature"] = settings["bleu"]["signature"]
+    row["bertscore_model"] = settings["bertscore"]["model"]
+    row["bertscore_num_layers"] = settings["bertscore"]["num_layers"]
+    return row
+
+
+# ---------------------------------------------------------------- markdown
+
+
+def to_markdown(report: Report) -> str:
+    lines = ["## Scores", "", *_score_table(report), "", *_settings_notes(report.settings)]
+    if report.comparisons:
+        lines += ["", "## Paired comparison (b - a, over shared ids)", "", *_comparison_table(report.comparisons)]
+    if any(result.ratings for result in report.groups):
+        lines += ["", "## Human ratings and their correlation with the metrics", "", *_ratings_table(report)]
+    return "\n".join(lines) + "\n"
+
+
+def _score_table(report: Report) -> list[str]:
+    lines = ["| Group | n | BLEU | ROUGE-L F1 | BERTScore F1 |", "|---|---:|---|---|---|"]
+    for result in report.groups:
+        cells = [_md(result.group.label), str(len(result.group.records)), _ci(result.bleu, 2),
+                 _ci(result.rouge_l_f1, 4), _ci(result.bertscore_f1, 4)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _settings_notes(settings: dict[str, Any]) -> list[str]:
+    bleu, rouge, bert, boot = settings["bleu"], settings["rougeL"], settings["bertscore"], settings["bootstrap"]
+    rescale = f"rescaled with {bert['baseline']}" if bert["rescale_with_baseline"] else "not rescaled"
+    return [
+        f"Values with [95% bootstrap interval]: {boot['resamples']} resamples, seed {boot['seed']}; "
+        "corpus BLEU is resampled as a corpus.",
+        "",
+        f"- BLEU: sacrebleu corpus BLEU, 0-100, signature `{bleu['signature']}`.",
+        f"- ROUGE-L F1: rouge-score `rougeL` F-measure averaged over samples, stemmer "
+        f"{'on' if rouge['use_stemmer'] else 'off'}. Note: {rouge['note']}.",
+        f"- BERTScore F1: `{bert['model']}`, layer {bert['num_layers']}, idf {'on' if bert['idf'] else 'off'}, "
+        f"{rescale} (`{bert['hash']}`). Scores from different backbones are not comparable; "
+        "empty predictions score 0.",
+    ]
+
+
+def _comparison_table(comparisons: list[Comparison]) -> list[str]:
+    lines = ["| a | b | shared ids | BLEU diff (p) | ROUGE-L F1 diff (p) | BERTScore F1 diff (p) |",
+             "|---|---|---:|---|---|---|"]
+    for comparison in comparisons:
+        pairing = comparison.pairing
+        cells = [_md(pairing.a.label), _md(pairing.b.label), str(len(pairing.shared_ids))]
+        cells += [_diff(d, digits) for d, digits in ((comparison.bleu, 2), (comparison.rouge_l_f1, 4),
+                                                      (comparison.bertscore_f1, 4))]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _ratings_table(report: Report) -> list[str]:
+    lines = ["| Group | rated | mean rating (1-5) | Spearman: sentence BLEU | ROUGE-L F1 | BERTScore F1 |",
+             "|---|---:|---|---|---|---|"]
+    summaries = [(r.group.label, r.ratings) for r in report.groups if r.ratings]
+    if report.pooled_ratings is not None:
+        summaries.append(("all groups", report.pooled_ratings))
+    for label, summary in summaries:
+        rho = [summary.correlations[name]["spearman"] for name in ("sentence_bleu", "rougeL_f1", "bertscore_f1")]
+        cells = [_md(label), str(summary.n), f"{summary.mean:.2f} [{summary.ci95[0]:.2f}, {summary.ci95[1]:.2f}]"]
+        cells += ["n/a" if value is None else f"{value:.3f}" for value in rho]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _ci(estimate: Estimate, digits: int) -> str:
+    low, high = estimate.ci95
+    return f"{estimate.value:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def _diff(difference: Difference, digits: int) -> str:
+    low, high = difference.ci95
+    p = difference.p_value
+    p_text = "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
+    return f"{difference.difference:+.{digits}f} [{low:+.{digits}f}, {high:+.{digits}f}] ({p_text})"
+
+
+def _md(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+# ---------------------------------------------------------------- per-sample scores
+
+
+def to_scores_jsonl(report: Report) -> str:
+    lines = []
+    for result in report.groups:
+        samples = result.samples
+        for index, record in enumerate(result.group.records):
+            row = {"group": result.group.label, "id": record.id, "source": record.source, "line": record.line,
+                   "sentence_bleu": float(samples.sentence_bleu[index]),
+                   "rougeL_f1": float(samples.rouge_l_f1[index]),
+                   "bertscore_f1": float(samples.bertscore_f1[index])}
+            if record.rating is not None:
+                row["rating"] = record.rating
+            lines.append(json.dumps(_finite(row), ensure_ascii=False))
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------- figure
+
+
+def to_png(report: Report) -> bytes:
+    """Horizontal grouped bars, one block per group, all metrics on one 0-1 axis (BLEU divided by 100)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    bert = report.settings["bertscore"]
+    series = [
+        ("BLEU / 100 (corpus, sacrebleu)", [_scaled(r.bleu, 0.01) for r in report.groups], "#4C72B0"),
+        ("ROUGE-L F1", [_scaled(r.rouge_l_f1, 1.0) for r in report.groups], "#DD8452"),
+        (f"BERTScore F1 ({Path(bert['model']).name}, layer {bert['num_layers']})",
+         [_scaled(r.bertscore_f1, 1.0) for r in report.groups], "#55A868"),
+    ]
+    labels = [r.group.label for r in report.groups]
+    height = 0.26
+    figure, axes = plt.subplots(figsize=(9, 1.4 + 0.75 * len(labels)))
+    for offset, (name, values, color) in enumerate(series):
+        positions = [i + (offset - 1) * height for i in range(len(labels))]
+        points = [value for value, _, _ in values]
+        errors = [[value - low for value, low, _ in values], [high - value for value, _, high in values]]
+        axes.barh(positions, points, height=height, xerr=errors, color=color, label=name,
+                  error_kw={"elinewidth": 1, "capsize": 2})
+    axes.set_yticks(range(len(labels)), labels=labels, fontsize=8)
+    axes.invert_yaxis()
+    lowest = min(low for _, values, _ in series for _, low, _ in values)
+    axes.set_xlim(min(0.0, lowest - 0.05), 1.0)
+    axes.set_xlabel("score (BLEU divided by 100)")
+    axes.grid(axis="x", alpha=0.3)
+    axes.legend(loc="lower left", bbox_to_anchor=(0.0, 1.0), ncol=3, fontsize=8, frameon=False)
+    figure.suptitle(f"Scores per group with 95% intervals (n = {_sizes(report)} per group)", fontsize=10, y=1.0,
+                    va="bottom")
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=150, bbox_inches="tight")
+    plt.close(figure)
+    return buffer.getvalue()
+
+
+def _scaled(estimate: Estimate, factor: float) -> tuple[float, float, float]:
+    low, high = estimate.ci95
+    return estimate.value * factor, low * factor, high * factor
+
+
+def _sizes(report: Report) -> str:
+    sizes = sorted({len(r.group.records) for r in report.groups})
+    return str(sizes[0]) if len(sizes) == 1 else f"{sizes[0]}-{sizes[-1]}"

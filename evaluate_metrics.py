@@ -1,0 +1,62 @@
+"""Score saved generations with BLEU, ROUGE-L F1 and BERTScore F1, with 95% bootstrap intervals.
+
+  python evaluate_metrics.py runs/my-run/generations.jsonl --output_dir runs/my-run/metrics
+  python evaluate_metrics.py sweep.jsonl --output_dir sweep-metrics          # one row per decoding setting
+  python evaluate_metrics.py base.jsonl tuned.jsonl --output_dir compare     # paired comparison (tuned - base)
+  python evaluate_metrics.py gens.jsonl --output_dir m --bertscore_model minilm   # fully offline backbone
+
+Writes metrics.json, metrics.csv, metrics.md, scores.jsonl and metrics.png to --output_dir; see docs/evaluate.md.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from transformers import HfArgumentParser
+
+from alpaca_qlora.errors import run_cli
+from alpaca_qlora.metrics import MetricConfig, check_config, compare, load_scorers, pooled_ratings, score_groups
+from alpaca_qlora.report import OutputConfig, Report, build_report, check_output_dir, write_report
+from alpaca_qlora.scoring_io import InputConfig, attach_ratings, load_groups, pair_inputs, prefix_labels
+
+
+def parse_args(argv: list[str] | None = None):
+    parser = HfArgumentParser((InputConfig, MetricConfig, OutputConfig), description=__doc__.split("\n\n")[0],
+                              epilog="Inputs: JSONL from inference.py, or JSON/JSONL/CSV with the fields named above. "
+                                     "With two or more inputs, each later one is compared with the first.")
+    parser.add_argument("inputs", nargs="+", metavar="INPUT",
+                        help="Generations to score (.jsonl, .json or .csv). Two files: paired comparison.")
+    inputs, metrics, output, rest = parser.parse_args_into_dataclasses(args=argv)
+    return inputs, metrics, output, rest.inputs
+
+
+def main(argv: list[str] | None = None) -> None:
+    input_config, metric_config, output_config, paths = parse_args(argv)
+    run(paths, input_config, metric_config, output_config)
+
+
+def run(paths: list[str], input_config: InputConfig, metric_config: MetricConfig, output_config: OutputConfig,
+        bertscorer=None) -> Report:
+    """Read, score, compare and write; `bertscorer` reuses an already loaded BERTScorer (tests, notebooks)."""
+    check_config(metric_config)
+    check_output_dir(output_config)
+    per_input = [load_groups(path, input_config) for path in paths]
+    prefix_labels(per_input, paths)
+    groups = [group for groups in per_input for group in groups]
+    if input_config.ratings:
+        attach_ratings(input_config.ratings, groups)
+    pairings = [pairing for other in per_input[1:] for pairing in pair_inputs(per_input[0], other)]
+
+    scorers = load_scorers(metric_config, bertscorer)
+    results = score_groups(groups, scorers)
+    by_group = {id(result.group): result for result in results}
+    comparisons = [compare(p, by_group[id(p.a)], by_group[id(p.b)], scorers) for p in pairings]
+    report = build_report(paths, scorers, results, comparisons, pooled_ratings(results, metric_config))
+    written = write_report(report, output_config)
+    print(f"scored {sum(len(g.records) for g in groups)} pairs in {len(groups)} group(s); wrote "
+          f"{', '.join(str(path) for path in written)}", file=sys.stderr)
+    return report
+
+
+if __name__ == "__main__":
+    run_cli(main)

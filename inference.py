@@ -1,0 +1,91 @@
+#!/usr/bin/env python
+"""Generate with a fine-tuned (or the untuned base) model: interactive, one answer, or a prompts file to JSONL.
+
+    python inference.py --adapter runs/my-run                                      # interactive, for human evaluation
+    python inference.py --adapter runs/my-run --instruction "Name three primary colors."
+    python inference.py --adapter runs/my-run --prompts_file runs/my-run/val.jsonl --output_file runs/my-run/generations.jsonl
+    python inference.py --adapter runs/my-run --prompts_file runs/my-run/val.jsonl --output_file sweep.jsonl \\
+        --sweep "top_k=1,10,50 num_beams=1,4 temperature=0.2,0.7,1.0"
+    python inference.py --help                                                     # every option
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+
+from transformers import HfArgumentParser
+
+from alpaca_qlora import batch_generation, generation, interactive
+from alpaca_qlora.errors import fail, run_cli
+from alpaca_qlora.generation import GenerationSettings, ModelArguments
+
+
+@dataclass
+class JobArguments:
+    instruction: str | None = field(default=None, metadata={"help": "Answer this one instruction, print the answer and exit."})
+    input: str | None = field(default=None, metadata={"help": "Input (context) for --instruction."})
+    prompts_file: str | None = field(default=None, metadata={"help": "Batch mode: Alpaca .json/.jsonl records (a run folder's val.jsonl works)."})
+    output_file: str | None = field(default=None, metadata={"help": "Batch mode: JSONL of generations; a rerun of the same command resumes it."})
+    batch_size: int = field(default=16, metadata={"help": "Batch mode: prompts per generate call (left-padded)."})
+    max_prompts: int | None = field(default=None, metadata={"help": "Batch mode: only the first N records of --prompts_file."})
+    sweep: str | None = field(default=None, metadata={"help": "Batch mode: grid of settings, \"top_k=1,10 num_beams=1,4\", or a YAML file of name: [values]."})
+    overwrite: bool = field(default=False, metadata={"help": "Batch mode: replace an --output_file written with other settings or another model."})
+    rate: bool = field(default=False, metadata={"help": "Interactive mode: ask for a 1-5 rating after every answer."})
+    ratings_file: str | None = field(default=None, metadata={"help": "Interactive mode: ratings JSONL (default: ratings.jsonl in the adapter's run folder, else here)."})
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, GenerationSettings, JobArguments]:
+    parser = HfArgumentParser((ModelArguments, GenerationSettings, JobArguments), description=__doc__.split("\n")[1])
+    return parser.parse_args_into_dataclasses(args=sys.argv[1:] if argv is None else argv)
+
+
+def check_job(job: JobArguments) -> None:
+    batch = job.prompts_file is not None
+    if job.instruction is not None and batch:
+        fail("--instruction and --prompts_file exclude each other: one answer, or a file of prompts")
+    if job.input is not None and job.instruction is None:
+        fail("--input goes with --instruction")
+    if batch and not job.output_file:
+        fail("--prompts_file needs --output_file (the JSONL of generations)")
+    for flag in ("output_file", "sweep", "max_prompts"):
+        if getattr(job, flag) is not None and not batch:
+            fail(f"--{flag} is for batch mode: pass --prompts_file too")
+    if (job.rate or job.ratings_file) and (batch or job.instruction is not None):
+        fail("--rate and --ratings_file are for interactive mode (no --instruction, no --prompts_file)")
+    if job.batch_size < 1:
+        fail(f"--batch_size must be >= 1, got {job.batch_size}")
+    if job.max_prompts is not None and job.max_prompts < 1:
+        fail(f"--max_prompts must be >= 1, got {job.max_prompts}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    model_args, settings, job = parse_args(argv)
+    # Every check a user can fail runs before a model is loaded.
+    check_job(job)
+    sweep = batch_generation.parse_sweep(job.sweep) if job.sweep else None
+    grid = batch_generation.expand_grid(settings, sweep)
+    source = generation.resolve_model_source(model_args)
+    if job.prompts_file:
+        records = batch_generation.load_prompt_records(job.prompts_file, job.max_prompts)
+        batch_job, done = batch_generation.prepare_batch_job(records, grid, job.output_file, job.batch_size, source, job.overwrite)
+    elif job.instruction is None:
+        ratings = interactive.RatingsFile(job.ratings_file or interactive.default_ratings_path(source))
+
+    model, tokenizer = generation.load_for_inference(source)
+    print(f"loaded {source.base_model}" + (f" + adapter {source.adapter}" if source.adapter else " (no adapter)")
+          + f", {source.quantization} weights, on {generation.describe_device(model)}", file=sys.stderr)
+    if job.prompts_file:
+        written = batch_generation.run_batch_job(batch_job, done, model, tokenizer)
+        print(f"wrote {written} line(s) to {job.output_file}")
+    elif job.instruction is not None:
+        record = {"instruction": job.instruction, "input": job.input or "", "output": ""}
+        prompt = generation.prompt_for(record, source.prompt_template, tokenizer)
+        generation.seed_everything(grid[0]["seed"])
+        print(generation.generate_answers(model, tokenizer, [prompt], grid[0])[0].text)
+    else:
+        interactive.run_interactive(model, tokenizer, source, settings, ratings, job.rate)
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,126 @@
+"""Prompt templates, label masking, EOS handling, truncation and packing, on the real tiny model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from alpaca_qlora.collators import PackedCollator, PaddedCollator, pack_into_rows, pop_token_counts
+from alpaca_qlora.errors import UserError
+from alpaca_qlora.modeling import load_tokenizer
+from alpaca_qlora.prompts import build_prompt
+from alpaca_qlora.tokenization import IGNORE_INDEX, tokenize_example, tokenize_records
+
+# The two templates exactly as tatsu-lab/stanford_alpaca train.py renders them.
+EXPECTED_WITH_INPUT = (
+    "Below is an instruction that describes a task, paired with an input that provides further context. "
+    "Write a response that appropriately completes the request.\n\n### Instruction:\nTranslate.\n\n"
+    "### Input:\nHallo {x}\n\n### Response:"
+)
+EXPECTED_NO_INPUT = (
+    "Below is an instruction that describes a task. Write a response that appropriately completes the request."
+    "\n\n### Instruction:\nName three colors.\n\n### Response:"
+)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(model_dir):
+    return load_tokenizer(str(model_dir))
+
+
+def test_alpaca_templates_are_byte_exact():
+    assert build_prompt({"instruction": "Translate.", "input": "Hallo {x}"}, "alpaca") == EXPECTED_WITH_INPUT
+    assert build_prompt({"instruction": "Name three colors.", "input": ""}, "alpaca") == EXPECTED_NO_INPUT
+
+
+def test_chat_template_missing_is_a_user_error(tokenizer):
+    with pytest.raises(UserError, match="no chat template"):
+        build_prompt({"instruction": "Hi", "input": ""}, "chat", tokenizer)
+
+
+def test_chat_template_is_used_when_present(tokenizer):
+    tokenizer = load_tokenizer(tokenizer.name_or_path)
+    tokenizer.chat_template = "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}{% endfor %}<|assistant|>"
+    assert build_prompt({"instruction": "Hi", "input": "there"}, "chat", tokenizer) == "<|user|>Hi\n\nthere<|assistant|>"
+
+
+def test_prompt_is_masked_and_eos_is_the_last_label(tokenizer):
+    record = {"instruction": "Name three colors.", "input": "", "output": "Red, green and blue."}
+    example = tokenize_example(record, tokenizer, "alpaca", 512, train_on_inputs=False)
+    prompt_length = len(tokenizer(build_prompt(record, "alpaca"))["input_ids"])
+    assert example.labels[:prompt_length] == [IGNORE_INDEX] * prompt_length
+    assert example.labels[prompt_length:] == example.input_ids[prompt_length:]
+    assert IGNORE_INDEX not in example.labels[prompt_length:]
+    assert example.input_ids[-1] == example.labels[-1] == tokenizer.eos_token_id
+    assert tokenizer.decode(example.input_ids[prompt_length:-1]) == record["output"]
+    assert not example.truncated
+
+
+def test_eos_is_learned_even_when_pad_equals_eos(tokenizer):
+    tokenizer = load_tokenizer(tokenizer.name_or_path)
+    tokenizer.pad_token = tokenizer.eos_token
+    examples, _ = tokenize_records(
+        [{"id": 0, "instruction": "Say hi.", "input": "", "output": "Hi."}], tokenizer, "alpaca", 512, False
+    )
+    batch = PaddedCollator(pad_token_id=tokenizer.pad_token_id)(examples + [{"input_ids": [1, 2], "labels": [-100, 2]}])
+    assert batch["labels"][0, len(examples[0]["labels"]) - 1] == tokenizer.eos_token_id
+
+
+def test_train_on_inputs_keeps_prompt_labels(tokenizer):
+    record = {"instruction": "Name three colors.", "input": "", "output": "Red."}
+    example = tokenize_example(record, tokenizer, "alpaca", 512, train_on_inputs=True)
+    assert example.labels[0] == IGNORE_INDEX  # nothing predicts the first token
+    assert example.labels[1:] == example.input_ids[1:]
+
+
+def test_truncation_is_counted_and_drops_eos_only_when_cut(tokenizer):
+    short = {"id": 0, "instruction": "Say hi.", "input": "", "output": "Hi."}
+    long = {"id": 1, "instruction": "Say hi.", "input": "", "output": "word " * 400}
+    hopeless = {"id": 2, "instruction": "x " * 600, "input": "", "output": "y"}
+    examples, report = tokenize_records([short, long, hopeless], tokenizer, "alpaca", 128, False)
+    assert report.examples == 2 and report.truncated == 1 and report.prompt_too_long == 1 and report.left_out_ids == [2]
+    assert examples[0]["input_ids"][-1] == tokenizer.eos_token_id
+    assert len(examples[1]["input_ids"]) == 128 and examples[1]["input_ids"][-1] != tokenizer.eos_token_id
+
+
+def test_pack_into_rows_never_exceeds_the_row_length():
+    lengths = [300, 200, 120, 500, 80, 12, 400, 256]
+    rows = pack_into_rows(lengths, 512)
+    assert sorted(i for row in rows for i in row) == list(range(len(lengths)))
+    assert all(sum(lengths[i] for i in row) <= 512 for row in rows)
+    assert len(rows) == 4
+
+
+def test_packed_batch_has_no_attention_across_examples(tokenizer, model_dir, alpaca_records):
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), attn_implementation="sdpa").eval()
+    records = [dict(r, id=i) for i, r in enumerate(alpaca_records[:6])]
+    examples, _ = tokenize_records(records, tokenizer, "alpaca", 512, False)
+    batch = PackedCollator(pad_token_id=tokenizer.pad_token_id, max_row_length=512)(examples)
+    total, real, trained = pop_token_counts(batch)
+    assert real == sum(len(e["input_ids"]) for e in examples) and total >= real
+    assert batch["input_ids"].shape[0] < len(examples)  # several examples share a row
+    with torch.no_grad():
+        packed_logits = model(**{k: v for k, v in batch.items() if k != "labels"}, use_cache=False).logits
+        for row, positions in zip(packed_logits, batch["position_ids"]):
+            starts = [i for i, p in enumerate(positions.tolist()) if p == 0] + [len(positions)]
+            for start, end in zip(starts, starts[1:]):
+                ids = batch["input_ids"][batch["position_ids"].tolist().index(positions.tolist())][start:end]
+                if bool((ids == tokenizer.pad_token_id).all()):
+                    continue  # the padding tail of the row
+                alone = model(input_ids=ids[None], use_cache=False).logits[0]
+                assert torch.allclose(row[start:end], alone, atol=1e-4), (start, end)
+
+
+def test_packed_and_padded_batches_give_the_same_loss(tokenizer, model_dir, alpaca_records):
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir)).eval()
+    records = [dict(r, id=i) for i, r in enumerate(alpaca_records[10:18])]
+    examples, _ = tokenize_records(records, tokenizer, "alpaca", 512, False)
+    packed = PackedCollator(pad_token_id=tokenizer.pad_token_id, max_row_length=512)(examples)
+    padded = PaddedCollator(pad_token_id=tokenizer.pad_token_id)(examples)
+    for batch in (packed, padded):
+        pop_token_counts(batch)
+    with torch.no_grad():  # no KV cache: with one, transformers cannot see the packing (field notes)
+        packed_loss = float(model(**packed, use_cache=False).loss)
+        padded_loss = float(model(**padded, use_cache=False).loss)
+    assert abs(packed_loss - padded_loss) < 1e-4

@@ -1,0 +1,149 @@
+"""The training script end to end on the real tiny model (stories260K) with real Alpaca records:
+QLoRA NF4 on the CPU, run folder, config files, resume, merge and 2-process DDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from peft import PeftModel
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+
+from alpaca_qlora.errors import run_cli
+from alpaca_qlora.modeling import load_base_model
+from alpaca_qlora.train import main as train_main
+from conftest import REPO_ROOT, run_script, training_args
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory, model_dir, small_data) -> Path:
+    """A 30-step QLoRA NF4 run; some options come from a YAML config, one flag overrides it."""
+    root = tmp_path_factory.mktemp("train")
+    config = root / "run.yaml"
+    config.write_text("val_set_size: 40\nlora_r: 8\nmax_steps: 10\neval_steps: 15\nsplit_seed: 7\n")
+    output_dir = root / "run"
+    result = run_script(*training_args(model_dir, small_data, output_dir, "--config", str(config), "--max_steps", "30",
+                                       "--eval_strategy", "steps"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return output_dir
+
+
+def test_run_folder_holds_everything(trained_run):
+    for name in ["adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "run_config.json", "run_info.json",
+                 "train_log.jsonl", "eval_results.json", "loss_curve.png", "val.jsonl", "train_ids.json"]:
+        assert (trained_run / name).is_file(), name
+    assert (trained_run / "loss_curve.png").stat().st_size > 10_000
+    config = json.loads((trained_run / "run_config.json").read_text())
+    assert config["lora"]["lora_r"] == 8 and config["data"]["split_seed"] == 7  # from the YAML file
+    assert config["train"]["max_steps"] == 30  # the flag beats the file
+    assert config["model"]["quantization"] == "nf4"
+    info = json.loads((trained_run / "run_info.json").read_text())
+    assert info["versions"]["bitsandbytes"] and info["data"]["train_records"] == 360
+    val_ids = [json.loads(line)["id"] for line in (trained_run / "val.jsonl").read_text().splitlines()]
+    train_ids = json.loads((trained_run / "train_ids.json").read_text())
+    assert len(val_ids) == 40 and not set(val_ids) & set(train_ids)
+
+
+def test_heldout_loss_falls_and_log_has_throughput(trained_run):
+    results = json.loads((trained_run / "eval_results.json").read_text())
+    before, after = results["before_training"]["eval_loss"], results["after_training"]["eval_loss"]
+    assert after < before - 0.3, (before, after)
+    assert results["after_training"]["eval_perplexity"] == pytest.approx(2.718281828 ** after, rel=1e-6)
+    log = [json.loads(line) for line in (trained_run / "train_log.jsonl").read_text().splitlines()]
+    steps = [row for row in log if "loss" in row]
+    assert steps[0]["step"] == 1 and steps[-1]["step"] == 30
+    assert all(row["tokens_per_second"] > 0 and 0 <= row["padding_share"] < 0.5 for row in steps)
+    assert [row["step"] for row in log if "eval_loss" in row] == [15, 30]
+
+
+def test_adapter_reloads_and_changes_outputs(trained_run, model_dir):
+    adapter_config = json.loads((trained_run / "adapter_config.json").read_text())
+    assert adapter_config["base_model_name_or_path"] == str(model_dir.resolve())
+    assert set(adapter_config["target_modules"]) >= {"q_proj", "v_proj", "down_proj"}
+    weights = load_file(trained_run / "adapter_model.safetensors")
+    assert weights and any(float(w.abs().sum()) > 0 for name, w in weights.items() if "lora_B" in name)
+
+    ids = torch.tensor([[1, 365, 1022 % 512, 300, 400, 20]])
+    base = load_base_model(str(model_dir), "nf4", torch.float32).eval()
+    with torch.no_grad():
+        base_logits = base(input_ids=ids).logits
+        tuned = PeftModel.from_pretrained(base, str(trained_run)).eval()
+        tuned_logits = tuned(input_ids=ids).logits
+    assert (tuned_logits - base_logits).abs().max() > 0.1
+
+
+def test_merged_model_matches_base_plus_adapter(trained_run, model_dir, tmp_path):
+    result = run_script("-m", "alpaca_qlora.merge", "--adapter", str(trained_run), "--output_dir", str(tmp_path / "merged"), "--dtype", "fp32")
+    assert result.returncode == 0, result.stderr[-2000:]
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged").eval()
+    base = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    reference = PeftModel.from_pretrained(base, str(trained_run)).eval()
+    ids = torch.tensor([[1, 365, 22, 300, 400, 20, 87, 9]])
+    with torch.no_grad():
+        assert torch.allclose(merged(input_ids=ids).logits, reference(input_ids=ids).logits, atol=1e-4)
+    assert not list((tmp_path / "merged").glob("*.bin"))  # safetensors only
+
+
+def test_existing_run_folder_is_refused(trained_run, small_data, capsys):
+    before = sorted(p.name for p in trained_run.iterdir())
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(lambda: train_main(["--data_path", str(small_data), "--output_dir", str(trained_run)]))
+    assert exit_info.value.code == 2
+    assert "is not empty; pass --overwrite_output_dir" in capsys.readouterr().err
+    assert sorted(p.name for p in trained_run.iterdir()) == before
+
+
+def _adapter(path: Path) -> dict[str, torch.Tensor]:
+    return load_file(path / "adapter_model.safetensors")
+
+
+def test_killed_and_resumed_run_equals_uninterrupted_run(model_dir, small_data, tmp_path):
+    common = ["--max_steps", "12", "--save_strategy", "steps", "--save_steps", "4", "--val_set_size", "20", "--seed", "3"]
+    straight = tmp_path / "straight"
+    result = run_script(*training_args(model_dir, small_data, straight, *common))
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    resumed = tmp_path / "resumed"
+    process = subprocess.Popen([sys.executable, *training_args(model_dir, small_data, resumed, *common)], cwd=REPO_ROOT,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (resumed / "checkpoint-4" / "trainer_state.json").exists():
+        assert process.poll() is None and time.time() < deadline, "the run ended before its first checkpoint"
+        time.sleep(0.02)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (resumed / "adapter_model.safetensors").exists(), "killed too late: the run had finished"
+
+    result = run_script(*training_args(model_dir, small_data, resumed, *common, "--resume_from_checkpoint", "true"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    expected, actual = _adapter(straight), _adapter(resumed)
+    assert expected.keys() == actual.keys()
+    for name in expected:
+        assert torch.allclose(expected[name], actual[name], atol=1e-6, rtol=0), name
+    # the log has each step once (lines written after the checkpoint were dropped) with the same losses
+    def losses(run: Path) -> list[tuple[int, float]]:
+        rows = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
+        return [(row["step"], round(row["loss"], 5)) for row in rows if "loss" in row]
+
+    assert losses(resumed) == losses(straight)
+
+
+def test_two_process_ddp_on_cpu(model_dir, small_data, tmp_path):
+    output_dir = tmp_path / "ddp"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
+               *training_args(model_dir, small_data, output_dir, "--max_steps", "4", "--val_set_size", "20",
+                              "--use_cpu", "--ddp_backend", "gloo", "--per_device_train_batch_size", "4")]
+    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    checksums = json.loads((output_dir / "eval_results.json").read_text())["adapter_checksum_per_process"]
+    assert len(checksums) == 2 and checksums[0] == checksums[1]
+    assert len(list(output_dir.rglob("adapter_model.safetensors"))) == 1
