@@ -164,7 +164,7 @@ def done_keys(path: Path, source: ModelSource, settings: list[dict], records: li
     done = set()
     for number, row in enumerate(read_jsonl_for_append(path), start=1):
         where = f"--output_file {path} line {number}"
-        if not isinstance(row, dict) or not {"id", "settings", "base_model", "adapter"} <= set(row):
+        if not isinstance(row, dict) or not {"id", "settings", "base_model", "adapter"} <= set(row) or not isinstance(row["settings"], dict):
             fail(f"{where}: not a generation line (no id/settings/base_model/adapter); pass --overwrite to replace the file")
         if (row["base_model"], row["adapter"]) != (source.base_model, source.adapter):
             fail(

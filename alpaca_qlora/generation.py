@@ -9,6 +9,7 @@ model is asked exactly what it learned to answer.
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -137,7 +138,7 @@ def settings_key(resolved: dict) -> str:
 
 
 def settings_label(resolved: dict) -> str:
-    return " ".join(f"{name}={resolved[name]}" for name in SETTING_NAMES)
+    return " ".join(f"{name}={value}" for name, value in resolved.items())
 
 
 def parse_setting_value(name: str, text: str):
@@ -226,7 +227,7 @@ def resolve_model_source(args: ModelArguments) -> ModelSource:
     check_local_model(base_model, "--base_model" if args.base_model else f"from {Path(adapter) / ADAPTER_CONFIG}")
     base_model = resolve_model_path(base_model)
     if adapter_base and resolve_model_path(adapter_base) != base_model:
-        print(f"note: --base_model {base_model} differs from the adapter's base {adapter_base}")
+        print(f"note: --base_model {base_model} differs from the adapter's base {adapter_base}", file=sys.stderr)
 
     run_config = read_run_config(adapter) if adapter else read_run_config(base_model)
     trained = run_config.get("model", {}) if adapter else {}

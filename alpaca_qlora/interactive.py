@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -220,4 +221,9 @@ class Session:
 
 
 def run_interactive(model, tokenizer, source: ModelSource, settings: GenerationSettings, ratings: RatingsFile, rate_each: bool) -> None:
+    if sys.stdin.isatty():
+        try:
+            import readline  # noqa: F401  (line editing and history for input())
+        except ImportError:
+            pass
     Session(model, tokenizer, source, settings, ratings, rate_each).run()

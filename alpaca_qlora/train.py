@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -12,12 +15,12 @@ from transformers.trainer_callback import ProgressCallback
 from . import run_folder as rf
 from .collators import PackedCollator, PaddedCollator, pop_token_counts
 from .config import TrainingConfig, parse_training_config
-from .data import split_records, load_records
+from .data import DataSplit, load_records, split_records
 from .errors import fail
 from .io_utils import atomic_write_json, atomic_write_jsonl
 from .modeling import add_lora, load_base_model, load_tokenizer, resolve_compute_dtype, resolve_model_path, default_device_map
 from .plots import plot_loss_curve
-from .tokenization import tokenize_records
+from .tokenization import TokenizationReport, tokenize_records
 from .trainer import InstructionTrainer, JsonlLogCallback, LossProgressCallback, read_log
 
 
@@ -88,7 +91,7 @@ def adapter_checksums(model, world_size: int) -> list[float]:
     return gathered
 
 
-def write_run_start(config: TrainingConfig, split, reports: dict, output_dir: Path, packing_share: dict) -> None:
+def write_run_start(config: TrainingConfig, split: DataSplit, reports: dict, output_dir: Path, padding: dict) -> None:
     atomic_write_json(output_dir / rf.RUN_CONFIG, config.to_dict())
     atomic_write_jsonl(output_dir / rf.VAL_RECORDS, split.val)
     atomic_write_json(output_dir / rf.TRAIN_IDS, [record["id"] for record in split.train])
@@ -102,8 +105,8 @@ def write_run_start(config: TrainingConfig, split, reports: dict, output_dir: Pa
                 "train_records": len(split.train),
                 "val_records": len(split.val),
                 "empty_outputs": split.empty_outputs,
-                **{name: vars(report) for name, report in reports.items()},
-                **packing_share,
+                "tokenization": {name: vars(report) for name, report in reports.items()},
+                **padding,
             },
         },
     )
@@ -115,72 +118,113 @@ def check_resumed_split(output_dir: Path, split) -> None:
         fail(f"--resume_from_checkpoint: the data options select other training records than {saved} records; resume with the run's own options")
 
 
-def train(config: TrainingConfig) -> dict:
-    args = config.train
-    output_dir = Path(args.output_dir)
-    resume = resolve_resume(args.resume_from_checkpoint, args.output_dir)
-    rf.check_output_dir(args.output_dir, config.run.overwrite_output_dir, resume is not None)
+@dataclass
+class PreparedData:
+    split: DataSplit
+    tokenizer: object
+    train_examples: list[dict]
+    val_examples: list[dict]
+    reports: dict[str, TokenizationReport]
 
-    # Everything a user can get wrong is checked before the run folder is touched.
+
+def prepare_data(config: TrainingConfig) -> PreparedData:
+    """Load, validate, split and tokenize: everything a user can get wrong, before any folder is touched."""
     records = load_records(config.data.data_path)
     split = split_records(records, config.data.val_set_size, config.data.max_samples, config.data.split_seed)
-    print(f"data: {len(split.train)} training and {len(split.val)} held-out records; {split.empty_outputs} with an empty output (kept: they teach the model to stop)")
-    base_model = resolve_model_path(config.model.base_model)
-    tokenizer = load_tokenizer(base_model, config.model.trust_remote_code)
-    tokenize = lambda rs: tokenize_records(rs, tokenizer, config.data.prompt_template, config.data.max_seq_length, config.data.train_on_inputs)  # noqa: E731
-    train_examples, train_report = tokenize(split.train)
-    val_examples, val_report = tokenize(split.val)
-    print(train_report.summary("train"))
-    print(val_report.summary("held-out"))
-    if not train_examples:
+    print(f"data: {len(split.train)} training and {len(split.val)} held-out records; "
+          f"{split.empty_outputs} with an empty output (kept: they teach the model to stop)")
+    tokenizer = load_tokenizer(resolve_model_path(config.model.base_model), config.model.trust_remote_code)
+    reports, tokenized = {}, {}
+    for name, records in (("train", split.train), ("held-out", split.val)):
+        tokenized[name], reports[name] = tokenize_records(
+            records, tokenizer, config.data.prompt_template, config.data.max_seq_length, config.data.train_on_inputs
+        )
+        print(reports[name].summary(name))
+    if not tokenized["train"]:
         fail("no training example is left after tokenization; raise --max_seq_length")
+    return PreparedData(split, tokenizer, tokenized["train"], tokenized["held-out"], reports)
 
+
+def build_model(config: TrainingConfig, data: PreparedData):
+    """The quantized base with LoRA, and the collator its attention supports."""
+    args = config.train
     set_seed(args.seed)  # the LoRA initialisation is random: same seed, same starting adapter
-    compute_dtype = resolve_compute_dtype(config.model.compute_dtype)
     model = load_base_model(
-        base_model, config.model.quantization, compute_dtype, config.model.double_quant, config.model.bnb_4bit_quant_storage,
-        config.model.attn_implementation, config.model.trust_remote_code, device_map=default_device_map(),
+        resolve_model_path(config.model.base_model), config.model.quantization, resolve_compute_dtype(config.model.compute_dtype),
+        config.model.double_quant, config.model.bnb_4bit_quant_storage, config.model.attn_implementation,
+        config.model.trust_remote_code, device_map=default_device_map(),
     )
     model.config.use_cache = False  # a KV cache hides packing from the attention mask (field notes)
-    collator = build_collator(config, tokenizer, model, train_examples[0]["input_ids"] * 16)
+    collator = build_collator(config, data.tokenizer, model, data.train_examples[0]["input_ids"] * 16)
+    checkpointing_kwargs = getattr(args, "activation_checkpointing_kwargs", None) or args.gradient_checkpointing_kwargs
     model = add_lora(
         model, config.lora.lora_r, config.lora.lora_alpha, config.lora.lora_dropout, config.lora.lora_target_modules,
-        args.gradient_checkpointing, getattr(args, "activation_checkpointing_kwargs", None) or args.gradient_checkpointing_kwargs,
+        args.gradient_checkpointing, checkpointing_kwargs,
     )
-    padding = {
-        "packing": config.data.packing,
-        "padding_share_packed" if config.data.packing else "padding_share_padded": padding_share(collator, train_examples, args.per_device_train_batch_size),
-    }
-    print(f"padding share of the training batches: {next(iter(v for k, v in padding.items() if k.startswith('padding'))):.1%} (packing {'on' if config.data.packing else 'off'})")
+    return model, collator
 
-    if not val_examples:
+
+def build_trainer(config: TrainingConfig, data: PreparedData, model, collator) -> InstructionTrainer:
+    args = config.train
+    if not data.val_examples:
         args.eval_strategy = "no"
-    if args.process_index == 0:
-        if config.run.overwrite_output_dir and resume is None:
-            rf.clear_output_dir(args.output_dir)
-        output_dir.mkdir(parents=True, exist_ok=True)
-        if resume is not None:
-            check_resumed_split(output_dir, split)
-        write_run_start(config, split, {"train_tokenization": train_report, "val_tokenization": val_report}, output_dir, padding)
-
     trainer = InstructionTrainer(
-        model=model, args=args, train_dataset=train_examples, eval_dataset=val_examples or None,
-        eval_examples=val_examples, data_collator=collator, processing_class=tokenizer,
-        callbacks=[JsonlLogCallback(output_dir / rf.TRAIN_LOG)],
+        model=model, args=args, train_dataset=data.train_examples, eval_dataset=data.val_examples or None,
+        eval_examples=data.val_examples, data_collator=collator, processing_class=data.tokenizer,
+        callbacks=[JsonlLogCallback(Path(args.output_dir) / rf.TRAIN_LOG)],
     )
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(LossProgressCallback())
+    return trainer
+
+
+def start_run_folder(config: TrainingConfig, data: PreparedData, collator, resuming: bool) -> None:
+    """Create (or, resuming, check) the run folder and write what is known before training."""
+    output_dir = Path(config.train.output_dir)
+    share = padding_share(collator, data.train_examples, config.train.per_device_train_batch_size)
+    print(f"padding share of the training batches: {share:.1%} (packing {'on' if config.data.packing else 'off'})")
+    if config.train.process_index != 0:
+        return
+    if config.run.overwrite_output_dir and not resuming:
+        rf.clear_output_dir(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    if resuming:
+        check_resumed_split(output_dir, data.split)
+    padding = {"packing": config.data.packing, "padding_share": share}
+    write_run_start(config, data.split, data.reports, output_dir, padding)
+
+
+def train(config: TrainingConfig) -> dict:
+    args = config.train
+    resume = resolve_resume(args.resume_from_checkpoint, args.output_dir)
+    rf.check_output_dir(args.output_dir, config.run.overwrite_output_dir, resume is not None)
+    data = prepare_data(config)
+    model, collator = build_model(config, data)
+    start_run_folder(config, data, collator, resuming=resume is not None)
+    trainer = build_trainer(config, data, model, collator)
 
     results = {}
-    if val_examples and resume is None:
+    if data.val_examples and resume is None:
         results["before_training"] = trainer.heldout_loss()
     trainer.train(resume_from_checkpoint=resume)
-    if val_examples:
+    if data.val_examples:
         results["after_training"] = trainer.heldout_loss()
     checksums = adapter_checksums(trainer.model, args.world_size)
     if trainer.is_world_process_zero():
-        finish_run(trainer, tokenizer, output_dir, results, checksums)
+        finish_run(trainer, data.tokenizer, Path(args.output_dir), results, checksums)
     return results
+
+
+def save_adapter(model, tokenizer, output_dir: Path) -> None:
+    """Adapter and tokenizer into the run folder; each file appears whole (written aside, then renamed)."""
+    staging = Path(tempfile.mkdtemp(dir=output_dir, prefix=".adapter-"))
+    try:
+        model.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
+        for path in staging.iterdir():
+            path.replace(output_dir / path.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def finish_run(trainer, tokenizer, output_dir: Path, results: dict, checksums: list[float]) -> None:
@@ -190,8 +234,7 @@ def finish_run(trainer, tokenizer, output_dir: Path, results: dict, checksums: l
         if "before_training" in previous:
             results = {"before_training": previous["before_training"], **results}
     results["adapter_checksum_per_process"] = checksums
-    trainer.model.save_pretrained(output_dir, safe_serialization=True)
-    tokenizer.save_pretrained(output_dir)
+    save_adapter(trainer.model, tokenizer, output_dir)
     atomic_write_json(saved, results)
     plot_loss_curve(read_log(output_dir / rf.TRAIN_LOG), output_dir / rf.LOSS_CURVE, title=f"{output_dir.name}: loss")
     if "after_training" in results:

@@ -15,20 +15,23 @@ from pathlib import Path
 import pytest
 import torch
 
-import inference
-from alpaca_qlora import generation
-from alpaca_qlora.errors import run_cli
-from alpaca_qlora.generation import GenerationSettings, ModelArguments, resolve_settings
-from alpaca_qlora.tokenization import IGNORE_INDEX, tokenize_example
-
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # inference.py is a script at the repository root
+    sys.path.insert(0, str(REPO))
+
+import inference  # noqa: E402
+from alpaca_qlora import generation  # noqa: E402
+from alpaca_qlora.errors import run_cli  # noqa: E402
+from alpaca_qlora.generation import GenerationSettings, ModelArguments, resolve_settings  # noqa: E402
+from alpaca_qlora.tokenization import IGNORE_INDEX, tokenize_example  # noqa: E402
+
 MODEL = str((REPO.parent / "shared" / "models" / "stories260K-hf").resolve())
 DATA = REPO.parent / "shared" / "data" / "alpaca_data.json"
 LINE_KEYS = {"id", "instruction", "input", "reference", "prediction", "settings", "base_model", "adapter", "new_tokens", "seconds"}
 RATING_KEYS = {"id", "instruction", "input", "prediction", "rating", "comment", "settings", "base_model", "adapter"}
 SETTING_KEYS = {"top_k", "top_p", "temperature", "num_beams", "max_new_tokens", "repetition_penalty", "no_repeat_ngram_size", "do_sample", "seed"}
 
-pytestmark = pytest.mark.skipif(not Path(MODEL).is_dir(), reason="needs ../shared/models/stories260K-hf")
+pytestmark = pytest.mark.skipif(not (Path(MODEL).is_dir() and DATA.is_file()), reason="needs ../shared (stories260K-hf and alpaca_data.json)")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -232,6 +235,14 @@ def test_adapter_changes_outputs_and_finds_its_base(run_dir, tmp_path):
     val = {json.loads(line)["id"]: json.loads(line) for line in (run_dir / "val.jsonl").read_text().splitlines()}
     assert all(row["reference"] == val[row["id"]]["output"] and row["instruction"] == val[row["id"]]["instruction"] for row in tuned)
 
+    # A merged model directory works as --base_model and answers as base + adapter do.
+    model, tokenizer = generation.load_for_inference(generation.resolve_model_source(ModelArguments(adapter=str(run_dir))))
+    model.merge_and_unload().save_pretrained(tmp_path / "merged")
+    tokenizer.save_pretrained(tmp_path / "merged")
+    inference.main(["--base_model", str(tmp_path / "merged"), "--output_file", str(tmp_path / "merged.jsonl")] + common)
+    merged = {row["id"]: row["prediction"] for row in read_lines(tmp_path / "merged.jsonl")}
+    assert sum(row["prediction"] == merged[row["id"]] for row in tuned) >= 5
+
 
 def test_run_config_fixes_template_and_precision(run_dir, tmp_path, no_loading, capsys):
     copy = tmp_path / "run"
@@ -243,6 +254,9 @@ def test_run_config_fixes_template_and_precision(run_dir, tmp_path, no_loading, 
     assert (source.base_model, source.quantization, source.prompt_template, source.tokenizer_path) == (MODEL, "nf4", "alpaca", str(copy))
     assert generation.resolve_model_source(ModelArguments(adapter=str(copy), quantization="none")).quantization == "none"
     assert "trained with the 'alpaca' template" in cli_error(["--adapter", str(copy), "--prompt_template", "chat", "--instruction", "Hi."], capsys)
+    config["data"]["prompt_template"] = "chat"
+    (copy / "run_config.json").write_text(json.dumps(config))
+    assert generation.resolve_model_source(ModelArguments(adapter=str(copy))).prompt_template == "chat"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -335,6 +335,13 @@ def test_file_compared_with_itself(tmp_path, scorers, config):
             assert comparison[name]["difference"] == 0 and comparison[name]["p_value"] == 1
 
 
+def test_unicode_line_separators_inside_strings(tmp_path):
+    text = "Line\u2028separator, next\x85line, paragraph\u2029end, \u00e9t\u00e9 \U0001F600"
+    path = write_jsonl(tmp_path / "unicode.jsonl", [generation_row(1, text, text), generation_row(2, "a", "b")])
+    records = load_groups(str(path), InputConfig())[0].records
+    assert [(r.id, r.line, r.prediction) for r in records] == [("1", 1, text), ("2", 2, "a")]
+
+
 def test_csv_and_json_inputs_with_named_fields(tmp_path, scorers, config):
     csv_path = tmp_path / "pairs.csv"
     with csv_path.open("w", newline="", encoding="utf-8") as handle:
