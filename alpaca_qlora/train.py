@@ -152,7 +152,7 @@ def build_model(config: TrainingConfig, data: PreparedData):
     model = load_base_model(
         resolve_model_path(config.model.base_model), config.model.quantization, resolve_compute_dtype(config.model.compute_dtype),
         config.model.double_quant, config.model.bnb_4bit_quant_storage, config.model.attn_implementation,
-        config.model.trust_remote_code, device_map=default_device_map(),
+        config.model.trust_remote_code, device_map=None if args.fsdp else default_device_map(),  # FSDP places shards itself
     )
     model.config.use_cache = False  # a KV cache hides packing from the attention mask (field notes)
     collator = build_collator(config, data.tokenizer, model, data.train_examples[0]["input_ids"] * 16)
