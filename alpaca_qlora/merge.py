@@ -9,7 +9,6 @@ AutoModelForCausalLM.from_pretrained and works as `inference.py --base_model`.
 
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -18,7 +17,9 @@ from pathlib import Path
 from transformers import HfArgumentParser
 
 from .errors import fail, run_cli
+from .generation import adapter_base_model
 from .modeling import DTYPES, load_base_model, load_tokenizer
+from .run_folder import RUN_CONFIG
 
 
 @dataclass
@@ -29,16 +30,6 @@ class MergeArguments:
     base_model: str | None = field(default=None, metadata={"help": "Base model; default: the one named in adapter_config.json."})
     overwrite: bool = field(default=False, metadata={"help": "Replace an existing --output_dir."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Run model code from the hub. Off unless you trust it."})
-
-
-def adapter_base_model(adapter_dir: str) -> str:
-    config_path = Path(adapter_dir) / "adapter_config.json"
-    if not config_path.is_file():
-        fail(f"{adapter_dir}: no adapter_config.json (not a PEFT adapter folder)")
-    base = json.loads(config_path.read_text()).get("base_model_name_or_path")
-    if not base:
-        fail(f"{config_path}: field 'base_model_name_or_path' is empty; pass --base_model")
-    return base
 
 
 def merge_adapter(args: MergeArguments) -> Path:
@@ -59,6 +50,8 @@ def merge_adapter(args: MergeArguments) -> Path:
     try:
         model.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
+        if (Path(args.adapter) / RUN_CONFIG).is_file():  # the prompt template travels with the model
+            shutil.copy(Path(args.adapter) / RUN_CONFIG, staging / RUN_CONFIG)
         if output.exists():
             shutil.rmtree(output)
         staging.rename(output)

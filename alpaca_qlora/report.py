@@ -296,31 +296,32 @@ def to_png(report: Report) -> bytes:
 
     bert = report.settings["bertscore"]
     series = [
-        ("BLEU / 100 (corpus, sacrebleu)", [_scaled(r.bleu, 0.01) for r in report.groups], "#4C72B0"),
-        ("ROUGE-L F1", [_scaled(r.rouge_l_f1, 1.0) for r in report.groups], "#DD8452"),
+        ("BLEU / 100 (corpus, sacrebleu)", [_scaled(r.bleu, 0.01) for r in report.groups], "#4C72B0", 100.0),
+        ("ROUGE-L F1", [_scaled(r.rouge_l_f1, 1.0) for r in report.groups], "#DD8452", 1.0),
         (f"BERTScore F1 ({Path(bert['model']).name}, layer {bert['num_layers']})",
-         [_scaled(r.bertscore_f1, 1.0) for r in report.groups], "#55A868"),
+         [_scaled(r.bertscore_f1, 1.0) for r in report.groups], "#55A868", 1.0),
     ]
     labels = [r.group.label for r in report.groups]
     height = 0.26
-    figure, axes = plt.subplots(figsize=(9, 1.4 + 0.75 * len(labels)))
-    for offset, (name, values, color) in enumerate(series):
+    figure, axes = plt.subplots(figsize=(9, 1.6 + 0.7 * len(labels)), layout="constrained")
+    for offset, (name, values, color, unscale) in enumerate(series):
         positions = [i + (offset - 1) * height for i in range(len(labels))]
-        points = [value for value, _, _ in values]
         errors = [[value - low for value, low, _ in values], [high - value for value, _, high in values]]
-        axes.barh(positions, points, height=height, xerr=errors, color=color, label=name,
-                  error_kw={"elinewidth": 1, "capsize": 2})
+        axes.barh(positions, [value for value, _, _ in values], height=height, xerr=errors, color=color,
+                  label=name, error_kw={"elinewidth": 1, "capsize": 2})
+        for position, (value, _, high) in zip(positions, values):
+            text = f"{value * unscale:.2f}" if unscale != 1.0 else f"{value:.3f}"
+            axes.text(max(high, value, 0.0) + 0.01, position, text, va="center", fontsize=6.5)
     axes.set_yticks(range(len(labels)), labels=labels, fontsize=8)
     axes.invert_yaxis()
-    lowest = min(low for _, values, _ in series for _, low, _ in values)
-    axes.set_xlim(min(0.0, lowest - 0.05), 1.0)
-    axes.set_xlabel("score (BLEU divided by 100)")
+    lowest = min(low for _, values, _, _ in series for _, low, _ in values)
+    axes.set_xlim(min(0.0, lowest * 1.1), 1.0)
+    axes.set_xlabel("score (BLEU divided by 100; numbers: BLEU 0-100, others 0-1)")
     axes.grid(axis="x", alpha=0.3)
-    axes.legend(loc="lower left", bbox_to_anchor=(0.0, 1.0), ncol=3, fontsize=8, frameon=False)
-    figure.suptitle(f"Scores per group with 95% intervals (n = {_sizes(report)} per group)", fontsize=10, y=1.0,
-                    va="bottom")
+    figure.legend(loc="outside lower center", ncol=3, fontsize=8, frameon=False)
+    figure.suptitle(f"Scores per group with 95% bootstrap intervals (n = {_sizes(report)} per group)", fontsize=10)
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=150, bbox_inches="tight")
+    figure.savefig(buffer, format="png", dpi=150)
     plt.close(figure)
     return buffer.getvalue()
 
