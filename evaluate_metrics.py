@@ -43,15 +43,15 @@ def run(paths: list[str], input_config: InputConfig, metric_config: MetricConfig
     per_input = [load_groups(path, input_config) for path in paths]
     prefix_labels(per_input, paths)
     groups = [group for groups in per_input for group in groups]
-    if input_config.ratings:
-        attach_ratings(input_config.ratings, groups)
+    unmatched_ratings = attach_ratings(input_config.ratings, groups) if input_config.ratings else []
     pairings = [pairing for other in per_input[1:] for pairing in pair_inputs(per_input[0], other)]
 
     scorers = load_scorers(metric_config, bertscorer)
     results = score_groups(groups, scorers)
     by_group = {id(result.group): result for result in results}
     comparisons = [compare(p, by_group[id(p.a)], by_group[id(p.b)], scorers) for p in pairings]
-    report = build_report(paths, scorers, results, comparisons, pooled_ratings(results, metric_config))
+    report = build_report(paths, scorers, results, comparisons, pooled_ratings(results, metric_config),
+                          unmatched_ratings)
     written = write_report(report, output_config)
     print(f"scored {sum(len(g.records) for g in groups)} pairs in {len(groups)} group(s); wrote "
           f"{', '.join(str(path) for path in written)}", file=sys.stderr)

@@ -36,6 +36,7 @@ class Report:
     groups: list[GroupScores]
     comparisons: list[Comparison]
     pooled_ratings: Optional[RatingSummary] = None
+    unmatched_ratings: list[int] = field(default_factory=list)  # ratings of answers that are not among the rows
 
 
 def check_output_dir(config: OutputConfig) -> None:
@@ -49,9 +50,9 @@ def check_output_dir(config: OutputConfig) -> None:
 
 
 def build_report(inputs: list[str], scorers: Scorers, groups: list[GroupScores], comparisons: list[Comparison],
-                 pooled: Optional[RatingSummary] = None) -> Report:
+                 pooled: Optional[RatingSummary] = None, unmatched_ratings: Optional[list[int]] = None) -> Report:
     return Report(inputs=inputs, settings=scorers.settings(), groups=groups, comparisons=comparisons,
-                  pooled_ratings=pooled)
+                  pooled_ratings=pooled, unmatched_ratings=unmatched_ratings or [])
 
 
 def write_report(report: Report, config: OutputConfig) -> list[Path]:
@@ -87,7 +88,14 @@ def to_json(report: Report) -> dict[str, Any]:
     }
     if report.pooled_ratings is not None:
         data["ratings_all_groups"] = rating_dict(report.pooled_ratings)
+    if report.unmatched_ratings:
+        data["ratings_unmatched"] = {"n": len(report.unmatched_ratings), "mean": _mean(report.unmatched_ratings),
+                                     "note": "ratings of answers that are not among the scored rows"}
     return _finite(data)
+
+
+def _mean(values: list[int]) -> float:
+    return sum(values) / len(values)
 
 
 def group_row(result: GroupScores, settings: dict[str, Any]) -> dict[str, Any]:
@@ -194,7 +202,7 @@ def to_markdown(report: Report) -> str:
     lines = ["## Scores", "", *_score_table(report), "", *_settings_notes(report.settings)]
     if report.comparisons:
         lines += ["", "## Paired comparison (b - a, over shared ids)", "", *_comparison_table(report.comparisons)]
-    if any(result.ratings for result in report.groups):
+    if any(result.ratings for result in report.groups) or report.unmatched_ratings:
         lines += ["", "## Human ratings and their correlation with the metrics", "", *_ratings_table(report)]
     return "\n".join(lines) + "\n"
 
@@ -247,6 +255,11 @@ def _ratings_table(report: Report) -> list[str]:
         cells = [_md(label), str(summary.n), f"{summary.mean:.2f} [{summary.ci95[0]:.2f}, {summary.ci95[1]:.2f}]"]
         cells += ["n/a" if value is None else f"{value:.3f}" for value in rho]
         lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "A sample rated more than once counts with its mean rating; n/a: fewer than 3 rated samples or "
+                  "no variation."]
+    if report.unmatched_ratings:
+        lines.append(f"{len(report.unmatched_ratings)} rating(s) rate answers that are not among the scored rows "
+                     f"(mean {_mean(report.unmatched_ratings):.2f}); they are not in the table.")
     return lines
 
 
@@ -278,8 +291,9 @@ def to_scores_jsonl(report: Report) -> str:
                    "sentence_bleu": float(samples.sentence_bleu[index]),
                    "rougeL_f1": float(samples.rouge_l_f1[index]),
                    "bertscore_f1": float(samples.bertscore_f1[index])}
-            if record.rating is not None:
+            if record.ratings:
                 row["rating"] = record.rating
+                row["ratings"] = record.ratings
             lines.append(json.dumps(_finite(row), ensure_ascii=False))
     return "\n".join(lines) + "\n"
 

@@ -35,7 +35,9 @@ class InputConfig:
     )
     ratings: Optional[str] = field(
         default=None,
-        metadata={"help": "JSONL of human ratings from `inference.py --rate` (id, rating 1-5, settings, model)."},
+        metadata={"help": "JSONL of human ratings (inference.py --rate): each rating joins the scored row with the "
+                          "same instruction, input and prediction (or, in a file without predictions, the same id "
+                          "and settings)."},
     )
 
 
@@ -48,7 +50,14 @@ class Record:
     reference: str
     source: str
     line: int
-    rating: Optional[int] = None
+    instruction: str = ""
+    input: str = ""
+    ratings: list[int] = field(default_factory=list)  # 1-5, from the row and/or a ratings file
+
+    @property
+    def rating(self) -> Optional[float]:
+        """The mean of this sample's ratings, None when unrated."""
+        return sum(self.ratings) / len(self.ratings) if self.ratings else None
 
 
 @dataclass
@@ -173,7 +182,9 @@ def load_groups(path: str, config: InputConfig) -> list[Group]:
             reference=_text_field(row, config.reference_field, where, "--reference_field"),
             source=path,
             line=number,
-            rating=_rating(row, where),
+            instruction=_optional_str(row.get("instruction")) or "",
+            input=_optional_str(row.get("input")) or "",
+            ratings=_ratings(row, where),
         ))
     if not groups:
         fail(f"{path}: no records (only blank lines), nothing to score")
@@ -215,11 +226,9 @@ def _optional_str(value: Any) -> Optional[str]:
     return None if value in (None, "") else str(value)
 
 
-def _rating(row: dict[str, Any], where: str) -> Optional[int]:
+def _ratings(row: dict[str, Any], where: str) -> list[int]:
     value = row.get(RATING_FIELD)
-    if value in (None, ""):
-        return None
-    return parse_rating(value, where)
+    return [] if value in (None, "") else [parse_rating(value, where)]
 
 
 def parse_rating(value: Any, where: str) -> int:
@@ -289,40 +298,42 @@ def short_names(paths: list[str]) -> list[str]:
 # ---------------------------------------------------------------- human ratings
 
 
-def attach_ratings(path: str, groups: list[Group]) -> int:
-    """Put the ratings of a `--rate` file onto matching records; return how many ratings matched nothing.
+def attach_ratings(path: str, groups: list[Group]) -> list[int]:
+    """Add the ratings of a ratings file to the rows they rate; return the ratings that rate no scored row.
 
-    A rating matches a record with the same id whose model and settings agree with every grouping field the rating
-    carries (fields it lacks match anything).
+    `inference.py --rate` numbers its answers per session, so its `id` is not a dataset id: a rating joins the rows
+    with the same instruction, input and prediction text (same model when it names one). A file without a
+    `prediction` field joins by `id` instead, with the same model and settings where it names them.
     """
+    by_text: dict[tuple[str, str, str], list[tuple[Group, Record]]] = {}
     by_id: dict[str, list[tuple[Group, Record]]] = {}
     for group in groups:
         for record in group.records:
+            by_text.setdefault((record.instruction, record.input, record.prediction), []).append((group, record))
             by_id.setdefault(record.id, []).append((group, record))
-    unmatched = 0
+    unmatched = []
     for number, row in read_rows(path):
         where = _where(path, number)
-        if row.get("id") in (None, ""):
-            fail(f"{where}: missing field 'id'")
         rating = parse_rating(row.get(RATING_FIELD), where)
-        matches = [record for group, record in by_id.get(str(row["id"]), []) if _rating_fits(row, group)]
-        if not matches:
-            unmatched += 1
-        for record in matches:
-            if record.rating is not None:
-                fail(f"{where}: sample {record.id!r} ({record.source}:{record.line}) is already rated")
-            record.rating = rating
+        if "prediction" in row:
+            key = tuple(_optional_str(row.get(name)) or "" for name in ("instruction", "input", "prediction"))
+            candidates = [(g, r) for g, r in by_text.get(key, []) if _same_model(row, g)]
+        elif row.get("id") not in (None, ""):
+            candidates = [(g, r) for g, r in by_id.get(str(row["id"]), []) if _same_model(row, g)
+                          and (not isinstance(row.get(SETTINGS_FIELD), dict) or row[SETTINGS_FIELD] == g.settings)]
+        else:
+            fail(f"{where}: a rating needs the rated 'prediction' (with its 'instruction' and 'input') or an 'id'")
+        for _, record in candidates:
+            record.ratings.append(rating)
+        if not candidates:
+            unmatched.append(rating)
     if unmatched:
-        print(f"warning: {path}: {unmatched} rating(s) match no scored sample", file=sys.stderr)
+        print(f"warning: {path}: {len(unmatched)} rating(s) rate no scored row (reported apart)", file=sys.stderr)
     return unmatched
 
 
-def _rating_fits(row: dict[str, Any], group: Group) -> bool:
-    for name in MODEL_FIELDS:
-        if name in row and _optional_str(row[name]) != getattr(group, name):
-            return False
-    settings = row.get(SETTINGS_FIELD)
-    return not isinstance(settings, dict) or settings == group.settings
+def _same_model(row: dict[str, Any], group: Group) -> bool:
+    return all(name not in row or _optional_str(row[name]) == getattr(group, name) for name in MODEL_FIELDS)
 
 
 # ---------------------------------------------------------------- paired comparisons

@@ -19,6 +19,7 @@ from .data import DataSplit, load_records, split_records
 from .errors import fail
 from .io_utils import atomic_write_json, atomic_write_jsonl
 from .modeling import add_lora, load_base_model, load_tokenizer, resolve_compute_dtype, resolve_model_path, default_device_map
+from .packed_attention import register_packed_attention
 from .plots import plot_loss_curve
 from .tokenization import TokenizationReport, tokenize_records
 from .trainer import InstructionTrainer, JsonlLogCallback, LossProgressCallback, read_log
@@ -155,6 +156,8 @@ def build_model(config: TrainingConfig, data: PreparedData):
         config.model.trust_remote_code, device_map=None if args.fsdp else default_device_map(),  # FSDP places shards itself
     )
     model.config.use_cache = False  # a KV cache hides packing from the attention mask (field notes)
+    if config.data.packing and not torch.cuda.is_available() and config.model.attn_implementation == "sdpa":
+        model.set_attn_implementation(register_packed_attention())  # per-example attention on the CPU
     collator = build_collator(config, data.tokenizer, model, data.train_examples[0]["input_ids"] * 16)
     checkpointing_kwargs = getattr(args, "activation_checkpointing_kwargs", None) or args.gradient_checkpointing_kwargs
     model = add_lora(
@@ -178,6 +181,11 @@ def build_trainer(config: TrainingConfig, data: PreparedData, model, collator) -
     return trainer
 
 
+def model_attention(config: TrainingConfig) -> str:
+    packed_cpu = config.data.packing and not torch.cuda.is_available() and config.model.attn_implementation == "sdpa"
+    return "packed_sdpa (per example, CPU)" if packed_cpu else config.model.attn_implementation
+
+
 def start_run_folder(config: TrainingConfig, data: PreparedData, collator, resuming: bool) -> None:
     """Create (or, resuming, check) the run folder and write what is known before training."""
     output_dir = Path(config.train.output_dir)
@@ -190,7 +198,7 @@ def start_run_folder(config: TrainingConfig, data: PreparedData, collator, resum
     output_dir.mkdir(parents=True, exist_ok=True)
     if resuming:
         check_resumed_split(output_dir, data.split)
-    padding = {"packing": config.data.packing, "padding_share": share}
+    padding = {"packing": config.data.packing, "padding_share": share, "attention": model_attention(config)}
     write_run_start(config, data.split, data.reports, output_dir, padding)
 
 

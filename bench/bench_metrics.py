@@ -37,6 +37,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--bootstrap", type=int, default=1000)
     parser.add_argument("--first_sentence", action="store_true", help="Keep only each output's first sentence.")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice, one per core)")
     return parser.parse_args()
 
 
@@ -80,6 +81,10 @@ def main() -> None:
         return now
 
     clock = time.perf_counter()
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
     from alpaca_qlora import metrics
     from alpaca_qlora.report import OutputConfig, build_report, write_report
     from alpaca_qlora.scoring_io import InputConfig, load_groups
@@ -102,8 +107,9 @@ def main() -> None:
     write_report(build_report([str(gens)], scorers, [result], []), OutputConfig(output_dir=str(tmp / "metrics")))
     lap("write_report", clock)
     timings["total_including_load"] = round(time.perf_counter() - START, 3)
-
-    import torch
+    tokenizer = scorers.bertscore._tokenizer  # only to report how much text the backbone read
+    unique = set(predictions) | set(references)
+    backbone_tokens = sum(min(len(ids), 512) for ids in tokenizer(sorted(unique))["input_ids"])
 
     print(json.dumps({
         "pairs": len(pairs),
@@ -112,6 +118,8 @@ def main() -> None:
         "mean_words_prediction": round(sum(len(p.split()) for p, _ in pairs) / len(pairs), 1),
         "bootstrap": args.bootstrap,
         "backbone": scorers.backbone.name,
+        "backbone_tokens": backbone_tokens,
+        "bertscore_tokens_per_second": round(backbone_tokens / timings["bertscore"]),
         "seconds": timings,
         "scores": {"bleu": round(result.bleu.value, 2), "rougeL_f1": round(result.rouge_l_f1.value, 4),
                    "bertscore_f1": round(result.bertscore_f1.value, 4)},

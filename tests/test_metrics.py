@@ -23,7 +23,7 @@ from alpaca_qlora import metrics  # noqa: E402
 from alpaca_qlora.errors import UserError  # noqa: E402
 from alpaca_qlora.metrics import MetricConfig, compare, load_scorers, score_groups  # noqa: E402
 from alpaca_qlora.report import OutputConfig  # noqa: E402
-from alpaca_qlora.scoring_io import InputConfig, load_groups, pair_groups  # noqa: E402
+from alpaca_qlora.scoring_io import InputConfig, attach_ratings, load_groups, pair_groups  # noqa: E402
 
 sacrebleu = pytest.importorskip("sacrebleu")
 rouge_scorer = pytest.importorskip("rouge_score.rouge_scorer")
@@ -310,18 +310,33 @@ def test_ratings_are_summarised_with_correlations(tmp_path, scorers, config):
     for row in rows[:12]:  # the first setting carries ratings in its rows
         row["rating"] = 5 if row["prediction"] == row["reference"] else 2 + int(row["id"]) % 2
     path = write_jsonl(tmp_path / "gens.jsonl", rows)
-    ratings = write_jsonl(tmp_path / "ratings.jsonl", [
-        {"id": i, "rating": 1 + i % 5, "settings": settings[1], "base_model": "stories260K"} for i in range(12)])
+    # as inference.py --rate writes them: a session counter as id, the rated texts, the settings and model
+    interactive = [{"id": 100 + n, "instruction": row["instruction"], "input": row["input"],
+                    "prediction": row["prediction"], "rating": 1 + n % 5, "comment": "", "settings": row["settings"],
+                    "base_model": "stories260K", "adapter": None} for n, row in enumerate(rows[12:])]
+    interactive.append({**interactive[0], "prediction": "an answer that was never scored", "rating": 4})
+    ratings = write_jsonl(tmp_path / "ratings.jsonl", interactive)
     out = tmp_path / "metrics"
     run_in_process([path], out, scorers, config, ratings=str(ratings))
     data = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
     first, second = (group["ratings"] for group in data["groups"])
     assert first["n"] == 12 and second["n"] == 12
-    assert second["mean"] == pytest.approx(np.mean([1 + i % 5 for i in range(12)]))
+    assert second["mean"] == pytest.approx(np.mean([1 + n % 5 for n in range(12)]))
     assert first["correlation_with"]["rougeL_f1"]["spearman"] > 0.5  # exact copies were rated 5
     assert data["ratings_all_groups"]["n"] == 24
+    assert data["ratings_unmatched"]["n"] == 1 and data["ratings_unmatched"]["mean"] == 4
     assert "## Human ratings" in (out / "metrics.md").read_text(encoding="utf-8")
     assert "rating_mean" in (out / "metrics.csv").read_text(encoding="utf-8")
+
+
+def test_ratings_without_predictions_join_by_id_and_settings(tmp_path):
+    path = write_jsonl(tmp_path / "gens.jsonl", sweep_rows(SWEEP[:2], ids=range(3)))
+    groups = load_groups(str(path), InputConfig())
+    ratings = write_jsonl(tmp_path / "ratings.jsonl", [{"id": 1, "rating": 3, "settings": SWEEP[1]},
+                                                       {"id": 1, "rating": 5, "settings": SWEEP[1]}])
+    assert attach_ratings(str(ratings), groups) == []
+    assert [r.ratings for r in groups[1].records] == [[], [3, 5], []] and groups[1].records[1].rating == 4
+    assert all(not r.ratings for r in groups[0].records)
 
 
 def test_file_compared_with_itself(tmp_path, scorers, config):

@@ -124,3 +124,22 @@ def test_packed_and_padded_batches_give_the_same_loss(tokenizer, model_dir, alpa
         packed_loss = float(model(**packed, use_cache=False).loss)
         padded_loss = float(model(**padded, use_cache=False).loss)
     assert abs(packed_loss - padded_loss) < 1e-4
+
+
+def test_packed_cpu_attention_equals_masked_sdpa(tokenizer, model_dir, alpaca_records):
+    """The per-example CPU attention gives the logits and gradients of transformers' own masked sdpa."""
+    from alpaca_qlora.packed_attention import register_packed_attention
+
+    records = [dict(r, id=i) for i, r in enumerate(alpaca_records[20:30])]
+    examples, _ = tokenize_records(records, tokenizer, "alpaca", 512, False)
+    batch = PackedCollator(pad_token_id=tokenizer.pad_token_id, max_row_length=512)(examples)
+    pop_token_counts(batch)
+    results = []
+    for implementation in ("sdpa", register_packed_attention()):
+        model = AutoModelForCausalLM.from_pretrained(str(model_dir), attn_implementation="sdpa")
+        model.set_attn_implementation(implementation)
+        output = model(**batch, use_cache=False)
+        output.loss.backward()
+        results.append((output.logits.detach(), model.model.layers[2].mlp.down_proj.weight.grad))
+    assert torch.allclose(results[0][0], results[1][0], atol=1e-4)
+    assert torch.allclose(results[0][1], results[1][1], atol=1e-6)
