@@ -136,7 +136,7 @@ def read_jsonl_for_append(path: Path) -> list[dict]:
             handle.truncate(len(complete))
         print(f"note: {path}: removed a half-written last line (an interrupted run)")
     rows = []
-    for number, line in enumerate(complete.decode("utf-8").splitlines(), start=1):
+    for number, line in enumerate(complete.decode("utf-8").split("\n"), start=1):
         if not line.strip():
             continue
         try:

@@ -6,7 +6,8 @@ length (measured: slower than plain padding on CPU). This packer keeps the same 
 side by side, position ids restarting at 0 for each one, attention_mask=None so transformers builds
 a block-diagonal causal mask - but bounds each row at `max_row_length` tokens, so attention costs
 what a padded batch of full-length rows would and no token is spent on padding except the tail of
-the shorter rows.
+the shorter rows. With an attention that works per example (packed_attention.py, on the CPU) row
+length costs nothing, and `max_row_length=None` lays the whole batch in one row: no padding at all.
 """
 
 from __future__ import annotations
@@ -42,10 +43,11 @@ class PackedCollator:
     """Examples packed side by side in rows of at most max_row_length tokens, no cross-attention."""
 
     pad_token_id: int
-    max_row_length: int
+    max_row_length: int | None  # None: one row holding the whole batch
 
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
-        rows = pack_into_rows([len(e["input_ids"]) for e in examples], self.max_row_length)
+        lengths = [len(e["input_ids"]) for e in examples]
+        rows = pack_into_rows(lengths, self.max_row_length or sum(lengths))
         row_ids, row_labels, row_positions = [], [], []
         for row in rows:
             ids, labels, positions = [], [], []

@@ -117,6 +117,7 @@ class TrainingConfig:
     lora: LoraArguments
     run: RunArguments
     train: TrainArguments
+    checkpointing_explicit: bool = False  # the user set gradient/activation checkpointing; else a policy decides
 
     def to_dict(self) -> dict:
         train = {k: v for k, v in self.train.to_dict().items() if not k.startswith("_")}
@@ -161,6 +162,7 @@ def parse_training_config(argv: list[str] | None = None) -> TrainingConfig:
     parser = build_parser()
     known = {action.dest for action in parser._actions}
     parser.set_defaults(**{CHECKPOINTING_FLAG: True}, **device_defaults())
+    file_values = {}
     if config_path:
         file_values = read_config_file(config_path)
         unknown = sorted(set(file_values) - known)
@@ -173,4 +175,14 @@ def parse_training_config(argv: list[str] | None = None) -> TrainingConfig:
         fail(str(error).strip().splitlines()[0])
     if getattr(train, f"{CHECKPOINTING_FLAG}_kwargs") is None:
         setattr(train, f"{CHECKPOINTING_FLAG}_kwargs", {"use_reentrant": False})
-    return TrainingConfig(model=model, data=data, lora=lora, run=run, train=train)
+    checkpointing_names = {"gradient_checkpointing", "activation_checkpointing"}
+    explicit = bool(checkpointing_names & set(file_values)) or any(
+        arg.lstrip("-").split("=")[0] in checkpointing_names for arg in argv if arg.startswith("--")
+    )
+    return TrainingConfig(model=model, data=data, lora=lora, run=run, train=train, checkpointing_explicit=explicit)
+
+
+def set_checkpointing(train: TrainArguments, enabled: bool) -> None:
+    for name in ("gradient_checkpointing", "activation_checkpointing"):
+        if hasattr(train, name):
+            setattr(train, name, enabled)

@@ -44,7 +44,8 @@ class MetricConfig:
     """How each metric is computed, and the bootstrap."""
 
     bleu_tokenize: str = field(default="13a", metadata={"help": "sacrebleu tokenizer.", "choices": BLEU_TOKENIZERS})
-    no_stemmer: bool = field(default=False, metadata={"help": "Turn off the Porter stemmer of ROUGE-L (on by default)."})
+    no_stemmer: bool = field(
+        default=False, metadata={"help": "Turn off the Porter stemmer of ROUGE-L (on by default)."})
     bertscore_model: str = field(
         default=DEFAULT_BACKBONE,
         metadata={"help": "BERTScore backbone: a hub id (default roberta-large, layer 17, the standard), a local "
@@ -55,7 +56,8 @@ class MetricConfig:
         default=None, metadata={"help": "Layer whose embeddings BERTScore uses (default: bert-score's tuned layer)."})
     bertscore_idf: bool = field(default=False, metadata={"help": "Weight tokens by idf over each group's references."})
     bertscore_rescale: bool = field(
-        default=False, metadata={"help": "Rescale with the baseline bert-score ships for the backbone (if it has one)."})
+        default=False,
+        metadata={"help": "Rescale with the baseline bert-score ships for the backbone (fails if it has none)."})
     bertscore_lang: str = field(default="en", metadata={"help": "Language of the rescale baseline."})
     bertscore_batch_size: int = field(default=64, metadata={"help": "BERTScore batch size."})
     bertscore_device: Optional[str] = field(

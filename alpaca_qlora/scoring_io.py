@@ -31,7 +31,8 @@ class InputConfig:
     reference_field: str = field(default="reference", metadata={"help": "Field (column) holding the reference answer."})
     id_field: str = field(
         default="id",
-        metadata={"help": "Field identifying a sample, used to pair two inputs. Rows without it are numbered 0, 1, ..."},
+        metadata={"help": "Field identifying a sample, used to pair two inputs. "
+                          "Rows without it are numbered 0, 1, ..."},
     )
     ratings: Optional[str] = field(
         default=None,

@@ -14,12 +14,13 @@ from transformers.trainer_callback import ProgressCallback
 
 from . import run_folder as rf
 from .collators import PackedCollator, PaddedCollator, pop_token_counts
-from .config import TrainingConfig, parse_training_config
+from .config import TrainingConfig, parse_training_config, set_checkpointing
 from .data import DataSplit, load_records, split_records
 from .errors import fail
 from .io_utils import atomic_write_json, atomic_write_jsonl
+from .memory import checkpointing_needed
 from .modeling import add_lora, load_base_model, load_tokenizer, resolve_compute_dtype, resolve_model_path, default_device_map
-from .packed_attention import register_packed_attention
+from .packed_attention import PACKED_SDPA, register_packed_attention
 from .plots import plot_loss_curve
 from .tokenization import TokenizationReport, tokenize_records
 from .trainer import InstructionTrainer, JsonlLogCallback, LossProgressCallback, read_log
@@ -61,7 +62,9 @@ def attention_honours_packing(model, token_ids: list[int]) -> bool:
 def build_collator(config: TrainingConfig, tokenizer, model, sample_ids: list[int]):
     if config.data.packing:
         if attention_honours_packing(model, sample_ids):
-            return PackedCollator(pad_token_id=tokenizer.pad_token_id, max_row_length=config.data.max_seq_length)
+            per_example = model.config._attn_implementation == PACKED_SDPA  # row length costs nothing: one row
+            row_length = None if per_example else config.data.max_seq_length
+            return PackedCollator(pad_token_id=tokenizer.pad_token_id, max_row_length=row_length)
         print(
             f"warning: attention '{config.model.attn_implementation}' of this model lets packed examples attend to each other; "
             "falling back to padded batches grouped by length"
@@ -146,9 +149,24 @@ def prepare_data(config: TrainingConfig) -> PreparedData:
     return PreparedData(split, tokenizer, tokenized["train"], tokenized["held-out"], reports)
 
 
+def resolve_checkpointing(config: TrainingConfig) -> None:
+    """Unless the user chose, turn gradient checkpointing on where memory asks for it (memory.py)."""
+    if config.checkpointing_explicit:
+        return
+    from transformers import AutoConfig
+
+    model_config = AutoConfig.from_pretrained(resolve_model_path(config.model.base_model), trust_remote_code=config.model.trust_remote_code)
+    tokens = config.train.per_device_train_batch_size * config.data.max_seq_length
+    bytes_per_value = resolve_compute_dtype(config.model.compute_dtype).itemsize
+    enabled = checkpointing_needed(model_config, tokens, bytes_per_value)
+    set_checkpointing(config.train, enabled)
+    print(f"gradient checkpointing {'on' if enabled else 'off: activations fit easily in memory'} (set --gradient_checkpointing to choose)")
+
+
 def build_model(config: TrainingConfig, data: PreparedData):
     """The quantized base with LoRA, and the collator its attention supports."""
     args = config.train
+    resolve_checkpointing(config)
     set_seed(args.seed)  # the LoRA initialisation is random: same seed, same starting adapter
     model = load_base_model(
         resolve_model_path(config.model.base_model), config.model.quantization, resolve_compute_dtype(config.model.compute_dtype),

@@ -114,6 +114,8 @@ def summarise(counts, ends, args, n_matmul: int) -> dict:
         "padding_share": (total - real) / total,
         "seconds_per_step": statistics.median(durations[s] for s in steps),
         "steps_timed": len(steps),
+        "step_seconds": [round(durations[s], 3) for s in steps],
+        "step_trained_tokens": [counts[s][2] for s in steps],
         "matmul_params": n_matmul,
     }
     if torch.cuda.is_available():
