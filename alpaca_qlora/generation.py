@@ -190,10 +190,16 @@ def read_json_file(path: Path) -> dict:
 
 
 def read_run_config(folder: str | None) -> dict:
-    """The training run's run_config.json in a local folder, or {}."""
-    if folder is None or not (Path(folder) / RUN_CONFIG).is_file():
+    """The training run's run_config.json in a local folder (for a checkpoint-N folder, in its run folder), or {}."""
+    if folder is None:
         return {}
-    config = read_json_file(Path(folder) / RUN_CONFIG)
+    candidates = [Path(folder) / RUN_CONFIG]
+    if Path(folder).name.startswith("checkpoint-"):
+        candidates.append(Path(folder).parent / RUN_CONFIG)
+    found = [path for path in candidates if path.is_file()]
+    if not found:
+        return {}
+    config = read_json_file(found[0])
     return config if isinstance(config, dict) else {}
 
 
