@@ -267,12 +267,18 @@ def verdict(by_budget: dict, losses: dict, comparisons: list[dict], final: int) 
     """Plain statements of what moved significantly (p < 0.05, CI excluding 0) and what did not."""
     final_source = by_budget[final]["source"]
     final_comparison = next(c for c in comparisons if c["b_source"] == final_source)
-    lines = [f"- Held-out loss: {losses[0]:.4f} before training, {losses[final]:.4f} after {final} steps."]
+    steps = sorted(by_budget)
+    lines = [f"- Held-out loss (mean NLL per response token over the whole held-out split): {losses[0]:.4f} before "
+             f"training, {losses[final]:.4f} after {final} steps; over the budgets {steps}: "
+             + ", ".join(f"{losses[s]:.4f}" for s in steps if s in losses) + "."]
+    for key, label, scale in METRICS:
+        lines.append(f"- {label} over the budgets {steps}: " + ", ".join(f"{by_budget[s][key] * scale:.4f}" for s in steps) + ".")
+    lines.append(f"- Tuned ({final} steps) vs base on the same {final_comparison['n_shared']} records:")
     for key, label, _ in METRICS:
         c = final_comparison[key]
         significant = c["p_value"] < 0.05 and (c["ci95"][0] > 0 or c["ci95"][1] < 0)
         direction = "higher" if c["difference"] > 0 else "lower"
-        lines.append(f"- {label.split(' /')[0]}: the fine-tuned model is {direction} by {abs(c['difference']):.4f} "
+        lines.append(f"  - {label.split(' /')[0]}: the fine-tuned model is {direction} by {abs(c['difference']):.4f} "
                      + (f"(significant, p = {c['p_value']:.4f})." if significant else f"(not significant, p = {c['p_value']:.4f})."))
     return lines
 
