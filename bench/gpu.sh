@@ -15,6 +15,5 @@ python3 bench/make_bench_model.py --data .device-data/alpaca_data.json --output_
 python3 bench/bench_training.py --model /tmp/llama-1b --data .device-data/alpaca_data.json \
     --batch_size 16 --max_seq_length 512 --steps 12 --warmup 3 --window 3 \
     --json_out "$out/training.json" 2>&1 | tee "$out/training.log"
-if [ -f bench/bench_generation.py ]; then
-  python3 bench/bench_generation.py --model /tmp/llama-1b 2>&1 | tee "$out/generation.log" || true
-fi
+python3 bench/bench_generation.py --base_model /tmp/llama-1b --data_path .device-data/alpaca_data.json \
+    --num_prompts 64 --batch_size 16 --max_new_tokens 128 2>&1 | tee "$out/generation.log"
