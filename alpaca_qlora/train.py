@@ -13,6 +13,7 @@ from transformers import set_seed
 from transformers.trainer_callback import ProgressCallback
 
 from . import run_folder as rf
+from .chunked_loss import install_hidden_states_head, make_loss_func
 from .collators import PackedCollator, PaddedCollator, pop_token_counts
 from .config import TrainingConfig, parse_training_config, set_checkpointing
 from .data import DataSplit, load_records, split_records
@@ -189,10 +190,12 @@ def build_trainer(config: TrainingConfig, data: PreparedData, model, collator) -
     args = config.train
     if not data.val_examples:
         args.eval_strategy = "no"
+    head = install_hidden_states_head(model)  # loss on trained positions only (chunked_loss.py)
     trainer = InstructionTrainer(
         model=model, args=args, train_dataset=data.train_examples, eval_dataset=data.val_examples or None,
         eval_examples=data.val_examples, data_collator=collator, processing_class=data.tokenizer,
         callbacks=[JsonlLogCallback(Path(args.output_dir) / rf.TRAIN_LOG)],
+        compute_loss_func=make_loss_func(head) if head else None, hidden_states_head=head,
     )
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(LossProgressCallback())

@@ -19,7 +19,9 @@ from torch.utils.data import DataLoader
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_callback import ProgressCallback
 
+from .chunked_loss import trained_token_loss_sum
 from .collators import pop_token_counts
+from .tokenization import IGNORE_INDEX
 
 
 @dataclass
@@ -50,8 +52,9 @@ class TokenStats:
 
 
 class InstructionTrainer(Trainer):
-    def __init__(self, *args, eval_examples=None, **kwargs):
+    def __init__(self, *args, eval_examples=None, hidden_states_head=None, **kwargs):
         super().__init__(*args, **kwargs)
+        self.hidden_states_head = hidden_states_head  # set when the loss runs on trained positions only
         self.token_stats = TokenStats()
         self.eval_examples = eval_examples or []
 
@@ -73,6 +76,16 @@ class InstructionTrainer(Trainer):
         torch.distributed.all_reduce(tensor)
         return [int(v) for v in tensor.tolist()]
 
+    def batch_loss_sum(self, model, batch: dict) -> tuple[float, int]:
+        """(summed NLL, labelled tokens) of one batch, through the same loss as training."""
+        if self.hidden_states_head is None:
+            trained = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+            return float(model(**batch, use_cache=False).loss) * trained, trained
+        labels = batch.pop("labels")
+        outputs = model(**batch, use_cache=False)
+        total, count = trained_token_loss_sum(outputs.logits, labels, self.hidden_states_head.head)
+        return float(total), count
+
     @torch.no_grad()
     def heldout_loss(self) -> dict[str, float]:
         """Mean NLL per response token over the whole held-out set (each process computes all of it)."""
@@ -82,12 +95,12 @@ class InstructionTrainer(Trainer):
         loader = DataLoader(self.eval_examples, batch_size=self.args.per_device_eval_batch_size, collate_fn=self.data_collator)
         nll, tokens = 0.0, 0
         for batch in loader:
-            _, _, trained = pop_token_counts(batch)
+            pop_token_counts(batch)
             batch = {k: v.to(self.args.device) for k, v in batch.items()}
             with self.compute_loss_context_manager():
-                loss = model(**batch, use_cache=False).loss
-            nll += float(loss) * trained
-            tokens += trained
+                batch_nll, batch_tokens = self.batch_loss_sum(model, batch)
+            nll += batch_nll
+            tokens += batch_tokens
         model.train(was_training)
         mean = nll / max(tokens, 1)
         return {"eval_loss": mean, "eval_perplexity": math.exp(min(mean, 50.0)), "eval_tokens": tokens}

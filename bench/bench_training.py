@@ -41,7 +41,7 @@ def parse_args(argv=None):
     parser.add_argument("--steps", type=int, default=14, help="timed steps after warm-up")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--window", type=int, default=3, help="steps per timing window")
-    parser.add_argument("--variants", default="baseline,ours")
+    parser.add_argument("--variants", default="baseline,ours", help="any of baseline, ours, ours_full_logits")
     parser.add_argument("--variant", help=argparse.SUPPRESS)  # set in the child processes
     parser.add_argument("--peak_tflops", type=float, default=H100_BF16_DENSE_TFLOPS, help="GPU peak for MFU")
     parser.add_argument("--extra", default="", help="extra training_script flags for 'ours', space separated")
@@ -176,6 +176,14 @@ def run_baseline(args) -> dict:
         return summarise(collator.counts, timer.ends, args, matmul_parameters(model))
 
 
+def run_ours_full_logits(args) -> dict:
+    """Ours with the model's own full-vocabulary loss: isolates what chunked_loss.py brings."""
+    import alpaca_qlora.train
+
+    alpaca_qlora.train.install_hidden_states_head = lambda model: None
+    return run_ours(args)
+
+
 def run_ours(args) -> dict:
     from alpaca_qlora.train import build_model, build_trainer, prepare_data
 
@@ -213,7 +221,8 @@ def run_child(args, variant: str) -> dict:
 def main() -> None:
     args = parse_args()
     if args.variant:
-        result = {"baseline": run_baseline, "ours": run_ours}[args.variant](args)
+        variants = {"baseline": run_baseline, "ours": run_ours, "ours_full_logits": run_ours_full_logits}
+        result = variants[args.variant](args)
         print(json.dumps(result))
         return
     env = environment()

@@ -143,3 +143,27 @@ def test_packed_cpu_attention_equals_masked_sdpa(tokenizer, model_dir, alpaca_re
         results.append((output.logits.detach(), model.model.layers[2].mlp.down_proj.weight.grad))
     assert torch.allclose(results[0][0], results[1][0], atol=1e-4)
     assert torch.allclose(results[0][1], results[1][1], atol=1e-6)
+
+
+def test_trained_token_loss_equals_the_models_own_loss(tokenizer, model_dir, alpaca_records):
+    """The chunked loss on labelled positions gives the model's own cross-entropy and gradients."""
+    from alpaca_qlora.chunked_loss import install_hidden_states_head, trained_token_loss_sum
+
+    records = [dict(r, id=i) for i, r in enumerate(alpaca_records[30:40])]
+    examples, _ = tokenize_records(records, tokenizer, "alpaca", 512, False)
+    batch = PackedCollator(pad_token_id=tokenizer.pad_token_id, max_row_length=512)(examples)
+    pop_token_counts(batch)
+    reference = AutoModelForCausalLM.from_pretrained(str(model_dir))
+    expected = reference(**batch, use_cache=False).loss
+    expected.backward()
+
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir))
+    head = install_hidden_states_head(model)
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    total, count = trained_token_loss_sum(model(**inputs, use_cache=False).logits, batch["labels"], head.head, chunk_tokens=500)
+    assert count == int((batch["labels"][:, 1:] != -100).sum()) and count > 1000  # several chunks
+    (total / count).backward()
+    assert abs(float(total / count) - float(expected)) < 1e-5
+    for name in ("model.embed_tokens.weight", "model.layers.3.self_attn.q_proj.weight"):
+        got, want = model.get_parameter(name).grad, reference.get_parameter(name).grad
+        assert torch.allclose(got, want, atol=1e-6, rtol=1e-4), name
