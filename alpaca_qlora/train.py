@@ -150,6 +150,11 @@ def prepare_data(config: TrainingConfig) -> PreparedData:
     return PreparedData(split, tokenizer, tokenized["train"], tokenized["held-out"], reports)
 
 
+def uses_per_example_attention(config: TrainingConfig) -> bool:
+    """Packed rows on the CPU with sdpa get the per-example attention of packed_attention.py."""
+    return config.data.packing and not torch.cuda.is_available() and config.model.attn_implementation == "sdpa"
+
+
 def resolve_checkpointing(config: TrainingConfig) -> None:
     """Unless the user chose, turn gradient checkpointing on where memory asks for it (memory.py)."""
     if config.checkpointing_explicit:
@@ -175,8 +180,8 @@ def build_model(config: TrainingConfig, data: PreparedData):
         config.model.trust_remote_code, device_map=None if args.fsdp else default_device_map(),  # FSDP places shards itself
     )
     model.config.use_cache = False  # a KV cache hides packing from the attention mask (field notes)
-    if config.data.packing and not torch.cuda.is_available() and config.model.attn_implementation == "sdpa":
-        model.set_attn_implementation(register_packed_attention())  # per-example attention on the CPU
+    if uses_per_example_attention(config):
+        model.set_attn_implementation(register_packed_attention())
     collator = build_collator(config, data.tokenizer, model, data.train_examples[0]["input_ids"] * 16)
     checkpointing_kwargs = getattr(args, "activation_checkpointing_kwargs", None) or args.gradient_checkpointing_kwargs
     model = add_lora(
@@ -203,8 +208,7 @@ def build_trainer(config: TrainingConfig, data: PreparedData, model, collator) -
 
 
 def model_attention(config: TrainingConfig) -> str:
-    packed_cpu = config.data.packing and not torch.cuda.is_available() and config.model.attn_implementation == "sdpa"
-    return "packed_sdpa (per example, CPU)" if packed_cpu else config.model.attn_implementation
+    return "packed_sdpa (per example, CPU)" if uses_per_example_attention(config) else config.model.attn_implementation
 
 
 def start_run_folder(config: TrainingConfig, data: PreparedData, collator, resuming: bool) -> None:

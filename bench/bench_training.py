@@ -29,6 +29,8 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
+from alpaca_qlora.collators import REAL_TOKENS_KEY  # noqa: E402
+
 H100_BF16_DENSE_TFLOPS = 989.4  # H100 / H200 SXM spec sheet, dense bf16
 
 
@@ -62,7 +64,7 @@ class CountingCollator:
     def __call__(self, examples):
         batch = self.inner(examples)
         total = batch["input_ids"].numel()
-        real = int(batch["num_real_tokens"]) if "num_real_tokens" in batch else int(batch["attention_mask"].sum())
+        real = int(batch[REAL_TOKENS_KEY]) if REAL_TOKENS_KEY in batch else int(batch["attention_mask"].sum())
         trained = int((batch["labels"][:, 1:] != -100).sum())
         self.counts.append((total, real, trained))
         return batch
