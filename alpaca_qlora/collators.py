@@ -12,6 +12,7 @@ length costs nothing, and `max_row_length=None` lays the whole batch in one row:
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import torch
@@ -44,6 +45,9 @@ class PackedCollator:
 
     pad_token_id: int
     max_row_length: int | None  # None: one row holding the whole batch
+    # Also send each sequence's boundaries under transformers' varlen keyword names, so a varlen
+    # attention (packed_varlen) need not derive them on the GPU (a device sync per layer).
+    sequence_boundaries: bool = False
 
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
         lengths = [len(e["input_ids"]) for e in examples]
@@ -67,12 +71,23 @@ class PackedCollator:
             ids += [self.pad_token_id] * pad
             labels += [IGNORE_INDEX] * pad
             positions += range(pad)
-        return {
+        batch = {
             "input_ids": torch.tensor(row_ids),
             "labels": torch.tensor(row_labels),
             "position_ids": torch.tensor(row_positions),
             REAL_TOKENS_KEY: torch.tensor(sum(len(e["input_ids"]) for e in examples)),
         }
+        if self.sequence_boundaries:
+            lengths = [int(n) for row in row_positions for n in row_sequence_lengths(row)]
+            cu_seqlens = torch.tensor([0, *itertools.accumulate(lengths)], dtype=torch.int32)
+            batch.update(cu_seq_lens_q=cu_seqlens, cu_seq_lens_k=cu_seqlens, max_length_q=max(lengths), max_length_k=max(lengths))
+        return batch
+
+
+def row_sequence_lengths(positions: list[int]) -> list[int]:
+    """Lengths of the sequences of one packed row: each starts where the position id is 0."""
+    starts = [i for i, position in enumerate(positions) if position == 0] + [len(positions)]
+    return [end - start for start, end in zip(starts, starts[1:])]
 
 
 @dataclass

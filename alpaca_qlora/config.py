@@ -47,7 +47,7 @@ class ModelArguments:
     bnb_4bit_quant_storage: str = field(
         default="uint8", metadata={"help": "Storage dtype of 4-bit weights; bf16 for FSDP+QLoRA.", "choices": ("uint8", "bf16", "fp16", "fp32")}
     )
-    attn_implementation: str = field(default="sdpa", metadata={"help": "Attention kernel: sdpa, eager, flash_attention_2, flex_attention."})
+    attn_implementation: str = field(default="sdpa", metadata={"help": "Attention kernel: sdpa, eager, flash_attention_2, flex_attention, or packed_varlen (torch's varlen flash kernel for packed rows; CUDA, torch >= 2.10)."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Run model code from the hub. Off unless you trust it."})
 
 
@@ -118,6 +118,7 @@ class TrainingConfig:
     run: RunArguments
     train: TrainArguments
     checkpointing_explicit: bool = False  # the user set gradient/activation checkpointing; else a policy decides
+    fused_kernels: str = "none"  # what --use_liger_kernel turned into on this machine (kernels.py)
 
     def to_dict(self) -> dict:
         train = {k: v for k, v in self.train.to_dict().items() if not k.startswith("_")}

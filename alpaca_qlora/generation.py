@@ -18,6 +18,7 @@ import torch
 from .config import QUANTIZATIONS
 from .errors import fail
 from .modeling import default_device_map, load_base_model, load_tokenizer, resolve_compute_dtype, resolve_model_path
+from .packed_attention import PER_EXAMPLE_ATTENTIONS
 from .prompts import PROMPT_TEMPLATES, build_prompt
 from .run_folder import RUN_CONFIG
 
@@ -248,9 +249,14 @@ def resolve_model_source(args: ModelArguments) -> ModelSource:
         compute_dtype=args.compute_dtype or trained.get("compute_dtype", "auto"),
         double_quant=trained.get("double_quant", True),
         quant_storage=trained.get("bnb_4bit_quant_storage", "uint8"),
-        attn_implementation=args.attn_implementation or trained.get("attn_implementation", "sdpa"),
+        attn_implementation=args.attn_implementation or generation_attention(trained.get("attn_implementation", "sdpa")),
         trust_remote_code=args.trust_remote_code,
     )
+
+
+def generation_attention(trained_with: str) -> str:
+    """The training-only packed attentions (packed_attention.py) generate with the sdpa they wrap."""
+    return "sdpa" if trained_with in PER_EXAMPLE_ATTENTIONS else trained_with
 
 
 def resolve_prompt_template(requested: str | None, run_config: dict, folder: str) -> str:

@@ -1,15 +1,25 @@
-"""Attention for packed rows on the CPU: each example attends only to itself, computed per example.
+"""Attention for packed rows: each example attends only to itself, with no mask tensor.
 
 Why by hand: with packed rows (position ids restarting at 0, no attention mask), transformers'
-sdpa path builds a dense block-diagonal mask and pays for the full row length squared. On GPUs
-flash-attention's varlen kernels skip that waste; on the CPU no library offers varlen attention.
-This function cuts each row at its position-id restarts and runs torch's own
-scaled_dot_product_attention with is_causal=True per example (measured on this project's CPU:
-about half the attention time of the masked dense call, at equal results). With a padding mask
-or without position ids it hands over to transformers' sdpa unchanged.
+sdpa path builds a dense block-diagonal mask and pays for the full row length squared.
+
+- `packed_sdpa` (the CPU default): cuts each row at its position-id restarts and runs torch's own
+  scaled_dot_product_attention with is_causal=True per example (measured on this project's CPU:
+  about half the attention time of the masked dense call, at equal results). No library offers
+  varlen attention on the CPU.
+- `packed_varlen` (opt-in on CUDA, `--attn_implementation packed_varlen`): torch's own varlen
+  flash-attention kernel (`torch.nn.attention.varlen`, torch >= 2.10) over the whole batch as one
+  sequence list: one kernel call per layer, no padding, no mask. transformers' `flash_attention_2`
+  does the same but needs the flash-attn package, which has no wheel for every torch/CUDA pair.
+  Off CUDA it is `packed_sdpa`.
+
+With a padding mask or without position ids both hand over to transformers' sdpa unchanged.
 """
 
 from __future__ import annotations
+
+import functools
+import inspect
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +28,8 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 PACKED_SDPA = "packed_sdpa"
+PACKED_VARLEN = "packed_varlen"
+PER_EXAMPLE_ATTENTIONS = (PACKED_SDPA, PACKED_VARLEN)  # row length costs them nothing: the packer makes one row
 
 
 def example_spans(position_ids: torch.Tensor) -> list[list[tuple[int, int]]]:
@@ -48,12 +60,76 @@ def packed_sdpa_attention(module, query, key, value, attention_mask, dropout=0.0
     return torch.cat(rows, dim=0).transpose(1, 2).contiguous(), None
 
 
+def sequence_boundaries(position_ids: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """cu_seqlens (int32, on the ids' device) and the longest sequence, over all rows read as one list.
+
+    A sequence starts at every row start and wherever the position id is 0 (each example, and each
+    row's padding tail, which the collator numbers as a sequence of its own)."""
+    begins = position_ids == 0
+    begins[:, 0] = True
+    flat = begins.reshape(-1)
+    starts = torch.nonzero(flat).flatten()
+    ends = torch.cat([starts, starts.new_tensor([flat.numel()])])
+    return ends.to(torch.int32), int((ends[1:] - ends[:-1]).max())
+
+
+@functools.cache
+def _varlen_parameters() -> frozenset[str]:
+    from torch.nn.attention.varlen import varlen_attn
+
+    return frozenset(inspect.signature(varlen_attn).parameters)
+
+
+def varlen_supported() -> bool:
+    try:
+        _varlen_parameters()
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+def causal_varlen(query, key, value, cu_seqlens: torch.Tensor, max_length: int, scaling: float | None) -> torch.Tensor:
+    """(tokens, heads, dim) in and out; bridges the signature changes of torch's varlen_attn across releases."""
+    from torch.nn.attention.varlen import varlen_attn
+
+    params = _varlen_parameters()
+    options = {"window_size": (-1, 0)} if "window_size" in params else {"is_causal": True}
+    if scaling is not None and "scale" in params:
+        options["scale"] = scaling
+    elif scaling is not None:
+        query = query * (scaling * query.shape[-1] ** 0.5)
+    if key.shape[1] != query.shape[1]:
+        if "enable_gqa" in params:
+            options["enable_gqa"] = True
+        else:
+            groups = query.shape[1] // key.shape[1]
+            key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
+    return varlen_attn(query, key, value, cu_seqlens, cu_seqlens, max_length, max_length, **options)
+
+
+def packed_varlen_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
+    """query (batch, heads, length, dim), key/value (batch, kv_heads, length, dim) -> (batch, length, heads, dim)."""
+    position_ids = kwargs.get("position_ids")
+    if not query.is_cuda or dropout or attention_mask is not None or position_ids is None or query.shape[2] != key.shape[2]:
+        return packed_sdpa_attention(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+    cu_seqlens, max_length = kwargs.get("cu_seq_lens_q"), kwargs.get("max_length_q")
+    if cu_seqlens is None:  # the collator sends them (no device sync); a direct call gets them here
+        cu_seqlens, max_length = sequence_boundaries(position_ids)
+    batch, heads, length, dim = query.shape
+    dtype = query.dtype
+    kernel_dtype = dtype if dtype in (torch.float16, torch.bfloat16) else torch.bfloat16  # flash kernels take 16-bit only
+    flat = [t.transpose(1, 2).reshape(batch * length, t.shape[1], dim).to(kernel_dtype) for t in (query, key, value)]
+    output = causal_varlen(*flat, cu_seqlens.to(query.device, torch.int32), int(max_length), scaling)
+    return output.reshape(batch, length, heads, dim).to(dtype), None
+
+
 def packed_sdpa_mask(*args, attention_mask=None, **kwargs):
     # Packed rows need no mask tensor at all; a padding mask goes the usual sdpa way.
     return None if attention_mask is None else sdpa_mask(*args, attention_mask=attention_mask, **kwargs)
 
 
-def register_packed_attention() -> str:
-    AttentionInterface.register(PACKED_SDPA, packed_sdpa_attention)
-    AttentionMaskInterface.register(PACKED_SDPA, packed_sdpa_mask)
-    return PACKED_SDPA
+def register_packed_attention(name: str = PACKED_SDPA) -> str:
+    function = {PACKED_SDPA: packed_sdpa_attention, PACKED_VARLEN: packed_varlen_attention}[name]
+    AttentionInterface.register(name, function)
+    AttentionMaskInterface.register(name, packed_sdpa_mask)
+    return name

@@ -19,9 +19,10 @@ from .config import TrainingConfig, parse_training_config, set_checkpointing
 from .data import DataSplit, load_records, split_records
 from .errors import fail
 from .io_utils import atomic_write_json, atomic_write_jsonl
+from .kernels import apply_liger_kernels
 from .memory import checkpointing_needed
 from .modeling import add_lora, load_base_model, load_tokenizer, resolve_compute_dtype, resolve_model_path, default_device_map
-from .packed_attention import PACKED_SDPA, register_packed_attention
+from .packed_attention import PACKED_SDPA, PACKED_VARLEN, PER_EXAMPLE_ATTENTIONS, register_packed_attention, varlen_supported
 from .plots import plot_loss_curve
 from .tokenization import TokenizationReport, tokenize_records
 from .trainer import InstructionTrainer, JsonlLogCallback, LossProgressCallback, read_log
@@ -63,9 +64,10 @@ def attention_honours_packing(model, token_ids: list[int]) -> bool:
 def build_collator(config: TrainingConfig, tokenizer, model, sample_ids: list[int]):
     if config.data.packing:
         if attention_honours_packing(model, sample_ids):
-            per_example = model.config._attn_implementation == PACKED_SDPA  # row length costs nothing: one row
-            row_length = None if per_example else config.data.max_seq_length
-            return PackedCollator(pad_token_id=tokenizer.pad_token_id, max_row_length=row_length)
+            attention = model.config._attn_implementation
+            row_length = None if attention in PER_EXAMPLE_ATTENTIONS else config.data.max_seq_length
+            return PackedCollator(pad_token_id=tokenizer.pad_token_id, max_row_length=row_length,
+                                  sequence_boundaries=attention == PACKED_VARLEN)
         print(
             f"warning: attention '{config.model.attn_implementation}' of this model lets packed examples attend to each other; "
             "falling back to padded batches grouped by length"
@@ -150,9 +152,18 @@ def prepare_data(config: TrainingConfig) -> PreparedData:
     return PreparedData(split, tokenizer, tokenized["train"], tokenized["held-out"], reports)
 
 
-def uses_per_example_attention(config: TrainingConfig) -> bool:
-    """Packed rows on the CPU with sdpa get the per-example attention of packed_attention.py."""
-    return config.data.packing and not torch.cuda.is_available() and config.model.attn_implementation == "sdpa"
+def packed_attention(config: TrainingConfig) -> str | None:
+    """The per-example attention (packed_attention.py) packed rows get: packed_sdpa on the CPU with sdpa,
+    packed_varlen where asked for and supported (CUDA, torch >= 2.10), else packed_sdpa; None: the model's own."""
+    requested = config.model.attn_implementation
+    if not config.data.packing or requested not in ("sdpa", PACKED_VARLEN):
+        return None
+    if requested == PACKED_VARLEN:
+        if varlen_supported():
+            return PACKED_VARLEN
+        print("warning: --attn_implementation packed_varlen needs CUDA and torch >= 2.10; using packed_sdpa (per example)")
+        return PACKED_SDPA
+    return None if torch.cuda.is_available() else PACKED_SDPA
 
 
 def resolve_checkpointing(config: TrainingConfig) -> None:
@@ -176,18 +187,21 @@ def build_model(config: TrainingConfig, data: PreparedData):
     set_seed(args.seed)  # the LoRA initialisation is random: same seed, same starting adapter
     model = load_base_model(
         resolve_model_path(config.model.base_model), config.model.quantization, resolve_compute_dtype(config.model.compute_dtype),
-        config.model.double_quant, config.model.bnb_4bit_quant_storage, config.model.attn_implementation,
+        config.model.double_quant, config.model.bnb_4bit_quant_storage,
+        "sdpa" if config.model.attn_implementation in PER_EXAMPLE_ATTENTIONS else config.model.attn_implementation,
         config.model.trust_remote_code, device_map=None if args.fsdp else default_device_map(),  # FSDP places shards itself
     )
     model.config.use_cache = False  # a KV cache hides packing from the attention mask (field notes)
-    if uses_per_example_attention(config):
-        model.set_attn_implementation(register_packed_attention())
+    attention = packed_attention(config)
+    if attention:
+        model.set_attn_implementation(register_packed_attention(attention))
     collator = build_collator(config, data.tokenizer, model, data.train_examples[0]["input_ids"] * 16)
     checkpointing_kwargs = getattr(args, "activation_checkpointing_kwargs", None) or args.gradient_checkpointing_kwargs
     model = add_lora(
         model, config.lora.lora_r, config.lora.lora_alpha, config.lora.lora_dropout, config.lora.lora_target_modules,
         args.gradient_checkpointing, checkpointing_kwargs,
     )
+    config.fused_kernels = apply_liger_kernels(model, args)
     return model, collator
 
 
@@ -207,11 +221,12 @@ def build_trainer(config: TrainingConfig, data: PreparedData, model, collator) -
     return trainer
 
 
-def model_attention(config: TrainingConfig) -> str:
-    return "packed_sdpa (per example, CPU)" if uses_per_example_attention(config) else config.model.attn_implementation
+def model_attention(model) -> str:
+    attention = model.config._attn_implementation
+    return f"{attention} (per example)" if attention in PER_EXAMPLE_ATTENTIONS else attention
 
 
-def start_run_folder(config: TrainingConfig, data: PreparedData, collator, resuming: bool) -> None:
+def start_run_folder(config: TrainingConfig, data: PreparedData, model, collator, resuming: bool) -> None:
     """Create (or, resuming, check) the run folder and write what is known before training."""
     output_dir = Path(config.train.output_dir)
     share = padding_share(collator, data.train_examples, config.train.per_device_train_batch_size)
@@ -223,7 +238,8 @@ def start_run_folder(config: TrainingConfig, data: PreparedData, collator, resum
     output_dir.mkdir(parents=True, exist_ok=True)
     if resuming:
         check_resumed_split(output_dir, data.split)
-    padding = {"packing": config.data.packing, "padding_share": share, "attention": model_attention(config)}
+    padding = {"packing": config.data.packing, "padding_share": share, "attention": model_attention(model),
+               "fused_kernels": config.fused_kernels}
     write_run_start(config, data.split, data.reports, output_dir, padding)
 
 
@@ -233,7 +249,7 @@ def train(config: TrainingConfig) -> dict:
     rf.check_output_dir(args.output_dir, config.run.overwrite_output_dir, resume is not None)
     data = prepare_data(config)
     model, collator = build_model(config, data)
-    start_run_folder(config, data, collator, resuming=resume is not None)
+    start_run_folder(config, data, model, collator, resuming=resume is not None)
     trainer = build_trainer(config, data, model, collator)
 
     results = {}

@@ -96,7 +96,7 @@ class InstructionTrainer(Trainer):
         nll, tokens = 0.0, 0
         for batch in loader:
             pop_token_counts(batch)
-            batch = {k: v.to(self.args.device) for k, v in batch.items()}
+            batch = {k: v.to(self.args.device) if torch.is_tensor(v) else v for k, v in batch.items()}
             with self.compute_loss_context_manager():
                 batch_nll, batch_tokens = self.batch_loss_sum(model, batch)
             nll += batch_nll

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
@@ -167,3 +169,35 @@ def test_trained_token_loss_equals_the_models_own_loss(tokenizer, model_dir, alp
     for name in ("model.embed_tokens.weight", "model.layers.3.self_attn.q_proj.weight"):
         got, want = model.get_parameter(name).grad, reference.get_parameter(name).grad
         assert torch.allclose(got, want, atol=1e-6, rtol=1e-4), name
+
+
+def test_sequence_boundaries_for_varlen_attention(tokenizer, alpaca_records):
+    """The collator's varlen keywords and the boundaries the attention derives itself agree with the examples."""
+    from alpaca_qlora.packed_attention import sequence_boundaries
+
+    records = [dict(r, id=i) for i, r in enumerate(alpaca_records[40:56])]
+    examples, _ = tokenize_records(records, tokenizer, "alpaca", 512, False)
+    batch = PackedCollator(pad_token_id=tokenizer.pad_token_id, max_row_length=512, sequence_boundaries=True)(examples)
+    cu_seqlens, longest = sequence_boundaries(batch["position_ids"])
+    assert torch.equal(batch["cu_seq_lens_q"], cu_seqlens) and batch["max_length_q"] == longest
+    assert cu_seqlens.dtype == torch.int32 and int(cu_seqlens[-1]) == batch["input_ids"].numel()
+    lengths = Counter((cu_seqlens[1:] - cu_seqlens[:-1]).tolist())
+    real = Counter(len(e["input_ids"]) for e in examples)
+    padding_tails = lengths - real
+    assert not real - lengths and sum(padding_tails.values()) <= batch["input_ids"].shape[0] - 1  # one tail per row at most
+    assert longest == max(real)
+
+
+def test_packed_varlen_without_a_gpu_falls_back_to_per_example_sdpa(model_dir, capsys):
+    from alpaca_qlora.config import parse_training_config
+    from alpaca_qlora.packed_attention import PACKED_SDPA, PACKED_VARLEN, varlen_supported
+    from alpaca_qlora.train import packed_attention
+
+    config = parse_training_config(["--base_model", str(model_dir), "--attn_implementation", PACKED_VARLEN])
+    if varlen_supported():
+        assert packed_attention(config) == PACKED_VARLEN
+    else:
+        assert packed_attention(config) == PACKED_SDPA
+        assert "packed_varlen needs CUDA" in capsys.readouterr().out
+    config.data.packing = False
+    assert packed_attention(config) is None

@@ -25,14 +25,17 @@ from conftest import REPO_ROOT, run_script, training_args
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory, model_dir, small_data) -> Path:
-    """A 30-step QLoRA NF4 run; some options come from a YAML config, one flag overrides it."""
+    """A 30-step QLoRA NF4 run; some options come from a YAML config, one flag overrides it.
+
+    It also asks for Liger's kernels, which need a GPU: on the CPU the run must fall back and say so."""
     root = tmp_path_factory.mktemp("train")
     config = root / "run.yaml"
     config.write_text("val_set_size: 40\nlora_r: 8\nmax_steps: 10\neval_steps: 15\nsplit_seed: 7\n")
     output_dir = root / "run"
     result = run_script(*training_args(model_dir, small_data, output_dir, "--config", str(config), "--max_steps", "30",
-                                       "--eval_strategy", "steps"))
+                                       "--eval_strategy", "steps", "--use_liger_kernel", "true"))
     assert result.returncode == 0, result.stderr[-3000:]
+    (root / "stdout.txt").write_text(result.stdout)
     return output_dir
 
 
@@ -47,6 +50,9 @@ def test_run_folder_holds_everything(trained_run):
     assert config["model"]["quantization"] == "nf4"
     info = json.loads((trained_run / "run_info.json").read_text())
     assert info["versions"]["bitsandbytes"] and info["data"]["train_records"] == 360
+    if not torch.cuda.is_available():  # --use_liger_kernel falls back with one line
+        assert info["data"]["fused_kernels"] == "none"
+        assert "warning: --use_liger_kernel: Liger's Triton kernels need a CUDA GPU" in (trained_run.parent / "stdout.txt").read_text()
     val_ids = [json.loads(line)["id"] for line in (trained_run / "val.jsonl").read_text().splitlines()]
     train_ids = json.loads((trained_run / "train_ids.json").read_text())
     assert len(val_ids) == 40 and not set(val_ids) & set(train_ids)
