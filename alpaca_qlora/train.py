@@ -153,17 +153,17 @@ def prepare_data(config: TrainingConfig) -> PreparedData:
 
 
 def packed_attention(config: TrainingConfig) -> str | None:
-    """The per-example attention (packed_attention.py) packed rows get: packed_sdpa on the CPU with sdpa,
-    packed_varlen where asked for and supported (CUDA, torch >= 2.10), else packed_sdpa; None: the model's own."""
+    """The per-example attention (packed_attention.py) packed rows get, or None for the model's own sdpa:
+    packed_varlen where asked for and supported (CUDA, torch >= 2.10); on the CPU packed_sdpa."""
     requested = config.model.attn_implementation
     if not config.data.packing or requested not in ("sdpa", PACKED_VARLEN):
         return None
+    if requested == PACKED_VARLEN and varlen_supported():
+        return PACKED_VARLEN
+    fallback = None if torch.cuda.is_available() else PACKED_SDPA
     if requested == PACKED_VARLEN:
-        if varlen_supported():
-            return PACKED_VARLEN
-        print("warning: --attn_implementation packed_varlen needs CUDA and torch >= 2.10; using packed_sdpa (per example)")
-        return PACKED_SDPA
-    return None if torch.cuda.is_available() else PACKED_SDPA
+        print(f"warning: --attn_implementation packed_varlen needs CUDA and torch >= 2.10; using {fallback or 'sdpa'}")
+    return fallback
 
 
 def resolve_checkpointing(config: TrainingConfig) -> None:

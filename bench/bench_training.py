@@ -37,6 +37,7 @@ H100_BF16_DENSE_TFLOPS = 989.4  # H100 / H200 SXM spec sheet, dense bf16
 OUR_VARIANTS = {
     "ours": [],
     "ours_compile": ["--torch_compile", "true"],
+    "ours_varlen": ["--attn_implementation", "packed_varlen"],
     "ours_liger": ["--use_liger_kernel", "true"],
     "ours_no_checkpointing": ["--gradient_checkpointing", "false"],
     "ours_checkpointing": ["--gradient_checkpointing", "true"],
@@ -57,6 +58,7 @@ def parse_args(argv=None):
     parser.add_argument("--peak_tflops", type=float, default=H100_BF16_DENSE_TFLOPS, help="GPU peak for MFU")
     parser.add_argument("--extra", default="", help="extra training_script flags for 'ours', space separated")
     parser.add_argument("--json_out", help="also write the results as JSON here")
+    parser.add_argument("--variant_timeout", type=float, default=None, help="seconds after which a variant is stopped and reported failed")
     return parser.parse_args(argv)
 
 
@@ -223,7 +225,11 @@ def environment() -> dict:
 
 def run_child(args, variant: str) -> dict:
     command = [sys.executable, __file__, "--variant", variant, *sys.argv[1:]]
-    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO_ROOT)
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, cwd=REPO_ROOT, timeout=args.variant_timeout)
+    except subprocess.TimeoutExpired:
+        print(f"{variant} failed: stopped after {args.variant_timeout:.0f} s", file=sys.stderr)
+        return None
     if result.returncode != 0:  # reported, and the other variants still run (one GPU run must give all it can)
         print(f"{variant} failed:\n{result.stderr[-4000:]}", file=sys.stderr)
         return None
@@ -244,7 +250,11 @@ def main() -> None:
     unknown = set(names) - {"baseline", "ours_full_logits", *OUR_VARIANTS}
     if unknown:
         sys.exit(f"--variants: unknown {', '.join(sorted(unknown))}")
-    results = {variant: run_child(args, variant) for variant in names}
+    results = {}
+    for variant in names:  # each result is printed as it comes, so a run stopped early still gives the finished ones
+        results[variant] = run_child(args, variant)
+        if results[variant]:
+            print(f"{variant}: " + json.dumps({k: v for k, v in results[variant].items() if not isinstance(v, list)}), flush=True)
     failed = [variant for variant, r in results.items() if r is None]
     results = {variant: r for variant, r in results.items() if r is not None}
     if not results:

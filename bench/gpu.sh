@@ -1,19 +1,57 @@
 #!/usr/bin/env bash
-# GPU benchmark, prepared for one run on a lent H100/H200 (under 8 minutes). From the repo root here:
-#   ../shared/gpu/fetch-wheels                      # wheels the GPU image lacks -> .device-wheels/
+# GPU benchmark and GPU-only checks, prepared for ONE run on a lent H100/H200 (about 6-7 minutes; each
+# stage has a time limit, so it ends within 8 minutes and keeps what finished). From the repo root here:
+#   ../shared/gpu/fetch-wheels liger-kernel          # wheels the GPU image lacks (+ Liger) -> .device-wheels/
 #   mkdir -p .device-data && cp ../shared/data/alpaca_data.json .device-data/ && echo /.device-data/ >> .git/info/exclude
 # then run with carry [".device-wheels", ".device-data"]:
 #   bash bench/gpu.sh "$OUT"
-set -euo pipefail
+# Results: $out/summary.txt (what to copy into BENCHMARKS.md), full logs and JSON beside it.
+# Dry run on the CPU with a tiny shape:  SKIP_INSTALL=1 MODEL_ARGS="--hidden_size 64 --num_layers 2 --num_heads 4
+#   --num_kv_heads 2 --intermediate_size 128" bash bench/gpu.sh /tmp/gpu-dry
+set -uo pipefail
 out=${1:-bench-gpu-out}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=true
-python3 -m pip install -q --no-index --no-deps --target /tmp/site .device-wheels/*.whl
-export PYTHONPATH=/tmp/site:$PWD
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$out/gpu.txt"
-python3 bench/make_bench_model.py --data .device-data/alpaca_data.json --output_dir /tmp/llama-1b 2>&1 | tee "$out/model.log"
-python3 bench/bench_training.py --model /tmp/llama-1b --data .device-data/alpaca_data.json \
-    --batch_size 16 --max_seq_length 512 --steps 12 --warmup 3 --window 3 \
-    --json_out "$out/training.json" 2>&1 | tee "$out/training.log"
-python3 bench/bench_generation.py --base_model /tmp/llama-1b --data_path .device-data/alpaca_data.json \
-    --num_prompts 64 --batch_size 16 --max_new_tokens 128 2>&1 | tee "$out/generation.log"
+started=$SECONDS
+stage() { echo "== $1 (t=$((SECONDS - started)) s)" | tee -a "$out/summary.txt"; }
+
+stage "install"
+if [ -z "${SKIP_INSTALL:-}" ]; then
+    python3 -m pip install -q --no-index --no-deps --target /tmp/site .device-wheels/*.whl 2>&1 | tail -3
+    export PYTHONPATH=/tmp/site:$PWD
+else
+    export PYTHONPATH=$PWD
+fi
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | tee -a "$out/summary.txt"
+python3 - <<'PY' 2>&1 | tee -a "$out/summary.txt"
+import importlib.metadata as md, torch
+def version(name):
+    try:
+        return md.version(name)
+    except md.PackageNotFoundError:
+        return "missing"
+print("torch", torch.__version__, "cuda", torch.version.cuda, "| " + ", ".join(
+    f"{m} {version(m)}" for m in ("transformers", "peft", "bitsandbytes", "accelerate", "triton", "liger-kernel")))
+PY
+
+stage "GPU-only tests (packed_varlen, Liger)"
+timeout 150 python3 -m pytest -q -rs -p no:cacheprovider tests/test_gpu.py 2>&1 | tee "$out/gpu_tests.log" | tail -5 | tee -a "$out/summary.txt"
+
+stage "model: Llama 1.1B random weights + 32k BPE trained on Alpaca"
+timeout 120 python3 bench/make_bench_model.py --data .device-data/alpaca_data.json --output_dir /tmp/llama-1b ${MODEL_ARGS:-} 2>&1 \
+    | tee "$out/model.log" | grep parameters | tee -a "$out/summary.txt"
+
+stage "training: baseline vs ours (+ candidate optimisations), batch 16 x 512"
+timeout 330 python3 bench/bench_training.py --model /tmp/llama-1b --data .device-data/alpaca_data.json \
+    --batch_size 16 --max_seq_length 512 --steps 12 --warmup 3 --window 3 --variant_timeout 120 \
+    --variants baseline,ours,ours_varlen,ours_liger,ours_no_checkpointing,ours_compile \
+    --json_out "$out/training.json" > "$out/training.log" 2> "$out/training.err"
+grep -E '^\||^ratio|^failed' "$out/training.log" | tee -a "$out/summary.txt"
+grep -E '^[a-z_]+: \{' "$out/training.log" > "$out/training_partial.log"
+
+stage "generation: one prompt at a time vs batch 16"
+timeout 100 python3 bench/bench_generation.py --base_model /tmp/llama-1b --data_path .device-data/alpaca_data.json \
+    --num_prompts 32 --batch_size 16 --max_new_tokens 64 2>&1 | tee "$out/generation.log" \
+    | grep -E '^(model|one at|batch of|speed-up|versions)' | tee -a "$out/summary.txt"
+stage "done"
+cat "$out/summary.txt"

@@ -56,7 +56,8 @@ def main() -> None:
         pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False,
     )
     torch.manual_seed(0)
-    model = LlamaForCausalLM(config).to(torch.bfloat16)
+    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):  # random init of 1B weights: seconds on a GPU
+        model = LlamaForCausalLM._from_config(config, dtype=torch.bfloat16)
     print(f"parameters: {sum(p.numel() for p in model.parameters()) / 1e9:.3f}B, vocab {len(tokenizer)}")
     model.save_pretrained(args.output_dir, safe_serialization=True)
     tokenizer.save_pretrained(args.output_dir)

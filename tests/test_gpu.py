@@ -40,7 +40,7 @@ def loss_logits_and_grads(model, batch) -> tuple[float, torch.Tensor, dict[str, 
     return float(output.loss), output.logits.detach().float(), grads
 
 
-@pytest.mark.skipif(not varlen_supported(), reason="torch without torch.nn.attention.varlen")
+@pytest.mark.skipif(not varlen_supported(), reason="needs CUDA and torch.nn.attention.varlen (torch >= 2.10)")
 @pytest.mark.parametrize("boundaries_from_collator", [True, False])
 def test_packed_varlen_equals_per_example_sdpa(boundaries_from_collator):
     reference = tiny_llama()
