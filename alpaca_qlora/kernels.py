@@ -40,8 +40,8 @@ def apply_liger_kernels(model, train_args) -> str:
         base = unwrap_peft_model(model)
         try:
             from liger_kernel.transformers.monkey_patch import MODEL_TYPE_TO_APPLY_LIGER_FN, _apply_liger_kernel_to_instance
-        except ImportError as error:  # e.g. a Triton that does not match the installed torch
-            reason = f"liger-kernel does not import ({error})"
+        except Exception as error:  # noqa: BLE001 - e.g. a Triton that does not match torch raises more than ImportError
+            reason = f"liger-kernel does not import ({type(error).__name__}: {error})"
         else:
             if base.config.model_type in MODEL_TYPE_TO_APPLY_LIGER_FN:
                 kernels = {**LIGER_KERNELS, **(train_args.liger_kernel_config or {}), "fused_linear_cross_entropy": False}

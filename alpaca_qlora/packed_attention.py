@@ -81,11 +81,23 @@ def _varlen_parameters() -> frozenset[str]:
 
 
 def varlen_supported() -> bool:
+    """torch's varlen API present, and a GPU its flash kernel runs on (Ampere or newer, which has bf16)."""
     try:
         _varlen_parameters()
     except ImportError:
         return False
-    return torch.cuda.is_available()
+    return torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 0)
+
+
+def kernel_dtypes(dtype: torch.dtype) -> tuple[torch.dtype, torch.dtype]:
+    """(dtype the flash kernel computes in, dtype handed back): 16-bit only. Under autocast (QLoRA keeps
+    norms in fp32, so q/k/v can arrive in fp32) both are autocast's dtype, as sdpa's output would be."""
+    if dtype in (torch.float16, torch.bfloat16):
+        return dtype, dtype
+    if torch.is_autocast_enabled("cuda"):
+        autocast_dtype = torch.get_autocast_dtype("cuda")
+        return autocast_dtype, autocast_dtype
+    return torch.bfloat16, dtype
 
 
 def causal_varlen(query, key, value, cu_seqlens: torch.Tensor, max_length: int, scaling: float | None) -> torch.Tensor:
@@ -113,14 +125,13 @@ def packed_varlen_attention(module, query, key, value, attention_mask, dropout=0
     if not query.is_cuda or dropout or attention_mask is not None or position_ids is None or query.shape[2] != key.shape[2]:
         return packed_sdpa_attention(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
     cu_seqlens, max_length = kwargs.get("cu_seq_lens_q"), kwargs.get("max_length_q")
-    if cu_seqlens is None:  # the collator sends them (no device sync); a direct call gets them here
-        cu_seqlens, max_length = sequence_boundaries(position_ids)
     batch, heads, length, dim = query.shape
-    dtype = query.dtype
-    kernel_dtype = dtype if dtype in (torch.float16, torch.bfloat16) else torch.bfloat16  # flash kernels take 16-bit only
+    if cu_seqlens is None:  # the collator sends them (no device sync); a direct call gets them here
+        cu_seqlens, max_length = sequence_boundaries(position_ids.expand(batch, -1))
+    kernel_dtype, output_dtype = kernel_dtypes(query.dtype)
     flat = [t.transpose(1, 2).reshape(batch * length, t.shape[1], dim).to(kernel_dtype) for t in (query, key, value)]
     output = causal_varlen(*flat, cu_seqlens.to(query.device, torch.int32), int(max_length), scaling)
-    return output.reshape(batch, length, heads, dim).to(dtype), None
+    return output.reshape(batch, length, heads, dim).to(output_dtype), None
 
 
 def packed_sdpa_mask(*args, attention_mask=None, **kwargs):
