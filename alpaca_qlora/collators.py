@@ -12,7 +12,6 @@ length costs nothing, and `max_row_length=None` lays the whole batch in one row:
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass
 
 import torch
@@ -78,16 +77,22 @@ class PackedCollator:
             REAL_TOKENS_KEY: torch.tensor(sum(len(e["input_ids"]) for e in examples)),
         }
         if self.sequence_boundaries:
-            lengths = [int(n) for row in row_positions for n in row_sequence_lengths(row)]
-            cu_seqlens = torch.tensor([0, *itertools.accumulate(lengths)], dtype=torch.int32)
-            batch.update(cu_seq_lens_q=cu_seqlens, cu_seq_lens_k=cu_seqlens, max_length_q=max(lengths), max_length_k=max(lengths))
+            cu_seqlens, longest = sequence_boundaries(batch["position_ids"])
+            batch.update(cu_seq_lens_q=cu_seqlens, cu_seq_lens_k=cu_seqlens, max_length_q=longest, max_length_k=longest)
         return batch
 
 
-def row_sequence_lengths(positions: list[int]) -> list[int]:
-    """Lengths of the sequences of one packed row: each starts where the position id is 0."""
-    starts = [i for i, position in enumerate(positions) if position == 0] + [len(positions)]
-    return [end - start for start, end in zip(starts, starts[1:])]
+def sequence_boundaries(position_ids: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """cu_seqlens (int32, on the ids' device) and the longest sequence, over all rows read as one list.
+
+    A sequence starts at every row start and wherever the position id is 0 (each example, and each
+    row's padding tail, which PackedCollator numbers as a sequence of its own)."""
+    begins = position_ids == 0
+    begins[:, 0] = True
+    flat = begins.reshape(-1)
+    starts = torch.nonzero(flat).flatten()
+    ends = torch.cat([starts, starts.new_tensor([flat.numel()])])
+    return ends.to(torch.int32), int((ends[1:] - ends[:-1]).max())
 
 
 @dataclass

@@ -27,6 +27,8 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
+from .collators import sequence_boundaries
+
 PACKED_SDPA = "packed_sdpa"
 PACKED_VARLEN = "packed_varlen"
 PER_EXAMPLE_ATTENTIONS = (PACKED_SDPA, PACKED_VARLEN)  # row length costs them nothing: the packer makes one row
@@ -58,19 +60,6 @@ def packed_sdpa_attention(module, query, key, value, attention_mask, dropout=0.0
         ]
         rows.append(torch.cat(parts, dim=2))
     return torch.cat(rows, dim=0).transpose(1, 2).contiguous(), None
-
-
-def sequence_boundaries(position_ids: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """cu_seqlens (int32, on the ids' device) and the longest sequence, over all rows read as one list.
-
-    A sequence starts at every row start and wherever the position id is 0 (each example, and each
-    row's padding tail, which the collator numbers as a sequence of its own)."""
-    begins = position_ids == 0
-    begins[:, 0] = True
-    flat = begins.reshape(-1)
-    starts = torch.nonzero(flat).flatten()
-    ends = torch.cat([starts, starts.new_tensor([flat.numel()])])
-    return ends.to(torch.int32), int((ends[1:] - ends[:-1]).max())
 
 
 @functools.cache

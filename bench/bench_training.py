@@ -267,9 +267,9 @@ def main() -> None:
         print(f"| {variant} | {r['trained_tokens_per_s']:.0f} | {r['real_tokens_per_s']:.0f} | {r['padding_share']:.1%} | "
               f"{r['seconds_per_step']:.3f} | {r['peak_memory_gib']:.2f} |{mfu}")
     for reference in ("baseline", "ours"):
+        ref = results.get(reference)
         for variant, r in results.items():
-            if reference in results and variant != reference and not (reference == "ours" and variant == "baseline"):
-                ref = results[reference]
+            if ref and variant not in ("baseline", reference):
                 print(f"ratio {variant}/{reference}: trained tokens/s {r['trained_tokens_per_s'] / ref['trained_tokens_per_s']:.2f}x, "
                       f"peak memory {r['peak_memory_gib'] / ref['peak_memory_gib']:.2f}x")
     if failed:

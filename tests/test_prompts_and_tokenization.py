@@ -173,7 +173,7 @@ def test_trained_token_loss_equals_the_models_own_loss(tokenizer, model_dir, alp
 
 def test_sequence_boundaries_for_varlen_attention(tokenizer, alpaca_records):
     """The collator's varlen keywords and the boundaries the attention derives itself agree with the examples."""
-    from alpaca_qlora.packed_attention import sequence_boundaries
+    from alpaca_qlora.collators import sequence_boundaries
 
     records = [dict(r, id=i) for i, r in enumerate(alpaca_records[40:56])]
     examples, _ = tokenize_records(records, tokenizer, "alpaca", 512, False)
