@@ -17,7 +17,9 @@ import torch
 
 from .config import QUANTIZATIONS
 from .errors import fail
-from .modeling import default_device_map, load_base_model, load_tokenizer, resolve_compute_dtype, resolve_model_path
+from .modeling import (
+    default_device_map, load_base_model, load_tokenizer, resolve_compute_dtype, resolve_model_path, use_packed_cpu_kernel,
+)
 from .packed_attention import PER_EXAMPLE_ATTENTIONS
 from .prompts import PROMPT_TEMPLATES, build_prompt
 from .run_folder import RUN_CONFIG
@@ -276,9 +278,11 @@ def load_for_inference(source: ModelSource):
     """Tokenizer (left padding) and model in eval mode: the base, quantized or not, with the adapter on top."""
     tokenizer = load_tokenizer(source.tokenizer_path, source.trust_remote_code)
     tokenizer.padding_side = "left"
+    compute_dtype = resolve_compute_dtype(source.compute_dtype)
     model = load_base_model(
-        source.base_model, source.quantization, resolve_compute_dtype(source.compute_dtype), source.double_quant,
+        source.base_model, source.quantization, compute_dtype, source.double_quant,
         source.quant_storage, source.attn_implementation, source.trust_remote_code, device_map=default_device_map(),
+        packed_cpu_kernel=use_packed_cpu_kernel(source.quantization, compute_dtype),
     )
     if source.adapter:
         model = attach_adapter(model, source.adapter)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -26,12 +27,28 @@ def resolve_compute_dtype(name: str) -> torch.dtype:
     return torch.float32
 
 
+class _NoHubKernelWarning(logging.Filter):
+    """bitsandbytes tries to fetch a CPU kernel from the Hugging Face Hub on every import on CPUs with
+    AVX512-BF16 and logs a warning when it cannot; its own kernel is used instead, so the user has
+    nothing to do about it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "kernels-community" not in record.getMessage()
+
+
+def import_bitsandbytes():
+    logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_NoHubKernelWarning())
+    import bitsandbytes
+
+    return bitsandbytes
+
+
 def check_bitsandbytes(quantization: str) -> None:
     """Say exactly what is missing when a quantized base is asked for and bitsandbytes cannot serve it."""
     if quantization == "none":
         return
     try:
-        import bitsandbytes  # noqa: F401
+        import_bitsandbytes()
     except Exception as error:
         fail(
             f"--quantization {quantization} needs bitsandbytes, which failed to import "
@@ -89,7 +106,9 @@ def load_base_model(
     attn_implementation: str = "sdpa",
     trust_remote_code: bool = False,
     device_map=None,
+    packed_cpu_kernel: bool = False,
 ):
+    """The base model; `packed_cpu_kernel` is the choice of `use_packed_cpu_kernel` (see there)."""
     from transformers import AutoModelForCausalLM
 
     check_bitsandbytes(quantization)
@@ -105,7 +124,50 @@ def load_base_model(
         )
     except (OSError, ValueError, ImportError) as error:
         fail(f"cannot load the base model '{name_or_path}': {_first_line(error)}")
+    set_packed_cpu_kernel(model, packed_cpu_kernel)
     return model
+
+
+# bitsandbytes' packed CPU kernel needs the output width to be a multiple of its block (its block_n).
+PACKED_CPU_BLOCK = 32
+
+
+def use_packed_cpu_kernel(quantization: str, compute_dtype: torch.dtype) -> bool:
+    """Whether inference may use bitsandbytes' packed AVX512-BF16 kernel for 4-bit layers on the CPU.
+
+    That kernel computes in bf16 whatever the compute dtype, so it is used only where bf16 was asked
+    for: with fp32 compute it would silently change the numbers (measured on SmolLM2-135M: logits
+    differ by up to 0.46 from the fp32 path, BENCHMARKS.md). Training never uses it (see below).
+    """
+    return quantization in ("nf4", "fp4") and compute_dtype == torch.bfloat16 and not torch.cuda.is_available()
+
+
+def set_packed_cpu_kernel(model, allowed: bool) -> None:
+    """Allow or forbid bitsandbytes' packed CPU kernel, layer by layer.
+
+    On CPUs with AVX512-BF16, bitsandbytes (0.50) repacks a 4-bit weight in place the first time a
+    layer runs in eval mode without gradients, for a bf16 kernel that (a) asserts that the layer's
+    output width divides by 32 and (b) has no backward: a model repacked by a held-out evaluation
+    then trains with no gradient through its frozen layers. So training forbids it everywhere, and
+    inference allows it only where asked for and the widths fit; every other layer keeps the
+    dequantize-and-matmul path, on any CPU.
+    """
+    layers = [module for module in model.modules() if hasattr(module, "support_avx512bf16_for_cpu")]
+    if not layers:
+        return
+    from bitsandbytes.nn import modules  # what bitsandbytes itself asks when it builds a layer
+
+    cpu_has_it = bool(modules.has_avx512bf16())
+    for layer in layers:
+        layer.support_avx512bf16_for_cpu = allowed and cpu_has_it and packed_kernel_fits(layer)
+
+
+def packed_kernel_fits(layer) -> bool:
+    """The repack reshapes the weight into blocks of 32 output rows, and the scales into whole quantization
+    blocks per input row: both widths must divide."""
+    quant_state = getattr(layer.weight, "quant_state", None)
+    blocksize = quant_state.blocksize if quant_state is not None else 64
+    return layer.out_features % PACKED_CPU_BLOCK == 0 and layer.in_features % blocksize == 0
 
 
 def add_lora(model, r: int, alpha: int, dropout: float, target_modules: str, gradient_checkpointing: bool, checkpointing_kwargs=None):

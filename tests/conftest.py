@@ -1,5 +1,12 @@
-"""Shared fixtures. Tests that need ../shared (real data, real tiny model) skip without it, except
-under CI (CI=true), where its absence is a failure."""
+"""Shared fixtures, in two tiers.
+
+- The core tier runs on a clone alone: a tiny random Llama with a tokenizer trained here and
+  Alpaca-format records written here (alpaca_qlora.synthetic), built once per session.
+- The `shared` tier needs ../shared beside the checkout (the real Alpaca data, the pretrained
+  stories260K model). Its tests are marked `shared` automatically (they use the fixtures below that
+  name ../shared) and skip with a reason when it is absent, except under CI (CI=true), where its
+  absence is a failure. `python -m pytest -m "not shared"` runs the core tier alone.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +22,17 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED = REPO_ROOT.parent / "shared"
 MODEL_DIR = SHARED / "models" / "stories260K-hf"
 ALPACA_JSON = SHARED / "data" / "alpaca_data.json"
+SHARED_FIXTURES = {"model_dir", "alpaca_json", "alpaca_records", "small_data"}
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "shared: needs ../shared (the real Alpaca data or the pretrained stories260K)")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if SHARED_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.shared)
 
 
 def _require(path: Path) -> Path:
@@ -26,6 +44,35 @@ def _require(path: Path) -> Path:
     pytest.skip(message)
 
 
+# ---------------------------------------------------------------------------------------------
+# The core tier: everything built here
+# ---------------------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def tiny_records() -> list[dict]:
+    """400 synthetic Alpaca records (4 with an empty output)."""
+    from alpaca_qlora.synthetic import synthetic_records
+
+    return synthetic_records(400, seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory, tiny_records) -> Path:
+    path = tmp_path_factory.mktemp("tiny_data") / "data.json"
+    path.write_text(json.dumps(tiny_records, ensure_ascii=False), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory, tiny_records) -> Path:
+    """A random 2-layer Llama (hidden 64, MLP 176, vocab 512) with its own BPE tokenizer, as a model folder."""
+    from alpaca_qlora.synthetic import build_tiny_llama
+
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny_model") / "model", tiny_records).resolve()
+
+
+# ---------------------------------------------------------------------------------------------
+# The shared tier
+# ---------------------------------------------------------------------------------------------
 @pytest.fixture(scope="session")
 def model_dir() -> Path:
     return _require(MODEL_DIR)
@@ -49,6 +96,9 @@ def small_data(tmp_path_factory, alpaca_records) -> Path:
     return path
 
 
+# ---------------------------------------------------------------------------------------------
+# Running the scripts
+# ---------------------------------------------------------------------------------------------
 def run_script(*args: str, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
     """Run a top-level script of the repo as a user would."""
     return subprocess.run(
@@ -58,7 +108,7 @@ def run_script(*args: str, env: dict | None = None, timeout: int = 600) -> subpr
 
 
 def training_args(model_dir: Path, data: Path, output_dir: Path, *extra: str) -> list[str]:
-    """A short, fast QLoRA run on the real tiny model."""
+    """A short, fast QLoRA run on a tiny model."""
     return [
         "training_script.py", "--base_model", str(model_dir), "--data_path", str(data),
         "--output_dir", str(output_dir), "--max_seq_length", "256", "--per_device_train_batch_size", "8",
@@ -66,3 +116,27 @@ def training_args(model_dir: Path, data: Path, output_dir: Path, *extra: str) ->
         "--logging_steps", "2", "--save_strategy", "no", "--eval_strategy", "no", "--dataloader_num_workers", "0",
         *extra,
     ]
+
+
+# bitsandbytes decides at import whether the CPU has AVX512-BF16; this makes a child process believe
+# what FORCE_AVX512BF16 says (1 or 0), so both of bitsandbytes' CPU paths are exercised on any machine.
+_FORCE_DETECTION = """\
+import os
+if os.environ.get("FORCE_AVX512BF16") in ("0", "1"):
+    import bitsandbytes.functional, bitsandbytes.nn.modules
+    _value = os.environ["FORCE_AVX512BF16"] == "1"
+    bitsandbytes.functional.has_avx512bf16 = bitsandbytes.nn.modules.has_avx512bf16 = lambda: _value
+"""
+
+
+@pytest.fixture(scope="session")
+def forced_avx512bf16_env(tmp_path_factory):
+    """env(value) -> environment for a child process whose bitsandbytes detects AVX512-BF16 as `value`."""
+    folder = tmp_path_factory.mktemp("force_avx512bf16")
+    (folder / "sitecustomize.py").write_text(_FORCE_DETECTION)
+
+    def env(value: bool) -> dict:
+        path = os.pathsep.join(filter(None, [str(folder), os.environ.get("PYTHONPATH")]))
+        return {"PYTHONPATH": path, "FORCE_AVX512BF16": "1" if value else "0"}
+
+    return env
