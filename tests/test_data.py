@@ -58,6 +58,36 @@ def test_empty_outputs_are_kept_and_counted(tmp_path):
     assert split.empty_outputs == 5
 
 
+def test_split_and_subset_of_synthetic_records(tiny_data):
+    records = load_records(str(tiny_data))
+    assert len(records) == 400 and [r["id"] for r in records] == list(range(400))
+    first = split_records(records, val_set_size=0.1, max_samples=200, seed=42)
+    second = split_records(records, val_set_size=0.1, max_samples=200, seed=42)
+    other_seed = split_records(records, val_set_size=0.1, max_samples=200, seed=43)
+    assert [r["id"] for r in first.val] == [r["id"] for r in second.val]
+    assert [r["id"] for r in first.train] == [r["id"] for r in second.train]
+    assert [r["id"] for r in first.val] != [r["id"] for r in other_seed.val]
+    assert len(first.val) == 20 and len(first.train) == 180
+    assert not {r["id"] for r in first.val} & {r["id"] for r in first.train}
+    assert split_records(records, 20, None, 42).empty_outputs == 4
+
+
+def test_download_is_checked_against_the_pinned_sha256(tiny_data, tmp_path, monkeypatch, capsys):
+    from alpaca_qlora import data
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("ALPACA_DATA_URL", tiny_data.as_uri())
+    monkeypatch.setattr(data, "ALPACA_DATA_SHA256", hashlib.sha256(tiny_data.read_bytes()).hexdigest())
+    assert len(load_records("alpaca_data.json")) == 400
+    assert (tmp_path / "alpaca_data.json").read_bytes() == tiny_data.read_bytes()
+    (tmp_path / "alpaca_data.json").unlink()
+    monkeypatch.setattr(data, "ALPACA_DATA_SHA256", "0" * 64)
+    with pytest.raises(SystemExit):
+        run_cli(lambda: load_records("alpaca_data.json"))
+    assert "expected " + "0" * 64 in capsys.readouterr().err
+    assert not (tmp_path / "alpaca_data.json").exists()
+
+
 def test_split_and_subset_are_deterministic_and_disjoint(alpaca_json):
     records = load_records(str(alpaca_json))
     assert len(records) == 52002

@@ -1,4 +1,4 @@
-"""Generation job (inference.py): offline, on the CPU, with the real stories260K model."""
+"""Generation job (inference.py): offline, on the CPU, with the tiny random Llama (stories260K where marked shared)."""
 
 from __future__ import annotations
 
@@ -25,16 +25,9 @@ from alpaca_qlora.errors import run_cli  # noqa: E402
 from alpaca_qlora.generation import GenerationSettings, ModelArguments, resolve_settings  # noqa: E402
 from alpaca_qlora.tokenization import IGNORE_INDEX, tokenize_example  # noqa: E402
 
-MODEL = str((REPO.parent / "shared" / "models" / "stories260K-hf").resolve())
-DATA = REPO.parent / "shared" / "data" / "alpaca_data.json"
 LINE_KEYS = {"id", "instruction", "input", "reference", "prediction", "settings", "base_model", "adapter", "new_tokens", "seconds"}
 RATING_KEYS = {"id", "instruction", "input", "prediction", "rating", "comment", "settings", "base_model", "adapter"}
 SETTING_KEYS = {"top_k", "top_p", "temperature", "num_beams", "max_new_tokens", "repetition_penalty", "no_repeat_ngram_size", "do_sample", "seed"}
-
-@pytest.fixture(scope="module", autouse=True)
-def needs_shared(model_dir, alpaca_json):
-    """Skips without ../shared, fails under CI (conftest.py)."""
-
 
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
@@ -46,28 +39,34 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def base():
+def MODEL(tiny_model) -> str:
+    """The base model folder the tests generate with."""
+    return str(tiny_model)
+
+
+@pytest.fixture(scope="module")
+def base(MODEL):
     source = generation.resolve_model_source(ModelArguments(base_model=MODEL))
     model, tokenizer = generation.load_for_inference(source)
     return model, tokenizer, source
 
 
 @pytest.fixture(scope="module")
-def prompts_file(tmp_path_factory) -> Path:
-    records = json.loads(DATA.read_text())[:40]
+def prompts_file(tmp_path_factory, tiny_records) -> Path:
+    records = tiny_records[:40]
     path = tmp_path_factory.mktemp("prompts") / "prompts.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
     return path
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory) -> Path:
+def run_dir(tmp_path_factory, MODEL, tiny_data) -> Path:
     """A short adapter trained here (plain LoRA: NF4 is slow on the CPU)."""
     from alpaca_qlora.train import main as train_main
 
     output = tmp_path_factory.mktemp("run") / "run"
     train_main([
-        "--base_model", MODEL, "--data_path", str(DATA), "--max_samples", "40", "--val_set_size", "8",
+        "--base_model", MODEL, "--data_path", str(tiny_data), "--max_samples", "40", "--val_set_size", "8",
         "--output_dir", str(output), "--max_steps", "4", "--per_device_train_batch_size", "8",
         "--learning_rate", "1e-2", "--save_steps", "1000", "--eval_strategy", "no", "--quantization", "none",
         "--max_seq_length", "256", "--report_to", "none",
@@ -90,8 +89,9 @@ def without_timing(rows: list[dict]) -> list[dict]:
 # ---------------------------------------------------------------------------------------------
 # Generation on the real model
 # ---------------------------------------------------------------------------------------------
-def test_once_upon_a_time_continues_as_documented(base):
-    model, tokenizer, _ = base
+def test_once_upon_a_time_continues_as_documented(model_dir):
+    """The pretrained stories260K continues its documented sample (../shared)."""
+    model, tokenizer = generation.load_for_inference(generation.resolve_model_source(ModelArguments(base_model=str(model_dir))))
     [answer] = generation.generate_answers(model, tokenizer, ["Once upon a time"], greedy(max_new_tokens=32))
     assert answer.text.startswith(", there was a little girl named Lily. She loved to play outside in the park.")
     assert answer.new_tokens == 32
@@ -130,7 +130,7 @@ def test_answer_is_cut_at_the_first_eos(base):
     assert generation.extract_answer(ids, tokenizer, {eos}).new_tokens == len(ids)
 
 
-def test_every_flag_reaches_generate_unchanged(base, monkeypatch, capsys):
+def test_every_flag_reaches_generate_unchanged(MODEL, base, monkeypatch, capsys):
     model, tokenizer, source = base
     calls = []
     original = model.generate
@@ -202,11 +202,11 @@ def cli_error(argv: list[str], capsys) -> str:
 
 
 @pytest.mark.parametrize("flags,message", INVALID, ids=[" ".join(f) for f, _ in INVALID])
-def test_invalid_flags_stop_before_loading(flags, message, no_loading, capsys):
+def test_invalid_flags_stop_before_loading(MODEL, flags, message, no_loading, capsys):
     assert message in cli_error(["--base_model", MODEL, "--instruction", "Hi."] + flags, capsys)
 
 
-def test_invalid_batch_inputs_stop_before_loading(no_loading, capsys, tmp_path, prompts_file):
+def test_invalid_batch_inputs_stop_before_loading(MODEL, no_loading, capsys, tmp_path, prompts_file):
     batch = ["--base_model", MODEL, "--prompts_file", str(prompts_file), "--output_file", str(tmp_path / "g.jsonl")]
     assert "--sweep setting top_k=-5" in cli_error(batch + ["--sweep", "top_k=1,-5"], capsys)
     assert "--sweep: unknown setting 'beams'" in cli_error(batch + ["--sweep", "beams=1,2"], capsys)
@@ -223,7 +223,7 @@ def test_invalid_batch_inputs_stop_before_loading(no_loading, capsys, tmp_path, 
 # ---------------------------------------------------------------------------------------------
 # A trained adapter
 # ---------------------------------------------------------------------------------------------
-def test_adapter_changes_outputs_and_finds_its_base(run_dir, tmp_path):
+def test_adapter_changes_outputs_and_finds_its_base(MODEL, run_dir, tmp_path):
     common = ["--prompts_file", str(run_dir / "val.jsonl"), "--max_prompts", "6", "--max_new_tokens", "24", "--batch_size", "6"]
     inference.main(["--adapter", str(run_dir), "--output_file", str(tmp_path / "tuned.jsonl")] + common)
     inference.main(["--base_model", MODEL, "--output_file", str(tmp_path / "base.jsonl")] + common)
@@ -246,7 +246,7 @@ def test_adapter_changes_outputs_and_finds_its_base(run_dir, tmp_path):
     assert sum(row["prediction"] == merged[row["id"]] for row in tuned) >= 5
 
 
-def test_run_config_fixes_template_and_precision(run_dir, tmp_path, no_loading, capsys):
+def test_run_config_fixes_template_and_precision(MODEL, run_dir, tmp_path, no_loading, capsys):
     copy = tmp_path / "run"
     shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("*.safetensors", "checkpoint-*"))
     config = json.loads((copy / "run_config.json").read_text())
@@ -264,7 +264,7 @@ def test_run_config_fixes_template_and_precision(run_dir, tmp_path, no_loading, 
 # ---------------------------------------------------------------------------------------------
 # Batch mode: resume and sweeps
 # ---------------------------------------------------------------------------------------------
-def test_killed_run_resumes_without_losing_or_duplicating(prompts_file, tmp_path):
+def test_killed_run_resumes_without_losing_or_duplicating(MODEL, prompts_file, tmp_path):
     output = tmp_path / "gen.jsonl"
     argv = ["--base_model", MODEL, "--prompts_file", str(prompts_file), "--max_prompts", "30", "--batch_size", "2",
             "--max_new_tokens", "48", "--temperature", "0.8", "--top_k", "40"]
@@ -291,7 +291,7 @@ def test_killed_run_resumes_without_losing_or_duplicating(prompts_file, tmp_path
     assert without_timing(resumed) == without_timing(uninterrupted)
 
 
-def test_sweep_writes_every_setting_and_prompt_once(prompts_file, run_dir, tmp_path, capsys):
+def test_sweep_writes_every_setting_and_prompt_once(MODEL, prompts_file, run_dir, tmp_path, capsys):
     output = tmp_path / "sweep.jsonl"
     argv = ["--base_model", MODEL, "--prompts_file", str(prompts_file), "--max_prompts", "3", "--max_new_tokens", "6",
             "--output_file", str(output), "--sweep", "top_k=1,10 num_beams=1,2 temperature=0.7"]
@@ -336,7 +336,7 @@ Sort these fruits.
 """
 
 
-def test_interactive_session_writes_the_ratings(tmp_path, monkeypatch, capsys):
+def test_interactive_session_writes_the_ratings(MODEL, tmp_path, monkeypatch, capsys):
     ratings = tmp_path / "ratings.jsonl"
     argv = ["--base_model", MODEL, "--max_new_tokens", "12", "--ratings_file", str(ratings)]
     monkeypatch.setattr(sys, "stdin", io.StringIO(SESSION))  # ends with EOF, like Ctrl-D
@@ -369,7 +369,7 @@ class CtrlCAtEnd(io.StringIO):
         return line
 
 
-def test_ctrl_c_leaves_cleanly_and_keeps_ratings(tmp_path, monkeypatch, capsys):
+def test_ctrl_c_leaves_cleanly_and_keeps_ratings(MODEL, tmp_path, monkeypatch, capsys):
     ratings = tmp_path / "ratings.jsonl"
     monkeypatch.setattr(sys, "stdin", CtrlCAtEnd("Name a color.\n/rate 5 nice\nName a fruit.\n"))
     run_cli(lambda: inference.main(["--base_model", MODEL, "--max_new_tokens", "8", "--ratings_file", str(ratings)]))

@@ -1,4 +1,4 @@
-"""Prompt templates, label masking, EOS handling, truncation and packing, on the real tiny model."""
+"""Prompt templates, label masking, EOS handling, truncation and packing, on the tiny random Llama."""
 
 from __future__ import annotations
 
@@ -27,8 +27,8 @@ EXPECTED_NO_INPUT = (
 
 
 @pytest.fixture(scope="module")
-def tokenizer(model_dir):
-    return load_tokenizer(str(model_dir))
+def tokenizer(tiny_model):
+    return load_tokenizer(str(tiny_model))
 
 
 def test_alpaca_templates_are_byte_exact():
@@ -37,6 +37,8 @@ def test_alpaca_templates_are_byte_exact():
 
 
 def test_chat_template_missing_is_a_user_error(tokenizer):
+    tokenizer = load_tokenizer(tokenizer.name_or_path)
+    tokenizer.chat_template = None
     with pytest.raises(UserError, match="no chat template"):
         build_prompt({"instruction": "Hi", "input": ""}, "chat", tokenizer)
 
@@ -94,9 +96,9 @@ def test_pack_into_rows_never_exceeds_the_row_length():
     assert len(rows) == 4
 
 
-def test_packed_batch_has_no_attention_across_examples(tokenizer, model_dir, alpaca_records):
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), attn_implementation="sdpa").eval()
-    records = [dict(r, id=i) for i, r in enumerate(alpaca_records[:6])]
+def test_packed_batch_has_no_attention_across_examples(tokenizer, tiny_model, tiny_records):
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model), attn_implementation="sdpa").eval()
+    records = [dict(r, id=i) for i, r in enumerate(tiny_records[:6])]
     examples, _ = tokenize_records(records, tokenizer, "alpaca", 512, False)
     batch = PackedCollator(pad_token_id=tokenizer.pad_token_id, max_row_length=512)(examples)
     total, real, trained = pop_token_counts(batch)
@@ -114,9 +116,9 @@ def test_packed_batch_has_no_attention_across_examples(tokenizer, model_dir, alp
                 assert torch.allclose(row[start:end], alone, atol=1e-4), (start, end)
 
 
-def test_packed_and_padded_batches_give_the_same_loss(tokenizer, model_dir, alpaca_records):
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir)).eval()
-    records = [dict(r, id=i) for i, r in enumerate(alpaca_records[10:18])]
+def test_packed_and_padded_batches_give_the_same_loss(tokenizer, tiny_model, tiny_records):
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model)).eval()
+    records = [dict(r, id=i) for i, r in enumerate(tiny_records[10:18])]
     examples, _ = tokenize_records(records, tokenizer, "alpaca", 512, False)
     packed = PackedCollator(pad_token_id=tokenizer.pad_token_id, max_row_length=512)(examples)
     padded = PaddedCollator(pad_token_id=tokenizer.pad_token_id)(examples)
@@ -128,54 +130,54 @@ def test_packed_and_padded_batches_give_the_same_loss(tokenizer, model_dir, alpa
     assert abs(packed_loss - padded_loss) < 1e-4
 
 
-def test_packed_cpu_attention_equals_masked_sdpa(tokenizer, model_dir, alpaca_records):
+def test_packed_cpu_attention_equals_masked_sdpa(tokenizer, tiny_model, tiny_records):
     """The per-example CPU attention gives the logits and gradients of transformers' own masked sdpa."""
     from alpaca_qlora.packed_attention import register_packed_attention
 
-    records = [dict(r, id=i) for i, r in enumerate(alpaca_records[20:30])]
+    records = [dict(r, id=i) for i, r in enumerate(tiny_records[20:30])]
     examples, _ = tokenize_records(records, tokenizer, "alpaca", 512, False)
     batch = PackedCollator(pad_token_id=tokenizer.pad_token_id, max_row_length=512)(examples)
     pop_token_counts(batch)
     results = []
     for implementation in ("sdpa", register_packed_attention()):
-        model = AutoModelForCausalLM.from_pretrained(str(model_dir), attn_implementation="sdpa")
+        model = AutoModelForCausalLM.from_pretrained(str(tiny_model), attn_implementation="sdpa")
         model.set_attn_implementation(implementation)
         output = model(**batch, use_cache=False)
         output.loss.backward()
-        results.append((output.logits.detach(), model.model.layers[2].mlp.down_proj.weight.grad))
+        results.append((output.logits.detach(), model.model.layers[1].mlp.down_proj.weight.grad))
     assert torch.allclose(results[0][0], results[1][0], atol=1e-4)
     assert torch.allclose(results[0][1], results[1][1], atol=1e-6)
 
 
-def test_trained_token_loss_equals_the_models_own_loss(tokenizer, model_dir, alpaca_records):
+def test_trained_token_loss_equals_the_models_own_loss(tokenizer, tiny_model, tiny_records):
     """The chunked loss on labelled positions gives the model's own cross-entropy and gradients."""
     from alpaca_qlora.chunked_loss import install_hidden_states_head, trained_token_loss_sum
 
-    records = [dict(r, id=i) for i, r in enumerate(alpaca_records[30:40])]
+    records = [dict(r, id=i) for i, r in enumerate(tiny_records[30:40])]
     examples, _ = tokenize_records(records, tokenizer, "alpaca", 512, False)
     batch = PackedCollator(pad_token_id=tokenizer.pad_token_id, max_row_length=512)(examples)
     pop_token_counts(batch)
-    reference = AutoModelForCausalLM.from_pretrained(str(model_dir))
+    reference = AutoModelForCausalLM.from_pretrained(str(tiny_model))
     expected = reference(**batch, use_cache=False).loss
     expected.backward()
 
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir))
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model))
     head = install_hidden_states_head(model)
     inputs = {k: v for k, v in batch.items() if k != "labels"}
-    total, count = trained_token_loss_sum(model(**inputs, use_cache=False).logits, batch["labels"], head.head, chunk_tokens=500)
-    assert count == int((batch["labels"][:, 1:] != -100).sum()) and count > 1000  # several chunks
+    total, count = trained_token_loss_sum(model(**inputs, use_cache=False).logits, batch["labels"], head.head, chunk_tokens=20)
+    assert count == int((batch["labels"][:, 1:] != -100).sum()) and count > 60  # several chunks
     (total / count).backward()
     assert abs(float(total / count) - float(expected)) < 1e-5
-    for name in ("model.embed_tokens.weight", "model.layers.3.self_attn.q_proj.weight"):
+    for name in ("model.embed_tokens.weight", "model.layers.1.self_attn.q_proj.weight"):
         got, want = model.get_parameter(name).grad, reference.get_parameter(name).grad
         assert torch.allclose(got, want, atol=1e-6, rtol=1e-4), name
 
 
-def test_sequence_boundaries_for_varlen_attention(tokenizer, alpaca_records):
+def test_sequence_boundaries_for_varlen_attention(tokenizer, tiny_records):
     """The collator's varlen keywords and the boundaries the attention derives itself agree with the examples."""
     from alpaca_qlora.collators import sequence_boundaries
 
-    records = [dict(r, id=i) for i, r in enumerate(alpaca_records[40:56])]
+    records = [dict(r, id=i) for i, r in enumerate(tiny_records[40:56])]
     examples, _ = tokenize_records(records, tokenizer, "alpaca", 512, False)
     batch = PackedCollator(pad_token_id=tokenizer.pad_token_id, max_row_length=512, sequence_boundaries=True)(examples)
     cu_seqlens, longest = sequence_boundaries(batch["position_ids"])
@@ -188,12 +190,12 @@ def test_sequence_boundaries_for_varlen_attention(tokenizer, alpaca_records):
     assert longest == max(real)
 
 
-def test_packed_varlen_without_a_gpu_falls_back_to_per_example_sdpa(model_dir, capsys):
+def test_packed_varlen_without_a_gpu_falls_back_to_per_example_sdpa(tiny_model, capsys):
     from alpaca_qlora.config import parse_training_config
     from alpaca_qlora.packed_attention import PACKED_SDPA, PACKED_VARLEN, varlen_supported
     from alpaca_qlora.train import packed_attention
 
-    config = parse_training_config(["--base_model", str(model_dir), "--attn_implementation", PACKED_VARLEN])
+    config = parse_training_config(["--base_model", str(tiny_model), "--attn_implementation", PACKED_VARLEN])
     if varlen_supported():
         assert packed_attention(config) == PACKED_VARLEN
     else:
