@@ -14,10 +14,10 @@ import sys
 
 from transformers import HfArgumentParser
 
-from alpaca_qlora.errors import run_cli
-from alpaca_qlora.metrics import MetricConfig, check_config, compare, load_scorers, pooled_ratings, score_groups
-from alpaca_qlora.report import OutputConfig, Report, build_report, check_output_dir, write_report
-from alpaca_qlora.scoring_io import InputConfig, attach_ratings, load_groups, pair_inputs, prefix_labels
+from alpaca_qlora.cli import run_cli
+from alpaca_qlora.scoring.inputs import InputConfig, attach_ratings, load_groups, pair_inputs, prefix_labels
+from alpaca_qlora.scoring.metrics import MetricConfig, check_config, compare, load_scorers, pooled_ratings, score_groups
+from alpaca_qlora.scoring.report import OutputConfig, Report, build_report, check_output_dir, write_report
 
 
 def parse_args(argv: list[str] | None = None):

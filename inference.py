@@ -16,9 +16,10 @@ from dataclasses import dataclass, field
 
 from transformers import HfArgumentParser
 
-from alpaca_qlora import batch_generation, generation, interactive
-from alpaca_qlora.errors import fail, run_cli
-from alpaca_qlora.generation import GenerationSettings, ModelArguments
+from alpaca_qlora.cli import fail, run_cli
+from alpaca_qlora.generation import batch, generate, interactive
+from alpaca_qlora.generation.settings import GenerationSettings
+from alpaca_qlora.generation.source import InferenceModelArguments, resolve_model_source
 
 
 @dataclass
@@ -35,8 +36,8 @@ class JobArguments:
     ratings_file: str | None = field(default=None, metadata={"help": "Interactive mode: ratings JSONL (default: ratings.jsonl in the adapter's run folder, else here)."})
 
 
-def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, GenerationSettings, JobArguments]:
-    parser = HfArgumentParser((ModelArguments, GenerationSettings, JobArguments), description=__doc__.split("\n")[1])
+def parse_args(argv: list[str] | None = None) -> tuple[InferenceModelArguments, GenerationSettings, JobArguments]:
+    parser = HfArgumentParser((InferenceModelArguments, GenerationSettings, JobArguments), description=__doc__.split("\n")[1])
     return parser.parse_args_into_dataclasses(args=sys.argv[1:] if argv is None else argv)
 
 
@@ -63,26 +64,26 @@ def main(argv: list[str] | None = None) -> None:
     model_args, settings, job = parse_args(argv)
     # Every check a user can fail runs before a model is loaded.
     check_job(job)
-    sweep = batch_generation.parse_sweep(job.sweep) if job.sweep else None
-    grid = batch_generation.expand_grid(settings, sweep)
-    source = generation.resolve_model_source(model_args)
+    sweep = batch.parse_sweep(job.sweep) if job.sweep else None
+    grid = batch.expand_grid(settings, sweep)
+    source = resolve_model_source(model_args)
     if job.prompts_file:
-        records = batch_generation.load_prompt_records(job.prompts_file, job.max_prompts)
-        batch_job, done = batch_generation.prepare_batch_job(records, grid, job.output_file, job.batch_size, source, job.overwrite)
+        records = batch.load_prompt_records(job.prompts_file, job.max_prompts)
+        batch_job, done = batch.prepare_batch_job(records, grid, job.output_file, job.batch_size, source, job.overwrite)
     elif job.instruction is None:
         ratings = interactive.RatingsFile(job.ratings_file or interactive.default_ratings_path(source))
 
-    model, tokenizer = generation.load_for_inference(source)
+    model, tokenizer = generate.load_for_inference(source)
     print(f"loaded {source.base_model}" + (f" + adapter {source.adapter}" if source.adapter else " (no adapter)")
-          + f", {source.quantization} weights, on {generation.describe_device(model)}", file=sys.stderr)
+          + f", {source.quantization} weights, on {generate.describe_device(model)}", file=sys.stderr)
     if job.prompts_file:
-        written = batch_generation.run_batch_job(batch_job, done, model, tokenizer)
+        written = batch.run_batch_job(batch_job, done, model, tokenizer)
         print(f"wrote {written} line(s) to {job.output_file}")
     elif job.instruction is not None:
         record = {"instruction": job.instruction, "input": job.input or "", "output": ""}
-        prompt = generation.prompt_for(record, source.prompt_template, tokenizer)
-        generation.seed_everything(grid[0]["seed"])
-        print(generation.generate_answers(model, tokenizer, [prompt], grid[0])[0].text)
+        prompt = generate.prompt_for(record, source.prompt_template, tokenizer)
+        generate.seed_everything(grid[0]["seed"])
+        print(generate.generate_answers(model, tokenizer, [prompt], grid[0])[0].text)
     else:
         interactive.run_interactive(model, tokenizer, source, settings, ratings, job.rate)
 

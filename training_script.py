@@ -5,8 +5,8 @@
     python training_script.py --help        # every option, TrainingArguments' included
 """
 
-from alpaca_qlora.errors import run_cli
-from alpaca_qlora.train import main
+from alpaca_qlora.cli import run_cli
+from alpaca_qlora.training.train import main
 
 if __name__ == "__main__":
     run_cli(main)

@@ -8,9 +8,11 @@ from pathlib import Path
 
 import torch
 
-from .errors import fail
+from .cli import fail
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+COMPUTE_DTYPES = ("auto", *DTYPES)
+QUANTIZATIONS = ("nf4", "fp4", "int8", "none")
 
 
 def resolve_model_path(name_or_path: str) -> str:

@@ -9,7 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from .io_utils import atomic_write_bytes  # noqa: E402
+from .files import atomic_write_bytes  # noqa: E402
 
 
 def save_figure(figure, path) -> None:

@@ -11,15 +11,24 @@ Layout of a finished run (--output_dir):
 
 from __future__ import annotations
 
+import json
 import platform
 import shutil
 import subprocess
 from importlib import metadata
 from pathlib import Path
 
-from .errors import fail
+from .cli import fail
 
 RUN_CONFIG = "run_config.json"
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+TOKENIZER_CONFIG = "tokenizer_config.json"
+# The attentions training registers for packed rows (training/packed_attention.py). They can appear in a
+# run's run_config.json; generation loads such runs with the sdpa they wrap.
+PACKED_SDPA = "packed_sdpa"
+PACKED_VARLEN = "packed_varlen"
+TRAINING_ONLY_ATTENTIONS = (PACKED_SDPA, PACKED_VARLEN)
 RUN_INFO = "run_info.json"
 TRAIN_LOG = "train_log.jsonl"
 EVAL_RESULTS = "eval_results.json"
@@ -89,3 +98,31 @@ def last_checkpoint(output_dir: str) -> str | None:
     if not checkpoints:
         return None
     return str(max(checkpoints, key=lambda p: int(p.name.split("-")[-1])))
+
+
+def read_json_file(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as error:
+        fail(f"{path}: cannot read it as JSON ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})")
+
+
+def adapter_base_model(adapter: str) -> str:
+    """The base model named in a local adapter folder's adapter_config.json."""
+    path = Path(adapter).expanduser()
+    if not path.is_dir():
+        fail(f"--adapter {adapter}: no such folder")
+    config_path = path / ADAPTER_CONFIG
+    if not config_path.is_file():
+        fail(f"--adapter {adapter}: no {ADAPTER_CONFIG} in it (not a PEFT adapter folder; is the training run finished?)")
+    base = read_json_file(config_path).get("base_model_name_or_path")
+    if not base:
+        fail(f"{config_path}: names no base_model_name_or_path; pass --base_model")
+    return base
+
+
+def read_log(path: Path) -> list[dict]:
+    path = Path(path)
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

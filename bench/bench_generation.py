@@ -7,7 +7,7 @@
     python bench/bench_generation.py --base_model <dir> --quantization nf4 --compute_dtype bf16 --cpu_kernels
                                                                    # bitsandbytes' packed CPU kernel vs dequantize
 
-Both ways go through alpaca_qlora.generation.generate_answers (left padding, KV cache), the batched one
+Both ways go through alpaca_qlora.generate.generate_answers (left padding, KV cache), the batched one
 in the batches batch mode uses (sorted by prompt length). Prints wall times, generated tokens per
 second, the speed-up, whether the answers agree, the machine and the library versions.
 """
@@ -26,9 +26,10 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
-from alpaca_qlora import generation  # noqa: E402
-from alpaca_qlora.batch_generation import plan_batches  # noqa: E402
-from alpaca_qlora.generation import GenerationSettings, ModelArguments  # noqa: E402
+from alpaca_qlora.generation import generate  # noqa: E402
+from alpaca_qlora.generation.batch import plan_batches  # noqa: E402
+from alpaca_qlora.generation.settings import GenerationSettings, resolve_settings  # noqa: E402
+from alpaca_qlora.generation.source import InferenceModelArguments, resolve_model_source  # noqa: E402
 from alpaca_qlora.run_folder import library_versions  # noqa: E402
 
 SHARED = REPO.parent / "shared"
@@ -69,7 +70,7 @@ def timed(function):
 def run_batches(model, tokenizer, prompts: list[str], batches: list[list[int]], settings: dict) -> list:
     answers = [None] * len(prompts)
     for batch in batches:
-        for i, answer in zip(batch, generation.generate_answers(model, tokenizer, [prompts[i] for i in batch], settings)):
+        for i, answer in zip(batch, generate.generate_answers(model, tokenizer, [prompts[i] for i in batch], settings)):
             answers[i] = answer
     return answers
 
@@ -95,15 +96,15 @@ def main() -> None:
     args = parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    model_args = ModelArguments(base_model=None if args.adapter else args.base_model, adapter=args.adapter,
+    model_args = InferenceModelArguments(base_model=None if args.adapter else args.base_model, adapter=args.adapter,
                                 quantization=args.quantization, compute_dtype=args.compute_dtype)
-    source = generation.resolve_model_source(model_args)
-    model, tokenizer = generation.load_for_inference(source)
+    source = resolve_model_source(model_args)
+    model, tokenizer = generate.load_for_inference(source)
     records = json.loads(Path(args.data_path).read_text(encoding="utf-8"))[: args.num_prompts]
-    prompts = [generation.prompt_for(record, source.prompt_template, tokenizer) for record in records]
-    settings = generation.resolve_settings(GenerationSettings(max_new_tokens=args.max_new_tokens))
+    prompts = [generate.prompt_for(record, source.prompt_template, tokenizer) for record in records]
+    settings = resolve_settings(GenerationSettings(max_new_tokens=args.max_new_tokens))
     batches = plan_batches([len(ids) for ids in tokenizer(prompts)["input_ids"]], args.batch_size)
-    device = generation.describe_device(model)
+    device = generate.describe_device(model)
     print(f"model: {source.base_model}" + (f" + adapter {source.adapter}" if source.adapter else "")
           + f" ({source.quantization} weights, {source.compute_dtype} compute) on {device}")
     print(f"machine: {cpu_name()}, {torch.get_num_threads()} torch thread(s), {platform.platform()}")
@@ -112,9 +113,9 @@ def main() -> None:
     if args.cpu_kernels:
         compare_cpu_kernels(model, tokenizer, prompts, batches, settings)
         return
-    generation.generate_answers(model, tokenizer, prompts[:2], settings)  # warm-up
+    generate.generate_answers(model, tokenizer, prompts[:2], settings)  # warm-up
 
-    sequential, sequential_s = timed(lambda: [generation.generate_answers(model, tokenizer, [p], settings)[0] for p in prompts])
+    sequential, sequential_s = timed(lambda: [generate.generate_answers(model, tokenizer, [p], settings)[0] for p in prompts])
     batched, batched_s = timed(lambda: run_batches(model, tokenizer, prompts, batches, settings))
     tokens = sum(answer.new_tokens for answer in sequential)
     agree = sum(a == b for a, b in zip(sequential, batched))

@@ -1,7 +1,7 @@
 """Shared fixtures, in two tiers.
 
 - The core tier runs on a clone alone: a tiny random Llama with a tokenizer trained here and
-  Alpaca-format records written here (alpaca_qlora.synthetic), built once per session.
+  Alpaca-format records written here (alpaca_qlora.data.synthetic), built once per session.
 - The `shared` tier needs ../shared beside the checkout (the real Alpaca data, the pretrained
   stories260K model). Its tests are marked `shared` automatically (they use the fixtures below that
   name ../shared) and skip with a reason when it is absent, except under CI (CI=true), where its
@@ -50,7 +50,7 @@ def _require(path: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_records() -> list[dict]:
     """400 synthetic Alpaca records (4 with an empty output)."""
-    from alpaca_qlora.synthetic import synthetic_records
+    from alpaca_qlora.data.synthetic import synthetic_records
 
     return synthetic_records(400, seed=0)
 
@@ -65,7 +65,7 @@ def tiny_data(tmp_path_factory, tiny_records) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory, tiny_records) -> Path:
     """A random 2-layer Llama (hidden 64, MLP 176, vocab 512) with its own BPE tokenizer, as a model folder."""
-    from alpaca_qlora.synthetic import build_tiny_llama
+    from alpaca_qlora.data.synthetic import build_tiny_llama
 
     return build_tiny_llama(tmp_path_factory.mktemp("tiny_model") / "model", tiny_records).resolve()
 

@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 from alpaca_qlora.modeling import PACKED_CPU_BLOCK, load_base_model
-from alpaca_qlora.synthetic import build_tiny_llama
+from alpaca_qlora.data.synthetic import build_tiny_llama
 from conftest import run_script, training_args
 
 CPU_HAS_AVX512BF16 = bool(bitsandbytes.functional.has_avx512bf16())
@@ -80,12 +80,13 @@ def test_inference_allows_the_packed_kernel_only_with_bf16_and_fitting_widths(ti
 
 @pytest.mark.skipif(not CPU_HAS_AVX512BF16, reason="the packed kernel itself needs a CPU with AVX512-BF16")
 def test_packed_kernel_generates_on_mixed_widths(tiny_model):
-    from alpaca_qlora import generation
-    from alpaca_qlora.generation import GenerationSettings, ModelArguments, resolve_settings
+    from alpaca_qlora.generation import generate
+    from alpaca_qlora.generation.settings import GenerationSettings, resolve_settings
+    from alpaca_qlora.generation.source import InferenceModelArguments, resolve_model_source
 
-    source = generation.resolve_model_source(ModelArguments(base_model=str(tiny_model), quantization="nf4", compute_dtype="bf16"))
-    model, tokenizer = generation.load_for_inference(source)
-    answers = generation.generate_answers(model, tokenizer, ["Add 2 and 3.", "Reverse the word."],
+    source = resolve_model_source(InferenceModelArguments(base_model=str(tiny_model), quantization="nf4", compute_dtype="bf16"))
+    model, tokenizer = generate.load_for_inference(source)
+    answers = generate.generate_answers(model, tokenizer, ["Add 2 and 3.", "Reverse the word."],
                                           resolve_settings(GenerationSettings(max_new_tokens=6)))
     assert len(answers) == 2
     assert {name.split(".")[-1] for name in repacked(model)} == {"q_proj", "k_proj", "v_proj", "o_proj"}

@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from alpaca_qlora.data import ALPACA_DATA_SHA256, load_records, split_records
-from alpaca_qlora.errors import run_cli
-from alpaca_qlora.train import main as train_main
+from alpaca_qlora.cli import run_cli
+from alpaca_qlora.data.records import ALPACA_DATA_SHA256, load_records, split_records
+from alpaca_qlora.training.train import main as train_main
 from conftest import run_script
 
 GOOD = {"instruction": "Say hi.", "input": "", "output": "Hi."}
@@ -73,7 +73,7 @@ def test_split_and_subset_of_synthetic_records(tiny_data):
 
 
 def test_download_is_checked_against_the_pinned_sha256(tiny_data, tmp_path, monkeypatch, capsys):
-    from alpaca_qlora import data
+    from alpaca_qlora.data import records as data
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("ALPACA_DATA_URL", tiny_data.as_uri())

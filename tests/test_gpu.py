@@ -10,8 +10,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig
 
-from alpaca_qlora.collators import PackedCollator, pop_token_counts
-from alpaca_qlora.packed_attention import PACKED_SDPA, PACKED_VARLEN, register_packed_attention, varlen_supported
+from alpaca_qlora.training.collators import PackedCollator, pop_token_counts
+from alpaca_qlora.run_folder import PACKED_SDPA, PACKED_VARLEN
+from alpaca_qlora.training.packed_attention import register_packed_attention, varlen_supported
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 needs_varlen = pytest.mark.skipif(not varlen_supported(), reason="needs CUDA (sm80+) and torch.nn.attention.varlen (torch >= 2.10)")
@@ -126,7 +127,7 @@ def restore_llama_module(monkeypatch):
 @pytest.mark.parametrize("setup", ["bf16", "qlora"])
 def test_liger_kernels_keep_loss_and_gradients(setup, tiny_llama_dir, restore_llama_module):
     pytest.importorskip("liger_kernel")
-    from alpaca_qlora.kernels import apply_liger_kernels
+    from alpaca_qlora.training.kernels import apply_liger_kernels
 
     build = tiny_llama if setup == "bf16" else (lambda: qlora_model(tiny_llama_dir, PACKED_SDPA))
     want = loss_logits_and_grads(build(), packed_batch(False), autocast=setup == "qlora")

@@ -20,10 +20,11 @@ if str(REPO) not in sys.path:  # inference.py is a script at the repository root
     sys.path.insert(0, str(REPO))
 
 import inference  # noqa: E402
-from alpaca_qlora import generation  # noqa: E402
-from alpaca_qlora.errors import run_cli  # noqa: E402
-from alpaca_qlora.generation import GenerationSettings, ModelArguments, resolve_settings  # noqa: E402
-from alpaca_qlora.tokenization import IGNORE_INDEX, tokenize_example  # noqa: E402
+from alpaca_qlora.cli import run_cli  # noqa: E402
+from alpaca_qlora.data.tokenization import IGNORE_INDEX, tokenize_example  # noqa: E402
+from alpaca_qlora.generation import generate  # noqa: E402
+from alpaca_qlora.generation.settings import GenerationSettings, resolve_settings  # noqa: E402
+from alpaca_qlora.generation.source import InferenceModelArguments as ModelArguments, resolve_model_source  # noqa: E402
 
 LINE_KEYS = {"id", "instruction", "input", "reference", "prediction", "settings", "base_model", "adapter", "new_tokens", "seconds"}
 RATING_KEYS = {"id", "instruction", "input", "prediction", "rating", "comment", "settings", "base_model", "adapter"}
@@ -46,8 +47,8 @@ def MODEL(tiny_model) -> str:
 
 @pytest.fixture(scope="module")
 def base(MODEL):
-    source = generation.resolve_model_source(ModelArguments(base_model=MODEL))
-    model, tokenizer = generation.load_for_inference(source)
+    source = resolve_model_source(ModelArguments(base_model=MODEL))
+    model, tokenizer = generate.load_for_inference(source)
     return model, tokenizer, source
 
 
@@ -62,7 +63,7 @@ def prompts_file(tmp_path_factory, tiny_records) -> Path:
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory, MODEL, tiny_data) -> Path:
     """A short adapter trained here (plain LoRA: NF4 is slow on the CPU)."""
-    from alpaca_qlora.train import main as train_main
+    from alpaca_qlora.training.train import main as train_main
 
     output = tmp_path_factory.mktemp("run") / "run"
     train_main([
@@ -91,8 +92,8 @@ def without_timing(rows: list[dict]) -> list[dict]:
 # ---------------------------------------------------------------------------------------------
 def test_once_upon_a_time_continues_as_documented(model_dir):
     """The pretrained stories260K continues its documented sample (../shared)."""
-    model, tokenizer = generation.load_for_inference(generation.resolve_model_source(ModelArguments(base_model=str(model_dir))))
-    [answer] = generation.generate_answers(model, tokenizer, ["Once upon a time"], greedy(max_new_tokens=32))
+    model, tokenizer = generate.load_for_inference(resolve_model_source(ModelArguments(base_model=str(model_dir))))
+    [answer] = generate.generate_answers(model, tokenizer, ["Once upon a time"], greedy(max_new_tokens=32))
     assert answer.text.startswith(", there was a little girl named Lily. She loved to play outside in the park.")
     assert answer.new_tokens == 32
 
@@ -101,10 +102,10 @@ def test_batch_of_mixed_lengths_equals_each_prompt_alone(base):
     model, tokenizer, source = base
     record = {"instruction": "Give three tips for staying healthy.", "input": "", "output": ""}
     prompts = ["Once upon a time", "Tom and his dog went to the park to play with a big red ball. Then",
-               generation.prompt_for(record, source.prompt_template, tokenizer), "The sun"]
+               generate.prompt_for(record, source.prompt_template, tokenizer), "The sun"]
     settings = greedy(max_new_tokens=40)
-    batched = generation.generate_answers(model, tokenizer, prompts, settings)
-    alone = [generation.generate_answers(model, tokenizer, [p], settings)[0] for p in prompts]
+    batched = generate.generate_answers(model, tokenizer, prompts, settings)
+    alone = [generate.generate_answers(model, tokenizer, [p], settings)[0] for p in prompts]
     assert len({len(tokenizer(p)["input_ids"]) for p in prompts}) == len(prompts)
     assert batched == alone
 
@@ -112,12 +113,12 @@ def test_batch_of_mixed_lengths_equals_each_prompt_alone(base):
 def test_prompt_is_exactly_trainings_and_never_echoed(base):
     model, tokenizer, source = base
     record = {"instruction": "Name three primary colors.", "input": "Colors: red, {x}", "output": "Red, blue, yellow."}
-    prompt = generation.prompt_for(record, "alpaca", tokenizer)
+    prompt = generate.prompt_for(record, "alpaca", tokenizer)
     example = tokenize_example(record, tokenizer, "alpaca", 512, train_on_inputs=False)
     n_prompt = sum(1 for label in example.labels if label == IGNORE_INDEX)
     assert example.input_ids[:n_prompt] == tokenizer(prompt)["input_ids"]
     assert prompt.endswith("### Response:")
-    [answer] = generation.generate_answers(model, tokenizer, [prompt], greedy(max_new_tokens=30))
+    [answer] = generate.generate_answers(model, tokenizer, [prompt], greedy(max_new_tokens=30))
     assert "### Instruction" not in answer.text and "Name three primary colors" not in answer.text
 
 
@@ -125,9 +126,9 @@ def test_answer_is_cut_at_the_first_eos(base):
     _, tokenizer, _ = base
     ids = tokenizer("a happy dog", add_special_tokens=False)["input_ids"]
     eos = tokenizer.eos_token_id
-    answer = generation.extract_answer(ids + [eos] + ids + [tokenizer.pad_token_id] * 3, tokenizer, {eos})
-    assert answer == generation.Answer(text="a happy dog", new_tokens=len(ids) + 1)
-    assert generation.extract_answer(ids, tokenizer, {eos}).new_tokens == len(ids)
+    answer = generate.extract_answer(ids + [eos] + ids + [tokenizer.pad_token_id] * 3, tokenizer, {eos})
+    assert answer == generate.Answer(text="a happy dog", new_tokens=len(ids) + 1)
+    assert generate.extract_answer(ids, tokenizer, {eos}).new_tokens == len(ids)
 
 
 def test_every_flag_reaches_generate_unchanged(MODEL, base, monkeypatch, capsys):
@@ -140,7 +141,7 @@ def test_every_flag_reaches_generate_unchanged(MODEL, base, monkeypatch, capsys)
         return original(*args, **kwargs)
 
     monkeypatch.setattr(model, "generate", spy)
-    monkeypatch.setattr(generation, "load_for_inference", lambda _source: (model, tokenizer))
+    monkeypatch.setattr(generate, "load_for_inference", lambda _source: (model, tokenizer))
     flags = {"top_k": 7, "top_p": 0.9, "temperature": 0.6, "num_beams": 1, "max_new_tokens": 5,
              "repetition_penalty": 1.3, "no_repeat_ngram_size": 2, "do_sample": True}
     argv = ["--base_model", MODEL, "--instruction", "Say hi.", "--seed", "5"]
@@ -189,7 +190,7 @@ def no_loading(monkeypatch):
         raise AssertionError("a model was loaded before the flags were checked")
 
     for name in ("load_for_inference", "load_base_model", "load_tokenizer"):
-        monkeypatch.setattr(generation, name, refuse)
+        monkeypatch.setattr(generate, name, refuse)
 
 
 def cli_error(argv: list[str], capsys) -> str:
@@ -238,7 +239,7 @@ def test_adapter_changes_outputs_and_finds_its_base(MODEL, run_dir, tmp_path):
     assert all(row["reference"] == val[row["id"]]["output"] and row["instruction"] == val[row["id"]]["instruction"] for row in tuned)
 
     # A merged model directory works as --base_model and answers as base + adapter do.
-    model, tokenizer = generation.load_for_inference(generation.resolve_model_source(ModelArguments(adapter=str(run_dir))))
+    model, tokenizer = generate.load_for_inference(resolve_model_source(ModelArguments(adapter=str(run_dir))))
     model.merge_and_unload().save_pretrained(tmp_path / "merged")
     tokenizer.save_pretrained(tmp_path / "merged")
     inference.main(["--base_model", str(tmp_path / "merged"), "--output_file", str(tmp_path / "merged.jsonl")] + common)
@@ -252,13 +253,13 @@ def test_run_config_fixes_template_and_precision(MODEL, run_dir, tmp_path, no_lo
     config = json.loads((copy / "run_config.json").read_text())
     config["model"]["quantization"] = "nf4"
     (copy / "run_config.json").write_text(json.dumps(config))
-    source = generation.resolve_model_source(ModelArguments(adapter=str(copy)))
+    source = resolve_model_source(ModelArguments(adapter=str(copy)))
     assert (source.base_model, source.quantization, source.prompt_template, source.tokenizer_path) == (MODEL, "nf4", "alpaca", str(copy))
-    assert generation.resolve_model_source(ModelArguments(adapter=str(copy), quantization="none")).quantization == "none"
+    assert resolve_model_source(ModelArguments(adapter=str(copy), quantization="none")).quantization == "none"
     assert "trained with the 'alpaca' template" in cli_error(["--adapter", str(copy), "--prompt_template", "chat", "--instruction", "Hi."], capsys)
     config["data"]["prompt_template"] = "chat"
     (copy / "run_config.json").write_text(json.dumps(config))
-    assert generation.resolve_model_source(ModelArguments(adapter=str(copy))).prompt_template == "chat"
+    assert resolve_model_source(ModelArguments(adapter=str(copy))).prompt_template == "chat"
 
 
 # ---------------------------------------------------------------------------------------------

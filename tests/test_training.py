@@ -17,9 +17,9 @@ from peft import PeftModel
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from alpaca_qlora.errors import run_cli
+from alpaca_qlora.cli import run_cli
 from alpaca_qlora.modeling import load_base_model
-from alpaca_qlora.train import main as train_main
+from alpaca_qlora.training.train import main as train_main
 from conftest import REPO_ROOT, run_script, training_args
 
 

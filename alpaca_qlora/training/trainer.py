@@ -19,9 +19,9 @@ from torch.utils.data import DataLoader
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_callback import ProgressCallback
 
-from .chunked_loss import trained_token_loss_sum
+from ..data.tokenization import IGNORE_INDEX
+from .loss import trained_token_loss_sum
 from .collators import pop_token_counts
-from .tokenization import IGNORE_INDEX
 
 
 @dataclass
@@ -151,8 +151,4 @@ class LossProgressCallback(ProgressCallback):
         self.training_bar.set_postfix(self.postfix, refresh=True)
 
 
-def read_log(path: Path) -> list[dict]:
-    path = Path(path)
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+#END

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .errors import fail
+from ..cli import fail
 from .prompts import build_prompt
 
 IGNORE_INDEX = -100

@@ -27,11 +27,10 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
+from ..run_folder import PACKED_SDPA, PACKED_VARLEN, TRAINING_ONLY_ATTENTIONS
 from .collators import sequence_boundaries
 
-PACKED_SDPA = "packed_sdpa"
-PACKED_VARLEN = "packed_varlen"
-PER_EXAMPLE_ATTENTIONS = (PACKED_SDPA, PACKED_VARLEN)  # row length costs them nothing: the packer makes one row
+PER_EXAMPLE_ATTENTIONS = TRAINING_ONLY_ATTENTIONS  # row length costs them nothing: the packer makes one row
 
 
 def example_spans(position_ids: torch.Tensor) -> list[list[tuple[int, int]]]:

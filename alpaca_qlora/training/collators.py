@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .tokenization import IGNORE_INDEX
+from ..data.tokenization import IGNORE_INDEX
 
 # The collators add the number of real (non-padding) tokens under this key; pop it before the model.
 REAL_TOKENS_KEY = "num_real_tokens"

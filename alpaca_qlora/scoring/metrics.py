@@ -26,8 +26,8 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from .errors import fail
-from .scoring_io import Group, Pairing
+from ..cli import fail
+from .inputs import Group, Pairing
 
 MINILM_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 MINILM_ALIASES = {"minilm", "all-minilm-l6-v2", MINILM_NAME.lower()}

@@ -15,18 +15,11 @@ from pathlib import Path
 
 from transformers import TextStreamer
 
-from .batch_generation import read_jsonl_for_append
-from .errors import UserError
-from .generation import (
-    GenerationSettings,
-    ModelSource,
-    generate_answers,
-    parse_setting_value,
-    prompt_for,
-    resolve_settings,
-    seed_everything,
-    settings_label,
-)
+from ..cli import UserError
+from .batch import read_jsonl_for_append
+from .generate import generate_answers, prompt_for, seed_everything
+from .settings import GenerationSettings, parse_setting_value, resolve_settings, settings_label
+from .source import ModelSource
 
 RATINGS_FILE = "ratings.jsonl"
 TRIPLE_QUOTE = '"""'

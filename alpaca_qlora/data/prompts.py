@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Mapping
 
-from .errors import fail
+from ..cli import fail
 
 # Byte-exact copies of PROMPT_DICT in tatsu-lab/stanford_alpaca train.py. As there, the response
 # follows "### Response:" directly and the end-of-sequence token follows the response.

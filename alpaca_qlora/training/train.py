@@ -12,20 +12,20 @@ import torch
 from transformers import set_seed
 from transformers.trainer_callback import ProgressCallback
 
-from . import run_folder as rf
-from .chunked_loss import install_hidden_states_head, make_loss_func
+from .. import run_folder as rf
+from .loss import install_hidden_states_head, make_loss_func
 from .collators import PackedCollator, PaddedCollator, pop_token_counts
 from .config import TrainingConfig, parse_training_config, set_checkpointing
-from .data import DataSplit, load_records, split_records
-from .errors import fail
-from .io_utils import atomic_write_json, atomic_write_jsonl
+from ..cli import fail
+from ..data.records import DataSplit, load_records, split_records
+from ..data.tokenization import TokenizationReport, tokenize_records
+from ..files import atomic_write_json, atomic_write_jsonl
 from .kernels import apply_liger_kernels
 from .memory import checkpointing_needed
-from .modeling import add_lora, load_base_model, load_tokenizer, resolve_compute_dtype, resolve_model_path, default_device_map
+from ..modeling import add_lora, load_base_model, load_tokenizer, resolve_compute_dtype, resolve_model_path, default_device_map
 from .packed_attention import PACKED_SDPA, PACKED_VARLEN, PER_EXAMPLE_ATTENTIONS, register_packed_attention, varlen_supported
-from .plots import plot_loss_curve
-from .tokenization import TokenizationReport, tokenize_records
-from .trainer import InstructionTrainer, JsonlLogCallback, LossProgressCallback, read_log
+from ..plots import plot_loss_curve
+from .trainer import InstructionTrainer, JsonlLogCallback, LossProgressCallback
 
 
 def resolve_resume(resume: str | None, output_dir: str) -> str | None:
@@ -285,7 +285,7 @@ def finish_run(trainer, tokenizer, output_dir: Path, results: dict, checksums: l
     results["adapter_checksum_per_process"] = checksums
     save_adapter(trainer.model, tokenizer, output_dir)
     atomic_write_json(saved, results)
-    plot_loss_curve(read_log(output_dir / rf.TRAIN_LOG), output_dir / rf.LOSS_CURVE, title=f"{output_dir.name}: loss")
+    plot_loss_curve(rf.read_log(output_dir / rf.TRAIN_LOG), output_dir / rf.LOSS_CURVE, title=f"{output_dir.name}: loss")
     if "after_training" in results:
         before = results.get("before_training", {}).get("eval_loss", float("nan"))
         print(f"held-out loss: {before:.4f} before training, {results['after_training']['eval_loss']:.4f} after")

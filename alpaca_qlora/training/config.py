@@ -8,20 +8,18 @@ works as in any Hugging Face script.
 from __future__ import annotations
 
 import argparse
-import json
 import dataclasses
 import sys
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import torch
-import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
-from .errors import fail
+from ..cli import fail, read_config_file
+from ..data.prompts import PROMPT_TEMPLATES
+from ..modeling import COMPUTE_DTYPES, QUANTIZATIONS
 
 DEFAULT_BASE_MODEL = "Qwen/Qwen2.5-0.5B"
-QUANTIZATIONS = ("nf4", "fp4", "int8", "none")
 
 # transformers 5.2x renamed gradient_checkpointing to activation_checkpointing (the old name still works,
 # with a warning); older 5.x releases know only the old name.
@@ -30,7 +28,7 @@ CHECKPOINTING_FLAG = "activation_checkpointing" if "activation_checkpointing" in
 
 
 @dataclass
-class ModelArguments:
+class BaseModelArguments:
     base_model: str = field(
         default=DEFAULT_BASE_MODEL, metadata={"help": "Hugging Face hub id or local directory of the base causal LM."}
     )
@@ -42,7 +40,7 @@ class ModelArguments:
     compute_dtype: str = field(
         default="auto",
         metadata={"help": "Compute dtype: auto (bf16 on GPUs that have it, fp16 on older GPUs, fp32 on CPU), bf16, fp16, fp32.",
-                  "choices": ("auto", "bf16", "fp16", "fp32")},
+                  "choices": COMPUTE_DTYPES},
     )
     bnb_4bit_quant_storage: str = field(
         default="uint8", metadata={"help": "Storage dtype of 4-bit weights; bf16 for FSDP+QLoRA.", "choices": ("uint8", "bf16", "fp16", "fp32")}
@@ -71,7 +69,7 @@ class DataArguments:
     val_set_size: float = field(default=2000, metadata={"help": "Held-out records: a count, or a fraction below 1. 0 turns evaluation off."})
     split_seed: int = field(default=42, metadata={"help": "Seed of the subset and held-out split (independent of --seed)."})
     prompt_template: str = field(
-        default="alpaca", metadata={"help": "alpaca (stanford_alpaca templates) or chat (the tokenizer's chat template).", "choices": ("alpaca", "chat")}
+        default="alpaca", metadata={"help": "alpaca (stanford_alpaca templates) or chat (the tokenizer's chat template).", "choices": PROMPT_TEMPLATES}
     )
     train_on_inputs: bool = field(default=False, metadata={"help": "Also train on the prompt tokens (off: the prompt is masked from the loss)."})
     max_seq_length: int = field(default=512, metadata={"help": "Longest example in tokens, EOS included; longer ones are truncated and counted."})
@@ -107,12 +105,12 @@ class TrainArguments(TrainingArguments):
     prediction_loss_only: bool = True
 
 
-ARGUMENT_CLASSES = (ModelArguments, DataArguments, LoraArguments, RunArguments, TrainArguments)
+ARGUMENT_CLASSES = (BaseModelArguments, DataArguments, LoraArguments, RunArguments, TrainArguments)
 
 
 @dataclass
 class TrainingConfig:
-    model: ModelArguments
+    model: BaseModelArguments
     data: DataArguments
     lora: LoraArguments
     run: RunArguments
@@ -132,22 +130,6 @@ def device_defaults() -> dict:
         return {"optim": "adamw_torch", "dataloader_pin_memory": False}
     bf16 = torch.cuda.is_bf16_supported()
     return {"optim": "paged_adamw_8bit", "bf16": bf16, "fp16": not bf16}
-
-
-def read_config_file(path: str) -> dict:
-    config_path = Path(path)
-    if not config_path.is_file():
-        fail(f"--config {path}: no such file")
-    text = config_path.read_text(encoding="utf-8")
-    try:
-        values = json.loads(text) if config_path.suffix == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as error:
-        fail(f"--config {path}: cannot parse: {str(error).splitlines()[0]}")
-    if values is None:
-        return {}
-    if not isinstance(values, dict):
-        fail(f"--config {path}: expected a mapping of option names to values")
-    return values
 
 
 def build_parser() -> HfArgumentParser:

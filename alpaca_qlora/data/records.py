@@ -14,8 +14,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import fail
-from .io_utils import atomic_write_bytes
+from ..cli import fail
+from ..files import atomic_write_bytes
 
 REQUIRED_FIELDS = ("instruction", "input", "output")
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from .errors import fail
-from .io_utils import atomic_write_bytes, atomic_write_text
+from ..cli import fail
+from ..files import atomic_write_bytes, atomic_write_text
 from .metrics import Comparison, Difference, Estimate, GroupScores, RatingSummary, Scorers
 
 OUTPUT_FILES = ("metrics.json", "metrics.csv", "metrics.md", "scores.jsonl", "metrics.png")

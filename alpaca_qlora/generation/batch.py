@@ -20,22 +20,11 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
-from .data import load_records
-from .errors import UserError, fail
-from .generation import (
-    SETTING_NAMES,
-    GenerationSettings,
-    ModelSource,
-    batch_seed,
-    context_length,
-    generate_answers,
-    parse_setting_value,
-    prompt_for,
-    resolve_settings,
-    seed_everything,
-    settings_key,
-    settings_label,
-)
+from ..cli import UserError, fail
+from ..data.records import load_records
+from .generate import batch_seed, context_length, generate_answers, prompt_for, seed_everything
+from .settings import SETTING_NAMES, GenerationSettings, parse_setting_value, resolve_settings, settings_key, settings_label
+from .source import ModelSource
 
 
 # ---------------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-from .errors import fail
+from ..cli import fail
 
 MODEL_FIELDS = ("base_model", "adapter")
 SETTINGS_FIELD = "settings"

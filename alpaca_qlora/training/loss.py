@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .tokenization import IGNORE_INDEX
+from ..data.tokenization import IGNORE_INDEX
 
 CHUNK_TOKENS = 4096
 POSTPROCESSED_LOGITS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")

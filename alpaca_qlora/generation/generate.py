@@ -1,0 +1,118 @@
+"""Generation: loading a model (+ adapter) for inference, batched `generate`, and extracting the answer.
+
+Shared by the three modes of inference.py (one answer, interactive, batch). The prompt is always built
+by data.prompts.build_prompt with the template the adapter was trained with, so a model is asked exactly
+what it learned to answer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..cli import fail
+from ..data.prompts import build_prompt
+from ..modeling import default_device_map, load_base_model, load_tokenizer, resolve_compute_dtype, use_packed_cpu_kernel
+from .source import ModelSource
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+# ---------------------------------------------------------------------------------------------
+def load_for_inference(source: ModelSource):
+    """Tokenizer (left padding) and model in eval mode: the base, quantized or not, with the adapter on top."""
+    tokenizer = load_tokenizer(source.tokenizer_path, source.trust_remote_code)
+    tokenizer.padding_side = "left"
+    compute_dtype = resolve_compute_dtype(source.compute_dtype)
+    model = load_base_model(
+        source.base_model, source.quantization, compute_dtype, source.double_quant,
+        source.quant_storage, source.attn_implementation, source.trust_remote_code, device_map=default_device_map(),
+        packed_cpu_kernel=use_packed_cpu_kernel(source.quantization, compute_dtype),
+    )
+    if source.adapter:
+        model = attach_adapter(model, source.adapter)
+    model.eval()
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
+
+
+def attach_adapter(model, adapter: str):
+    from peft import PeftModel
+
+    try:
+        return PeftModel.from_pretrained(model, adapter, is_trainable=False)
+    except (OSError, ValueError, RuntimeError, KeyError) as error:
+        text = str(error).strip()
+        fail(f"cannot put the adapter {adapter} on its base model: {text.splitlines()[0] if text else type(error).__name__}")
+
+
+def model_device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+def context_length(model) -> int | None:
+    return getattr(model.config, "max_position_embeddings", None)
+
+
+def describe_device(model) -> str:
+    device = model_device(model)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    return f"{device.type} ({name})"
+
+
+# ---------------------------------------------------------------------------------------------
+# Generation
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class Answer:
+    text: str  # the answer alone: after the prompt's response marker, cut at the first EOS, stripped
+    new_tokens: int  # tokens the model wrote for it, its EOS included when it stopped on its own
+
+
+def prompt_for(record: dict, template: str, tokenizer) -> str:
+    """Exactly the text training put before the answer (prompts.build_prompt, same template)."""
+    return build_prompt(record, template, tokenizer)
+
+
+def stop_token_ids(tokenizer, model) -> list[int]:
+    """The tokenizer's EOS (what training appended to every answer) and any the model's generation config adds."""
+    ids = [tokenizer.eos_token_id]
+    configured = model.generation_config.eos_token_id
+    ids += configured if isinstance(configured, list) else [configured]
+    return list(dict.fromkeys(i for i in ids if i is not None))
+
+
+def generate_kwargs(resolved: dict, tokenizer, model) -> dict:
+    """The arguments of `generate`: every decoding setting exactly as given, plus pad and stop tokens."""
+    kwargs = {name: value for name, value in resolved.items() if name != "seed"}
+    return {**kwargs, "pad_token_id": tokenizer.pad_token_id, "eos_token_id": stop_token_ids(tokenizer, model)}
+
+
+def seed_everything(seed: int) -> None:
+    from transformers import set_seed
+
+    set_seed(seed % 2**32)
+
+
+def batch_seed(seed: int, batch_index: int) -> int:
+    """Seed of one batch: the same for a batch whether the run was interrupted or not."""
+    return (seed * 1_000_003 + batch_index) % 2**32
+
+
+@torch.no_grad()
+def generate_answers(model, tokenizer, prompts: list[str], resolved: dict, streamer=None) -> list[Answer]:
+    """Answers to a batch of prompt texts: left-padded, one `generate` call with the KV cache."""
+    encoded = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left").to(model_device(model))
+    output = model.generate(**encoded, **generate_kwargs(resolved, tokenizer, model), use_cache=True, streamer=streamer)
+    new_ids = output[:, encoded["input_ids"].shape[1] :]
+    stops = set(stop_token_ids(tokenizer, model))
+    return [extract_answer(row.tolist(), tokenizer, stops) for row in new_ids]
+
+
+def extract_answer(new_ids: list[int], tokenizer, stops: set[int]) -> Answer:
+    """The generated tokens up to the first stop token, as text; the prompt is never part of it."""
+    end = next((i for i, token in enumerate(new_ids) if token in stops), None)
+    answer_ids = new_ids if end is None else new_ids[:end]
+    text = tokenizer.decode(answer_ids, skip_special_tokens=True).strip()
+    return Answer(text=text, new_tokens=len(new_ids) if end is None else end + 1)

@@ -1,0 +1,121 @@
+"""Decoding settings: the options, their checks, and the fully resolved form saved with every generation.
+
+Nothing here loads a model or imports transformers, so every setting is checked before a model loads.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+
+from ..cli import fail
+
+# Values used when a sampling knob is not given: transformers' own defaults, written out so every saved
+# line records what was really used (a model's generation_config can carry other defaults, e.g. top_k 20).
+SAMPLING_DEFAULTS = {"top_k": 50, "top_p": 1.0, "temperature": 1.0}
+
+
+@dataclass
+class GenerationSettings:
+    """Decoding settings. Every one of them is saved with each generation and passed to `generate` as given."""
+
+    top_k: int | None = field(default=None, metadata={"help": "Sample from the k most likely tokens (0: no limit). Giving it turns sampling on. Default 50."})
+    top_p: float | None = field(default=None, metadata={"help": "Nucleus sampling mass in (0, 1]. Giving it turns sampling on. Default 1.0."})
+    temperature: float | None = field(default=None, metadata={"help": "Sampling temperature > 0. Giving it turns sampling on. Default 1.0."})
+    num_beams: int = field(default=1, metadata={"help": "Beam search width; > 1 is beam search (no sampling unless --do_sample true)."})
+    max_new_tokens: int = field(default=256, metadata={"help": "Longest answer in tokens."})
+    repetition_penalty: float = field(default=1.0, metadata={"help": "> 1 discourages repeating tokens (1.0: off)."})
+    no_repeat_ngram_size: int = field(default=0, metadata={"help": "Never repeat an n-gram of this size (0: off)."})
+    do_sample: bool | None = field(
+        default=None,
+        metadata={"help": "Sample (true) or decode greedily / by beam search (false). Default: on when --temperature, --top_k "
+                          "or --top_p is given and --num_beams is 1, off otherwise.", "nargs": "?", "const": True},
+    )
+    seed: int = field(default=42, metadata={"help": "Seed of the sampling (each batch is seeded from it and its index)."})
+
+
+SETTING_NAMES = tuple(f.name for f in fields(GenerationSettings))
+INT_SETTINGS = {"top_k", "num_beams", "max_new_tokens", "no_repeat_ngram_size", "seed"}
+FLOAT_SETTINGS = {"top_p", "temperature", "repetition_penalty"}
+
+
+# ---------------------------------------------------------------------------------------------
+# Settings: validation and resolution (nothing here loads a model)
+# ---------------------------------------------------------------------------------------------
+def asks_for_sampling(settings: GenerationSettings) -> bool:
+    if settings.do_sample is not None:
+        return settings.do_sample
+    sampling_knob_given = any(getattr(settings, name) is not None for name in SAMPLING_DEFAULTS)
+    return sampling_knob_given and settings.num_beams == 1
+
+
+def check_settings(settings: GenerationSettings, where: str = "") -> None:
+    """One-line error for an impossible combination; `where` names a sweep setting."""
+    prefix = f"{where}: " if where else ""
+    if settings.num_beams < 1:
+        fail(f"{prefix}--num_beams must be >= 1, got {settings.num_beams}")
+    if settings.max_new_tokens < 1:
+        fail(f"{prefix}--max_new_tokens must be >= 1, got {settings.max_new_tokens}")
+    if settings.top_k is not None and settings.top_k < 0:
+        fail(f"{prefix}--top_k must be >= 0 (0: no limit), got {settings.top_k}")
+    if settings.top_p is not None and not 0 < settings.top_p <= 1:
+        fail(f"{prefix}--top_p must be in (0, 1], got {settings.top_p}")
+    if settings.repetition_penalty <= 0:
+        fail(f"{prefix}--repetition_penalty must be > 0 (1.0: off), got {settings.repetition_penalty}")
+    if settings.no_repeat_ngram_size < 0:
+        fail(f"{prefix}--no_repeat_ngram_size must be >= 0 (0: off), got {settings.no_repeat_ngram_size}")
+    if asks_for_sampling(settings) and settings.temperature is not None and settings.temperature <= 0:
+        fail(
+            f"{prefix}--temperature {settings.temperature} with sampling: the temperature must be > 0; "
+            "for greedy decoding leave out --temperature/--top_k/--top_p or pass --do_sample false"
+        )
+
+
+def resolve_settings(settings: GenerationSettings, where: str = "") -> dict:
+    """Checked settings with every value filled in: what is saved with each line and passed to `generate`."""
+    check_settings(settings, where)
+    resolved = asdict(settings)
+    for name, default in SAMPLING_DEFAULTS.items():
+        if resolved[name] is None:
+            resolved[name] = default
+    resolved["do_sample"] = asks_for_sampling(settings)
+    for name in INT_SETTINGS:
+        resolved[name] = int(resolved[name])
+    for name in FLOAT_SETTINGS:
+        resolved[name] = float(resolved[name])
+    return {name: resolved[name] for name in SETTING_NAMES}
+
+
+def settings_key(resolved: dict) -> str:
+    """A canonical string for a resolved setting: equal settings give equal keys."""
+    return json.dumps(resolved, sort_keys=True)
+
+
+def settings_label(resolved: dict) -> str:
+    return " ".join(f"{name}={value}" for name, value in resolved.items())
+
+
+def parse_setting_value(name: str, text: str):
+    """A setting's value from text (`/set top_k=10`, `--sweep top_k=1,10`); 'auto'/'none' resets an optional one."""
+    if name not in SETTING_NAMES:
+        fail(f"unknown setting '{name}' (choose from {', '.join(SETTING_NAMES)})")
+    text = text.strip()
+    if text.lower() in ("auto", "none", "default"):
+        default = GenerationSettings.__dataclass_fields__[name].default
+        if default is not None:
+            fail(f"{name}={text}: only top_k, top_p, temperature and do_sample can be reset to their default")
+        return None
+    try:
+        if name in INT_SETTINGS:
+            return int(text)
+        if name in FLOAT_SETTINGS:
+            return float(text)
+    except ValueError:
+        fail(f"{name}={text}: '{text}' is not {'an integer' if name in INT_SETTINGS else 'a number'}")
+    if text.lower() in ("true", "yes", "1", "on"):
+        return True
+    if text.lower() in ("false", "no", "0", "off"):
+        return False
+    fail(f"{name}={text}: expected true, false or auto")
+
+

@@ -1,0 +1,126 @@
+"""Where the model of a generation comes from: base, adapter, prompt template and precision.
+
+Reads small JSON files only (the adapter's config and the training run's run_config.json); nothing is
+loaded, so a wrong path or option fails before any model does.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..cli import fail
+from ..data.prompts import PROMPT_TEMPLATES
+from ..modeling import COMPUTE_DTYPES, QUANTIZATIONS, resolve_model_path
+from ..run_folder import ADAPTER_CONFIG, RUN_CONFIG, TOKENIZER_CONFIG, TRAINING_ONLY_ATTENTIONS, adapter_base_model, read_json_file
+
+
+@dataclass
+class InferenceModelArguments:
+    base_model: str | None = field(
+        default=None,
+        metadata={"help": "Hub id or local directory of the base model, or of a merged model. Default: the base named in "
+                          "the adapter's config. Without --adapter the untuned base runs (the comparison every evaluation needs)."},
+    )
+    adapter: str | None = field(
+        default=None, metadata={"help": "A training run folder (or any PEFT LoRA adapter folder). Its run_config.json fixes the prompt template."}
+    )
+    quantization: str | None = field(
+        default=None,
+        metadata={"help": "Base weights at inference: nf4, fp4, int8 or none. Default: what the adapter was trained against "
+                          "(run_config.json), none without an adapter.", "choices": QUANTIZATIONS},
+    )
+    compute_dtype: str | None = field(
+        default=None,
+        metadata={"help": "auto, bf16, fp16 or fp32. Default: the run's setting, else auto (bf16/fp16 on CUDA, fp32 on CPU).",
+                  "choices": COMPUTE_DTYPES},
+    )
+    prompt_template: str | None = field(
+        default=None,
+        metadata={"help": "alpaca or chat. Default: the adapter's run_config.json (a different value is refused), else alpaca.",
+                  "choices": PROMPT_TEMPLATES},
+    )
+    attn_implementation: str | None = field(default=None, metadata={"help": "Attention kernel (default: the run's, else sdpa)."})
+    trust_remote_code: bool = field(default=False, metadata={"help": "Run model code from the hub. Off unless you trust it."})
+
+
+@dataclass
+class ModelSource:
+    base_model: str
+    adapter: str | None
+    tokenizer_path: str
+    prompt_template: str
+    quantization: str
+    compute_dtype: str
+    double_quant: bool
+    quant_storage: str
+    attn_implementation: str
+    trust_remote_code: bool
+
+
+def read_run_config(folder: str | None) -> dict:
+    """The training run's run_config.json in a local folder (for a checkpoint-N folder, in its run folder), or {}."""
+    if folder is None:
+        return {}
+    candidates = [Path(folder) / RUN_CONFIG]
+    if Path(folder).name.startswith("checkpoint-"):
+        candidates.append(Path(folder).parent / RUN_CONFIG)
+    found = [path for path in candidates if path.is_file()]
+    if not found:
+        return {}
+    config = read_json_file(found[0])
+    return config if isinstance(config, dict) else {}
+
+
+def check_local_model(base_model: str, origin: str) -> None:
+    """A base model given as a path must exist (a hub id is checked when it is loaded)."""
+    looks_local = base_model.startswith(("/", "./", "../", "~")) or Path(base_model).expanduser().exists()
+    if looks_local and not Path(base_model).expanduser().is_dir():
+        fail(f"base model folder {base_model} ({origin}) does not exist; pass --base_model <id|dir>")
+
+
+def resolve_model_source(args: InferenceModelArguments) -> ModelSource:
+    if args.base_model is None and args.adapter is None:
+        fail("pass --adapter <run folder> (a fine-tuned model) or --base_model <id|dir> (the untuned base)")
+    adapter = str(Path(args.adapter).expanduser().resolve()) if args.adapter else None
+    adapter_base = adapter_base_model(adapter) if adapter else None
+    base_model = args.base_model or adapter_base
+    check_local_model(base_model, "--base_model" if args.base_model else f"from {Path(adapter) / ADAPTER_CONFIG}")
+    base_model = resolve_model_path(base_model)
+    if adapter_base and resolve_model_path(adapter_base) != base_model:
+        print(f"note: --base_model {base_model} differs from the adapter's base {adapter_base}", file=sys.stderr)
+
+    run_config = read_run_config(adapter) if adapter else read_run_config(base_model)
+    trained = run_config.get("model", {}) if adapter else {}
+    prompt_template = resolve_prompt_template(args.prompt_template, run_config, adapter or base_model)
+    has_own_tokenizer = adapter is not None and (Path(adapter) / TOKENIZER_CONFIG).is_file()
+    return ModelSource(
+        base_model=base_model,
+        adapter=adapter,
+        tokenizer_path=adapter if has_own_tokenizer else base_model,
+        prompt_template=prompt_template,
+        quantization=args.quantization or trained.get("quantization", "none"),
+        compute_dtype=args.compute_dtype or trained.get("compute_dtype", "auto"),
+        double_quant=trained.get("double_quant", True),
+        quant_storage=trained.get("bnb_4bit_quant_storage", "uint8"),
+        attn_implementation=args.attn_implementation or generation_attention(trained.get("attn_implementation", "sdpa")),
+        trust_remote_code=args.trust_remote_code,
+    )
+
+
+def generation_attention(trained_with: str) -> str:
+    """The training-only packed attentions generate with the sdpa they wrap."""
+    return "sdpa" if trained_with in TRAINING_ONLY_ATTENTIONS else trained_with
+
+
+def resolve_prompt_template(requested: str | None, run_config: dict, folder: str) -> str:
+    trained = run_config.get("data", {}).get("prompt_template")
+    if requested and trained and requested != trained:
+        fail(
+            f"--prompt_template {requested}: {folder} was trained with the '{trained}' template ({RUN_CONFIG}); "
+            "leave out --prompt_template so prompts match training"
+        )
+    return requested or trained or "alpaca"
+
+
