@@ -1,3 +1,21 @@
 """QLoRA instruction fine-tuning on Alpaca-format data: training, generation, scoring."""
 
+import logging as _logging
+import warnings as _warnings
+
+
+class _NoHubKernelWarning(_logging.Filter):
+    """bitsandbytes (imported by transformers and peft too) tries to fetch a CPU kernel from the Hugging Face
+    Hub on CPUs with AVX512-BF16 and logs a warning when it cannot; it then uses its own kernel, so the user
+    has nothing to do about it. Installed here, before anything can import bitsandbytes."""
+
+    def filter(self, record: _logging.LogRecord) -> bool:
+        return "kernels-community" not in record.getMessage()
+
+
+_logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_NoHubKernelWarning())
+# peft asks transformers for `is_gradient_checkpointing`, which transformers 5.2x renamed: the warning is about
+# their code, not the user's.
+_warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+
 __version__ = "0.1.0"

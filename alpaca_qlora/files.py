@@ -1,12 +1,14 @@
-"""Atomic file writes: a reader never sees a half-written file."""
+"""Atomic writes: a reader never sees a half-written file or folder."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterator
 
 
 def _current_umask() -> int:
@@ -39,6 +41,16 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
 
 
-def atomic_write_jsonl(path: str | os.PathLike, rows: Iterable[Any]) -> None:
-    text = "".join(json.dumps(row, ensure_ascii=False, default=str) + "\n" for row in rows)
-    atomic_write_text(path, text)
+@contextmanager
+def staging_folder(parent: str | os.PathLike, prefix: str) -> Iterator[Path]:
+    """A temporary folder inside `parent` (the destination's filesystem, so moving out of it is a rename).
+
+    Whatever is written into it appears at its destination whole or not at all; it is removed whatever happens."""
+    parent = Path(parent)
+    parent.mkdir(parents=True, exist_ok=True)
+    path = Path(tempfile.mkdtemp(dir=parent, prefix=prefix))
+    try:
+        os.chmod(path, 0o777 & ~_current_umask())  # mkdtemp makes 0700; give the usual folder mode
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)

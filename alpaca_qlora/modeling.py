@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import logging
 import os
+import socket
 from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
 
@@ -21,6 +22,43 @@ def resolve_model_path(name_or_path: str) -> str:
     return str(path.resolve()) if path.is_dir() else name_or_path
 
 
+def cached_snapshot(repo_id: str) -> str | None:
+    """The local copy of a hub repository in the Hugging Face cache, or None."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(repo_id, local_files_only=True)
+    except Exception:  # not cached, or not a valid repo id: loading by name decides
+        return None
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    endpoint = urlparse(constants.ENDPOINT)
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        socket.create_connection((endpoint.hostname, port), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def check_model_available(name_or_path: str, flag: str = "--base_model") -> None:
+    """A local folder that exists, a hub id in the local cache, or a hub id with the Hub reachable: else one line
+    now (the Hub client would otherwise retry for about a minute and end in a traceback)."""
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return
+    if name_or_path.startswith(("/", "./", "../", "~")) or path.exists():
+        fail(f"{flag} {name_or_path}: no such folder")
+    if cached_snapshot(name_or_path) is None and not hub_reachable():
+        fail(f"{flag} {name_or_path}: not a local folder, not in the Hugging Face cache, and the Hub is unreachable "
+             "(offline?); pass a local model folder")
+
+
 def resolve_compute_dtype(name: str) -> torch.dtype:
     if name != "auto":
         return DTYPES[name]
@@ -29,18 +67,8 @@ def resolve_compute_dtype(name: str) -> torch.dtype:
     return torch.float32
 
 
-class _NoHubKernelWarning(logging.Filter):
-    """bitsandbytes tries to fetch a CPU kernel from the Hugging Face Hub on every import on CPUs with
-    AVX512-BF16 and logs a warning when it cannot; its own kernel is used instead, so the user has
-    nothing to do about it."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "kernels-community" not in record.getMessage()
-
-
 def import_bitsandbytes():
-    logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_NoHubKernelWarning())
-    import bitsandbytes
+    import bitsandbytes  # the package's __init__ has silenced its Hub-kernel warning already
 
     return bitsandbytes
 
@@ -78,12 +106,24 @@ def quantization_config(quantization: str, compute_dtype: torch.dtype, double_qu
     )
 
 
+def load_model_config(name_or_path: str, trust_remote_code: bool = False):
+    """The base model's config.json, read and checked (a broken one is a user error, not a traceback later)."""
+    from transformers import AutoConfig
+
+    check_model_available(name_or_path)
+    try:
+        return AutoConfig.from_pretrained(resolve_model_path(name_or_path), trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, TypeError, KeyError) as error:
+        fail(f"cannot read the configuration of '{name_or_path}': {_first_line(error)}")
+
+
 def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
+    check_model_available(name_or_path, "tokenizer")
     try:
         tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, TypeError, KeyError) as error:
         fail(f"cannot load the tokenizer of '{name_or_path}': {_first_line(error)}")
     if tokenizer.pad_token is None:
         # Never add a token: that resizes the embeddings and breaks adapter reloading (peft#2415).
@@ -172,21 +212,15 @@ def packed_kernel_fits(layer) -> bool:
     return layer.out_features % PACKED_CPU_BLOCK == 0 and layer.in_features % blocksize == 0
 
 
-def add_lora(model, r: int, alpha: int, dropout: float, target_modules: str, gradient_checkpointing: bool, checkpointing_kwargs=None):
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+def attach_adapter(model, adapter: str, trainable: bool = False):
+    """The LoRA adapter of a run folder on its base model; an adapter that does not fit is a user error."""
+    from peft import PeftModel
 
-    if getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False):
-        model = prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=gradient_checkpointing, gradient_checkpointing_kwargs=checkpointing_kwargs
-        )
-    elif gradient_checkpointing:
-        model.enable_input_require_grads()
-    targets = target_modules if target_modules == "all-linear" else [m.strip() for m in target_modules.split(",") if m.strip()]
-    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, bias="none", task_type="CAUSAL_LM")
     try:
-        return get_peft_model(model, config)
-    except ValueError as error:
-        fail(f"--lora_target_modules {target_modules}: {_first_line(error)}")
+        return PeftModel.from_pretrained(model, adapter, is_trainable=trainable)
+    except Exception as error:  # noqa: BLE001 - a corrupt file or another base surfaces as many error types
+        fail(f"cannot put the adapter {adapter} on the base model {getattr(model, 'name_or_path', '')}: "
+             f"{_first_line(error)} (a corrupt adapter, or one trained for another base model)")
 
 
 def _first_line(error: BaseException) -> str:

@@ -8,6 +8,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from .files import atomic_write_bytes  # noqa: E402
 
@@ -19,11 +20,14 @@ def save_figure(figure, path) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
-def plot_loss_curve(log_rows: list[dict], path, title: str) -> None:
-    """Training loss per logging step and held-out loss per evaluation, against the optimizer step."""
+def plot_loss_curve(log_rows: list[dict], path, title: str, before_training: float | None = None) -> None:
+    """Training loss per logging step and held-out loss per evaluation (step 0: before training), against the step."""
     train = [(row["step"], row["loss"]) for row in log_rows if "loss" in row]
     evals = [(row["step"], row["eval_loss"]) for row in log_rows if "eval_loss" in row]
+    if before_training is not None:
+        evals = [(0, before_training)] + evals
     figure, axis = plt.subplots(figsize=(7, 4))
+    axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     if train:
         axis.plot(*zip(*train), label="train loss", color="tab:blue")
     if evals:

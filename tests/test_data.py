@@ -15,12 +15,12 @@ from conftest import run_script
 GOOD = {"instruction": "Say hi.", "input": "", "output": "Hi."}
 
 BROKEN_FILES = {
-    "broken_json": ("data.json", '[{"instruction": "a", "input": "", "output": "b"},', "data.json: broken JSON at line 1"),
+    "broken_json": ("data.json", '[{"instruction": "a", "input": "", "output": "b"},', "data.json:1: not valid JSON"),
     "not_a_list": ("data.json", json.dumps({"instruction": "a"}), "top level must be a JSON list of records, found dict"),
-    "missing_key": ("data.json", json.dumps([GOOD, {"instruction": "a", "output": "b"}]), "record 1: missing field 'input'"),
+    "missing_key": ("data.json", json.dumps([GOOD, {"instruction": "a", "input": ""}]), "record 1: missing field 'output'"),
     "non_string": ("data.json", json.dumps([GOOD, GOOD, {"instruction": "a", "input": 3, "output": "b"}]), "record 2: field 'input' must be a string, found int"),
     "record_not_object": ("data.json", json.dumps([GOOD, ["x"]]), "record 1: expected an object"),
-    "jsonl_broken_line": ("data.jsonl", json.dumps(GOOD) + "\n{oops\n", "data.jsonl: line 2 (record 1): broken JSON"),
+    "jsonl_broken_line": ("data.jsonl", json.dumps(GOOD) + "\n{oops\n", "data.jsonl:2: not valid JSON"),
     "jsonl_missing_key": ("data.jsonl", json.dumps(GOOD) + "\n" + json.dumps({"input": "", "output": ""}) + "\n", "record 1: missing field 'instruction'"),
 }
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig
 
-from alpaca_qlora.training.collators import PackedCollator, pop_token_counts
+from alpaca_qlora.training.collators import PackedCollator
 from alpaca_qlora.run_folder import PACKED_SDPA, PACKED_VARLEN
 from alpaca_qlora.training.packed_attention import register_packed_attention, varlen_supported
 
@@ -55,7 +55,6 @@ def packed_batch(sequence_boundaries: bool) -> dict:
         ids = torch.randint(3, 1000, (length,), generator=generator).tolist()
         examples.append({"input_ids": ids, "labels": [-100] + ids[1:]})
     batch = PackedCollator(pad_token_id=0, max_row_length=None, sequence_boundaries=sequence_boundaries)(examples)
-    pop_token_counts(batch)
     return {k: v.cuda() if torch.is_tensor(v) else v for k, v in batch.items()}
 
 

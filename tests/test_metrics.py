@@ -380,8 +380,8 @@ def test_rescale_needs_a_shipped_baseline(config):
 
 
 def test_default_backbone_offline_names_the_fix(monkeypatch):
-    monkeypatch.setattr(metrics, "_cached_snapshot", lambda repo_id: None)
-    monkeypatch.setattr(metrics, "_hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.setattr(metrics, "cached_snapshot", lambda repo_id: None)
+    monkeypatch.setattr(metrics, "hub_reachable", lambda timeout=3.0: False)
     with pytest.raises(UserError) as error:
         metrics.resolve_backbone(MetricConfig())
     message = str(error.value)

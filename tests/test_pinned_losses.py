@@ -15,16 +15,23 @@ import pytest
 from conftest import run_script, training_args
 
 TOLERANCE = 1e-4
-PATHS = {"packed": [], "padded": ["--packing", "false"]}
+PATHS = {"packed": [], "padded": ["--packing", "false"], "full_logits": ["--loss", "full_logits"]}
 
-# path -> (training loss at steps 1-4, held-out loss before, after)
+# path -> (training loss at steps 1-4, held-out loss before, after). "packed" is the default: packed rows and the
+# chunked loss on labelled positions; "full_logits" the same rows with the model's own loss over every position;
+# "padded" padded batches grouped by length.
+# Re-pinned once (2026-12-01) when the held-out evaluation stopped drawing from the global random stream (a DataLoader
+# did), which had shifted LoRA dropout masks and the length-grouped order of the training that followed; with that
+# evaluation off, the old and the new code gave identical losses and gradient norms.
 TINY = {
-    "packed": ([6.232499, 6.205453, 6.118515, 6.119001], 6.221527, 6.102487),
-    "padded": ([6.303174, 6.151253, 6.153203, 6.113908], 6.221526, 6.114426),
+    "packed": ([6.232499, 6.206306, 6.118290, 6.119232], 6.221527, 6.101959),
+    "padded": ([6.234566, 6.207508, 6.115596, 6.133563], 6.221526, 6.108348),
+    "full_logits": ([6.232499, 6.206306, 6.118290, 6.119232], 6.221527, 6.101959),
 }
 STORIES260K = {
-    "packed": ([4.657625, 4.085766, 3.592330, 3.421967], 4.055287, 3.468968),
-    "padded": ([3.796957, 3.854595, 3.824312, 4.413518], 4.055287, 3.424004),
+    "packed": ([4.657625, 4.090103, 3.594708, 3.422717], 4.055287, 3.465440),
+    "padded": ([4.524585, 5.231401, 3.427967, 3.793329], 4.055287, 3.477680),
+    "full_logits": ([4.657625, 4.090102, 3.594707, 3.422717], 4.055286, 3.465441),
 }
 
 

@@ -12,7 +12,7 @@ from alpaca_qlora.cli import UserError
 from alpaca_qlora.data.prompts import build_prompt
 from alpaca_qlora.data.tokenization import IGNORE_INDEX, tokenize_example, tokenize_records
 from alpaca_qlora.modeling import load_tokenizer
-from alpaca_qlora.training.collators import PackedCollator, PaddedCollator, pack_into_rows, pop_token_counts
+from alpaca_qlora.training.collators import PackedCollator, PaddedCollator, pack_into_rows, token_counts
 
 # The two templates exactly as tatsu-lab/stanford_alpaca train.py renders them.
 EXPECTED_WITH_INPUT = (
@@ -101,8 +101,9 @@ def test_packed_batch_has_no_attention_across_examples(tokenizer, tiny_model, ti
     records = [dict(r, id=i) for i, r in enumerate(tiny_records[:6])]
     examples, _ = tokenize_records(records, tokenizer, "alpaca", 512, False)
     batch = PackedCollator(pad_token_id=tokenizer.pad_token_id, max_row_length=512)(examples)
-    total, real, trained = pop_token_counts(batch)
+    total, real, trained = token_counts(batch["labels"])
     assert real == sum(len(e["input_ids"]) for e in examples) and total >= real
+    assert trained == sum(label != IGNORE_INDEX for e in examples for label in e["labels"])
     assert batch["input_ids"].shape[0] < len(examples)  # several examples share a row
     with torch.no_grad():
         packed_logits = model(**{k: v for k, v in batch.items() if k != "labels"}, use_cache=False).logits
@@ -122,8 +123,7 @@ def test_packed_and_padded_batches_give_the_same_loss(tokenizer, tiny_model, tin
     examples, _ = tokenize_records(records, tokenizer, "alpaca", 512, False)
     packed = PackedCollator(pad_token_id=tokenizer.pad_token_id, max_row_length=512)(examples)
     padded = PaddedCollator(pad_token_id=tokenizer.pad_token_id)(examples)
-    for batch in (packed, padded):
-        pop_token_counts(batch)
+    assert token_counts(padded["labels"])[1] == int(padded["attention_mask"].sum())  # real tokens, derived from labels
     with torch.no_grad():  # no KV cache: with one, transformers cannot see the packing (field notes)
         packed_loss = float(model(**packed, use_cache=False).loss)
         padded_loss = float(model(**padded, use_cache=False).loss)
@@ -137,7 +137,6 @@ def test_packed_cpu_attention_equals_masked_sdpa(tokenizer, tiny_model, tiny_rec
     records = [dict(r, id=i) for i, r in enumerate(tiny_records[20:30])]
     examples, _ = tokenize_records(records, tokenizer, "alpaca", 512, False)
     batch = PackedCollator(pad_token_id=tokenizer.pad_token_id, max_row_length=512)(examples)
-    pop_token_counts(batch)
     results = []
     for implementation in ("sdpa", register_packed_attention()):
         model = AutoModelForCausalLM.from_pretrained(str(tiny_model), attn_implementation="sdpa")
@@ -151,20 +150,20 @@ def test_packed_cpu_attention_equals_masked_sdpa(tokenizer, tiny_model, tiny_rec
 
 def test_trained_token_loss_equals_the_models_own_loss(tokenizer, tiny_model, tiny_records):
     """The chunked loss on labelled positions gives the model's own cross-entropy and gradients."""
-    from alpaca_qlora.training.loss import install_hidden_states_head, trained_token_loss_sum
+    from alpaca_qlora.training.loss import labelled_loss_sum, no_positions
 
     records = [dict(r, id=i) for i, r in enumerate(tiny_records[30:40])]
     examples, _ = tokenize_records(records, tokenizer, "alpaca", 512, False)
     batch = PackedCollator(pad_token_id=tokenizer.pad_token_id, max_row_length=512)(examples)
-    pop_token_counts(batch)
     reference = AutoModelForCausalLM.from_pretrained(str(tiny_model))
     expected = reference(**batch, use_cache=False).loss
     expected.backward()
 
     model = AutoModelForCausalLM.from_pretrained(str(tiny_model))
-    head = install_hidden_states_head(model)
     inputs = {k: v for k, v in batch.items() if k != "labels"}
-    total, count = trained_token_loss_sum(model(**inputs, use_cache=False).logits, batch["labels"], head.head, chunk_tokens=20)
+    outputs = model(**inputs, use_cache=False, output_hidden_states=True, logits_to_keep=no_positions(torch.device("cpu")))
+    assert outputs.logits.shape[1] == 0  # the output layer was skipped
+    total, count = labelled_loss_sum(outputs.hidden_states[-1], batch["labels"], model.get_output_embeddings(), chunk_tokens=20)
     assert count == int((batch["labels"][:, 1:] != -100).sum()) and count > 60  # several chunks
     (total / count).backward()
     assert abs(float(total / count) - float(expected)) < 1e-5
@@ -190,17 +189,27 @@ def test_sequence_boundaries_for_varlen_attention(tokenizer, tiny_records):
     assert longest == max(real)
 
 
-def test_packed_varlen_without_a_gpu_falls_back_to_per_example_sdpa(tiny_model, capsys):
+def test_plan_falls_back_from_packed_varlen_without_a_gpu(tiny_model):
+    """The plan decides the attention once, and says why it is not the one asked for."""
+    import dataclasses
+
+    from alpaca_qlora.modeling import load_model_config
     from alpaca_qlora.run_folder import PACKED_SDPA, PACKED_VARLEN
     from alpaca_qlora.training.config import parse_training_config
     from alpaca_qlora.training.packed_attention import varlen_supported
-    from alpaca_qlora.training.train import packed_attention
+    from alpaca_qlora.training.plan import make_plan
 
     config = parse_training_config(["--base_model", str(tiny_model), "--attn_implementation", PACKED_VARLEN])
+    model_config = load_model_config(str(tiny_model))
+    plan = make_plan(config, model_config, has_heldout=True)
     if varlen_supported():
-        assert packed_attention(config) == PACKED_VARLEN
+        assert plan.attention == PACKED_VARLEN
     else:
-        assert packed_attention(config) == PACKED_SDPA
-        assert "packed_varlen needs CUDA" in capsys.readouterr().out
+        assert plan.attention == (PACKED_SDPA if plan.device == "cpu" else "sdpa") and plan.row_length is None
+        assert "packed_varlen needs CUDA" in dict(plan.reasons)["attention"]
     config.data.packing = False
-    assert packed_attention(config) is None
+    unpacked = make_plan(config, model_config, has_heldout=True)
+    assert (unpacked.attention, unpacked.packing, unpacked.sampling) == ("sdpa", False, "group_by_length")
+    assert config.model.attn_implementation == PACKED_VARLEN  # the options as given are never rewritten
+    assert dataclasses.asdict(config.train) == dataclasses.asdict(parse_training_config(
+        ["--base_model", str(tiny_model), "--attn_implementation", PACKED_VARLEN]).train)

@@ -50,9 +50,10 @@ def test_run_folder_holds_everything(trained_run):
     assert config["model"]["quantization"] == "nf4"
     info = json.loads((trained_run / "run_info.json").read_text())
     assert info["versions"]["bitsandbytes"] and info["data"]["train_records"] == 360
-    if not torch.cuda.is_available():  # --use_liger_kernel falls back with one line
-        assert info["data"]["fused_kernels"] == "none"
-        assert "warning: --use_liger_kernel: Liger's Triton kernels need a CUDA GPU" in (trained_run.parent / "stdout.txt").read_text()
+    assert config["plan"] == info["plan"] and config["plan"]["attention"] in ("packed_sdpa", "sdpa", "packed_varlen")
+    if not torch.cuda.is_available():  # --use_liger_kernel falls back, and the plan says why
+        assert info["plan"]["fused_kernels"] == "none" and config["train"]["use_liger_kernel"] is True  # as given
+        assert "--use_liger_kernel: Liger's Triton kernels need a CUDA GPU" in (trained_run.parent / "stdout.txt").read_text()
     val_ids = [json.loads(line)["id"] for line in (trained_run / "val.jsonl").read_text().splitlines()]
     train_ids = json.loads((trained_run / "train_ids.json").read_text())
     assert len(val_ids) == 40 and not set(val_ids) & set(train_ids)

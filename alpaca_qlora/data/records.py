@@ -1,7 +1,9 @@
 """Alpaca-format records: download, load, validate, subset and split.
 
-A record is a dict with string fields `instruction`, `input` and `output`. Every record is checked on
-load; a broken file stops the job with one line naming the file, the record and the field.
+A record is a dict with string fields `instruction`, `input` (optional: missing means empty) and `output`
+(optional for prompts to answer); other field names map onto them (--instruction_field and friends).
+Every record is checked on load; a broken file stops the job with one line naming the file, the record
+and the field.
 """
 
 from __future__ import annotations
@@ -16,8 +18,10 @@ from pathlib import Path
 
 from ..cli import fail
 from ..files import atomic_write_bytes
+from ..jsonl import decode_utf8, read_bytes, read_objects
 
 REQUIRED_FIELDS = ("instruction", "input", "output")
+DEFAULT_FIELDS = {name: name for name in REQUIRED_FIELDS}
 
 ALPACA_DATA_URL = "https://raw.githubusercontent.com/tatsu-lab/stanford_alpaca/main/alpaca_data.json"
 ALPACA_DATA_SHA256 = "2eddafc6b977608d778aaab8dfc7e50e547b3af9826dfb9e909d9fc362e4a419"
@@ -49,8 +53,11 @@ def download_alpaca_data(destination: Path, url: str | None = None) -> None:
 # ---------------------------------------------------------------------------------------------
 # Loading and validation
 # ---------------------------------------------------------------------------------------------
-def load_records(data_path: str) -> list[dict]:
-    """Records from a .json list, a .jsonl file or a datasets hub id, each validated, each given an `id`."""
+def load_records(data_path: str, fields: dict[str, str] | None = None, require_output: bool = True) -> list[dict]:
+    """Records from a .json list, a .jsonl file or a datasets hub id, each validated and given an `id`.
+
+    `fields` maps instruction/input/output to the user's field names (default: the same names). Without
+    `require_output` (prompts to generate answers for) a record may lack its output: it is then None."""
     path = Path(data_path)
     if not path.exists() and data_path == DEFAULT_DATA_PATH:
         download_alpaca_data(path)
@@ -58,7 +65,7 @@ def load_records(data_path: str) -> list[dict]:
         if path.suffix == ".json":
             raw = _read_json_list(path)
         elif path.suffix == ".jsonl":
-            raw = _read_jsonl(path)
+            raw = read_objects(path)
         else:
             fail(f"{path}: unsupported data file type '{path.suffix}' (use .json or .jsonl)")
     elif path.exists():
@@ -67,7 +74,8 @@ def load_records(data_path: str) -> list[dict]:
         fail(f"{path}: no such file")
     else:
         raw = _load_hub_dataset(data_path)
-    records = [validate_record(record, data_path, index) for index, record in enumerate(raw)]
+    fields = {**DEFAULT_FIELDS, **(fields or {})}
+    records = [validate_record(record, data_path, index, fields, require_output) for index, record in enumerate(raw)]
     if not records:
         fail(f"{data_path}: holds no records")
     return records
@@ -75,27 +83,14 @@ def load_records(data_path: str) -> list[dict]:
 
 def _read_json_list(path: Path) -> list:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(decode_utf8(path, read_bytes(path)))
     except json.JSONDecodeError as error:
-        fail(f"{path}: broken JSON at line {error.lineno} column {error.colno}: {error.msg}")
-    except UnicodeDecodeError as error:
-        fail(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})")
+        fail(f"{path}:{error.lineno}: not valid JSON ({error.msg} at column {error.colno})")
     if not isinstance(data, list):
         fail(f"{path}: top level must be a JSON list of records, found {type(data).__name__}")
     return data
 
 
-def _read_jsonl(path: Path) -> list:
-    records = []
-    with path.open(encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as error:
-                fail(f"{path}: line {line_number} (record {len(records)}): broken JSON: {error.msg}")
-    return records
 
 
 def _load_hub_dataset(dataset_id: str) -> list:
@@ -109,19 +104,33 @@ def _load_hub_dataset(dataset_id: str) -> list:
     return [dict(row) for row in dataset]
 
 
-def validate_record(record, source: str, index: int) -> dict:
-    """The record with its `id`, or a one-line error naming file, record index and field."""
+def validate_record(record, source: str, index: int, fields: dict[str, str] | None = None, require_output: bool = True) -> dict:
+    """{id, instruction, input, output} of one record, or a one-line error naming file, record index and field."""
+    fields = fields or DEFAULT_FIELDS
+    where = f"{source}: record {index}"
     if not isinstance(record, dict):
-        fail(f"{source}: record {index}: expected an object with {', '.join(REQUIRED_FIELDS)}, found {type(record).__name__}")
-    for field in REQUIRED_FIELDS:
-        if field not in record:
-            fail(f"{source}: record {index}: missing field '{field}'")
-        if not isinstance(record[field], str):
-            fail(f"{source}: record {index}: field '{field}' must be a string, found {type(record[field]).__name__}")
-    if not record["instruction"].strip():
-        fail(f"{source}: record {index}: field 'instruction' is empty")
+        fail(f"{where}: expected an object with {', '.join(repr(fields[name]) for name in REQUIRED_FIELDS)}, "
+             f"found {type(record).__name__}")
+
+    def text(name: str, required: bool) -> str | None:
+        key = fields[name]
+        if key not in record or (record[key] is None and name == "input"):
+            if required:
+                flag = f" (--{name}_field names another)" if key == DEFAULT_FIELDS[name] else ""
+                fail(f"{where}: missing field '{key}'{flag}")
+            return "" if name == "input" else None
+        if not isinstance(record[key], str):
+            fail(f"{where}: field '{key}' must be a string, found {type(record[key]).__name__}")
+        return record[key]
+
+    instruction = text("instruction", required=True)
+    if not instruction.strip():
+        fail(f"{where}: field '{fields['instruction']}' is empty")
     record_id = record.get("id", index)
-    return {"id": record_id, **{field: record[field] for field in REQUIRED_FIELDS}}
+    if not isinstance(record_id, (str, int)) or isinstance(record_id, bool):
+        fail(f"{where}: field 'id' must be a string or an integer, found {type(record_id).__name__}")
+    return {"id": record_id, "instruction": instruction, "input": text("input", required=False),
+            "output": text("output", required=require_output)}
 
 
 # ---------------------------------------------------------------------------------------------

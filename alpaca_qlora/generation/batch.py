@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from ..cli import UserError, fail
 from ..data.records import load_records
+from ..jsonl import AppendableFile, append_line, drop_torn_tail, read_appendable
 from .generate import batch_seed, context_length, generate_answers, prompt_for, seed_everything
 from .settings import SETTING_NAMES, GenerationSettings, parse_setting_value, resolve_settings, settings_key, settings_label
 from .source import ModelSource
@@ -114,47 +115,37 @@ def plan_batches(prompt_lengths: list[int], batch_size: int) -> list[list[int]]:
 # ---------------------------------------------------------------------------------------------
 # The output file: resume-safe appending
 # ---------------------------------------------------------------------------------------------
-def read_jsonl_for_append(path: Path) -> list[dict]:
-    """Complete lines of a JSONL file we append to; a half-written last line (a killed run) is cut off."""
-    if not path.exists():
-        return []
-    data = path.read_bytes()
-    complete = data[: data.rfind(b"\n") + 1]
-    if len(complete) != len(data):
-        with path.open("r+b") as handle:
-            handle.truncate(len(complete))
-        print(f"note: {path}: removed a half-written last line (an interrupted run)")
-    rows = []
-    for number, line in enumerate(complete.decode("utf-8").split("\n"), start=1):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError as error:
-            fail(f"{path}: line {number}: not valid JSON ({error.msg}); fix it or pass --overwrite to start over")
-    return rows
-
-
-def append_line(handle, row: dict) -> None:
-    handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-    handle.flush()
+GENERATION_LINE_KEYS = {"id", "settings", "base_model", "adapter", "prediction"}
 
 
 def line_key(setting_key: str, record_id) -> tuple[str, str]:
     return setting_key, json.dumps(record_id)
 
 
-def done_keys(path: Path, source: ModelSource, settings: list[dict], records: list[dict], overwrite: bool) -> set:
+def read_output_file(path: Path) -> AppendableFile:
+    """The lines already in --output_file, each recognised as a line this command writes; nothing is changed.
+
+    A file that is not a generations file (the user's data, notes, anything else) is refused even with
+    --overwrite: that flag replaces generations, never other files."""
+    try:
+        existing = read_appendable(path)
+    except UserError as error:
+        fail(f"--output_file {error}; not a generations file of inference.py: choose another --output_file")
+    for number, row in existing.rows:
+        if not GENERATION_LINE_KEYS <= set(row) or not isinstance(row["settings"], dict):
+            fail(f"--output_file {path}:{number}: not a generation line (no id/settings/base_model/adapter/prediction); "
+                 "not a generations file of inference.py: choose another --output_file")
+    return existing
+
+
+def done_keys(existing: AppendableFile, source: ModelSource, settings: list[dict], records: list[dict]) -> set:
     """Keys of the lines already written; refuses a file from other settings, another model or other prompts."""
-    if overwrite:
-        return set()  # the file is replaced when the first line is written, not before the model loads
+    path = existing.path
     wanted_settings = {settings_key(s) for s in settings}
     wanted_ids = {json.dumps(r["id"]) for r in records}
     done = set()
-    for number, row in enumerate(read_jsonl_for_append(path), start=1):
-        where = f"--output_file {path} line {number}"
-        if not isinstance(row, dict) or not {"id", "settings", "base_model", "adapter"} <= set(row) or not isinstance(row["settings"], dict):
-            fail(f"{where}: not a generation line (no id/settings/base_model/adapter); pass --overwrite to replace the file")
+    for number, row in existing.rows:
+        where = f"--output_file {path}:{number}"
         if (row["base_model"], row["adapter"]) != (source.base_model, source.adapter):
             fail(
                 f"{where}: written by base model {row['base_model']} with adapter {row['adapter']}, not "
@@ -180,6 +171,7 @@ class BatchJob:
     batch_size: int
     source: ModelSource
     overwrite: bool
+    existing: AppendableFile  # what --output_file held when the job was checked
 
 
 def prepare_batch_job(records, settings, output_file: str, batch_size: int, source: ModelSource, overwrite: bool):
@@ -187,8 +179,9 @@ def prepare_batch_job(records, settings, output_file: str, batch_size: int, sour
     path = Path(output_file)
     if path.is_dir():
         fail(f"--output_file {output_file} is a folder")
-    done = done_keys(path, source, settings, records, overwrite)
-    return BatchJob(records, settings, path, batch_size, source, overwrite), done
+    existing = read_output_file(path)
+    done = set() if overwrite else done_keys(existing, source, settings, records)
+    return BatchJob(records, settings, path, batch_size, source, overwrite, existing), done
 
 
 def generation_line(record: dict, answer, setting: dict, source: ModelSource, seconds: float) -> dict:
@@ -227,6 +220,8 @@ def run_batch_job(job: BatchJob, done: set, model, tokenizer) -> int:
     print(f"{len(job.settings)} setting(s) x {len(job.records)} prompts = {total} lines; {len(done)} already in {job.output_file}")
     job.output_file.parent.mkdir(parents=True, exist_ok=True)
     written = 0
+    if not job.overwrite:
+        drop_torn_tail(job.existing)
     mode = "w" if job.overwrite else "a"
     with job.output_file.open(mode, encoding="utf-8") as handle, tqdm(total=total, initial=len(done), unit="line") as bar:
         for setting in job.settings:

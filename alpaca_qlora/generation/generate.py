@@ -11,9 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..cli import fail
 from ..data.prompts import build_prompt
-from ..modeling import default_device_map, load_base_model, load_tokenizer, resolve_compute_dtype, use_packed_cpu_kernel
+from ..modeling import attach_adapter, default_device_map, load_base_model, load_tokenizer, resolve_compute_dtype, use_packed_cpu_kernel
 from .source import ModelSource
 
 
@@ -35,16 +34,6 @@ def load_for_inference(source: ModelSource):
     model.eval()
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
-
-
-def attach_adapter(model, adapter: str):
-    from peft import PeftModel
-
-    try:
-        return PeftModel.from_pretrained(model, adapter, is_trainable=False)
-    except (OSError, ValueError, RuntimeError, KeyError) as error:
-        text = str(error).strip()
-        fail(f"cannot put the adapter {adapter} on its base model: {text.splitlines()[0] if text else type(error).__name__}")
 
 
 def model_device(model) -> torch.device:

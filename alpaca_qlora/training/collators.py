@@ -18,10 +18,6 @@ import torch
 
 from ..data.tokenization import IGNORE_INDEX
 
-# The collators add the number of real (non-padding) tokens under this key; pop it before the model.
-REAL_TOKENS_KEY = "num_real_tokens"
-
-
 def pack_into_rows(lengths: list[int], max_row_length: int) -> list[list[int]]:
     """First-fit decreasing: indices of examples per row, no row longer than max_row_length."""
     rows: list[list[int]] = []
@@ -74,7 +70,6 @@ class PackedCollator:
             "input_ids": torch.tensor(row_ids),
             "labels": torch.tensor(row_labels),
             "position_ids": torch.tensor(row_positions),
-            REAL_TOKENS_KEY: torch.tensor(sum(len(e["input_ids"]) for e in examples)),
         }
         if self.sequence_boundaries:
             cu_seqlens, longest = sequence_boundaries(batch["position_ids"])
@@ -113,16 +108,15 @@ class PaddedCollator:
             "input_ids": torch.tensor(input_ids),
             "labels": torch.tensor(labels),
             "attention_mask": torch.tensor(attention_mask),
-            REAL_TOKENS_KEY: torch.tensor(sum(len(e["input_ids"]) for e in examples)),
         }
 
 
-def pop_token_counts(batch: dict) -> tuple[int, int, int]:
-    """Remove the collator's bookkeeping from a batch; return (tokens in the tensor, real tokens, tokens with a label).
+def token_counts(labels: torch.Tensor) -> tuple[int, int, int]:
+    """(tokens in the batch tensor, real tokens, tokens with a label), derived from the labels alone.
 
-    Call it before the batch reaches the model: the model does not take `num_real_tokens`.
-    """
-    real = int(batch.pop(REAL_TOKENS_KEY))
-    total = batch["input_ids"].numel()
-    trained = int((batch["labels"] != IGNORE_INDEX).sum())
-    return total, real, trained
+    Every example ends in a labelled token (its EOS, or the last answer token kept when it was cut), and
+    padding only ever follows the last example of a row, so a row's real tokens end at its last label."""
+    labelled = labels != IGNORE_INDEX
+    positions = torch.arange(labels.shape[1], device=labels.device)
+    last_label = torch.where(labelled, positions, -1).max(dim=1).values
+    return labels.numel(), int((last_label + 1).sum()), int(labelled.sum())

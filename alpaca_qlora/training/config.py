@@ -1,30 +1,32 @@
-"""Typed configuration of the training job, parsed with HfArgumentParser.
+"""The training job's options, as the user gives them: typed dataclasses parsed with HfArgumentParser.
 
-Precedence, lowest first: the defaults below, device-dependent defaults (bf16 and paged 8-bit AdamW
-on CUDA), a `--config run.yaml|json` file, then command-line flags. Every TrainingArguments flag
-works as in any Hugging Face script.
+Precedence, lowest first: the defaults below, a `--config run.yaml|json` file, then command-line flags.
+Every TrainingArguments flag works as in any Hugging Face script. Nothing here decides anything
+automatic (that is training/plan.py): these are the options as given, checked, and saved as such.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
+import math
 import sys
 from dataclasses import asdict, dataclass, field
 
-import torch
-from transformers import HfArgumentParser, TrainingArguments
+from transformers import TrainingArguments
 
-from ..cli import fail, read_config_file
+from ..cli import ArgumentParser, fail, given_flags, parse_with_config
 from ..data.prompts import PROMPT_TEMPLATES
+from ..data.records import DEFAULT_DATA_PATH, DEFAULT_FIELDS
 from ..modeling import COMPUTE_DTYPES, QUANTIZATIONS
 
 DEFAULT_BASE_MODEL = "Qwen/Qwen2.5-0.5B"
+LOSSES = ("chunked", "full_logits")
 
 # transformers 5.2x renamed gradient_checkpointing to activation_checkpointing (the old name still works,
 # with a warning); older 5.x releases know only the old name.
 _TRAINING_FIELDS = {f.name for f in dataclasses.fields(TrainingArguments)}
 CHECKPOINTING_FLAG = "activation_checkpointing" if "activation_checkpointing" in _TRAINING_FIELDS else "gradient_checkpointing"
+CHECKPOINTING_NAMES = {"gradient_checkpointing", "activation_checkpointing"}
 
 
 @dataclass
@@ -55,16 +57,19 @@ class LoraArguments:
     lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling numerator (scale = alpha / r)."})
     lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA input."})
     lora_target_modules: str = field(
-        default="all-linear", metadata={"help": "all-linear, or comma-separated module names such as q_proj,v_proj."}
+        default="all-linear", metadata={"help": "all-linear, or module names such as q_proj,v_proj (comma-separated, or a list in --config)."}
     )
 
 
 @dataclass
 class DataArguments:
     data_path: str = field(
-        default="alpaca_data.json",
+        default=DEFAULT_DATA_PATH,
         metadata={"help": "Alpaca .json list, .jsonl file or datasets hub id. The default file is downloaded (sha256-checked) when missing."},
     )
+    instruction_field: str = field(default=DEFAULT_FIELDS["instruction"], metadata={"help": "Field of a record holding the instruction."})
+    input_field: str = field(default=DEFAULT_FIELDS["input"], metadata={"help": "Field holding the input (context); a record without it has an empty input."})
+    output_field: str = field(default=DEFAULT_FIELDS["output"], metadata={"help": "Field holding the answer to train on."})
     max_samples: int | None = field(default=None, metadata={"help": "Use a deterministic subset of this many records."})
     val_set_size: float = field(default=2000, metadata={"help": "Held-out records: a count, or a fraction below 1. 0 turns evaluation off."})
     split_seed: int = field(default=42, metadata={"help": "Seed of the subset and held-out split (independent of --seed)."})
@@ -74,12 +79,17 @@ class DataArguments:
     train_on_inputs: bool = field(default=False, metadata={"help": "Also train on the prompt tokens (off: the prompt is masked from the loss)."})
     max_seq_length: int = field(default=512, metadata={"help": "Longest example in tokens, EOS included; longer ones are truncated and counted."})
     packing: bool = field(default=True, metadata={"help": "Padding-free packing of examples into rows, with no attention across examples."})
+    loss: str = field(
+        default="chunked",
+        metadata={"help": "chunked: cross-entropy on the labelled positions only, a chunk at a time (no full-vocabulary logits); "
+                          "full_logits: the model's own loss over every position (same value).", "choices": LOSSES},
+    )
 
 
 @dataclass
 class RunArguments:
     config: str | None = field(default=None, metadata={"help": "YAML or JSON file with any of these options; flags override it."})
-    overwrite_output_dir: bool = field(default=False, metadata={"help": "Delete an existing non-empty --output_dir first."})
+    overwrite_output_dir: bool = field(default=False, metadata={"help": "Replace the run in an existing run folder (never other files)."})
 
 
 @dataclass
@@ -110,62 +120,67 @@ ARGUMENT_CLASSES = (BaseModelArguments, DataArguments, LoraArguments, RunArgumen
 
 @dataclass
 class TrainingConfig:
+    """The options as given (defaults, file, flags): what run_config.json saves beside the plan."""
+
     model: BaseModelArguments
     data: DataArguments
     lora: LoraArguments
     run: RunArguments
     train: TrainArguments
-    checkpointing_explicit: bool = False  # the user set gradient/activation checkpointing; else a policy decides
-    fused_kernels: str = "none"  # what --use_liger_kernel turned into on this machine (kernels.py)
+    given: frozenset[str] = frozenset()  # option names set by the user (file or flags), not left at their default
 
     def to_dict(self) -> dict:
         train = {k: v for k, v in self.train.to_dict().items() if not k.startswith("_")}
         return {"model": asdict(self.model), "data": asdict(self.data), "lora": asdict(self.lora),
                 "run": asdict(self.run), "train": train}
 
-
-def device_defaults() -> dict:
-    """Defaults that depend on the hardware: bf16 where the GPU has it, fp16 on older GPUs, paged 8-bit AdamW on CUDA."""
-    if not torch.cuda.is_available():
-        return {"optim": "adamw_torch", "dataloader_pin_memory": False}
-    bf16 = torch.cuda.is_bf16_supported()
-    return {"optim": "paged_adamw_8bit", "bf16": bf16, "fp16": not bf16}
+    def chose_checkpointing(self) -> bool:
+        return bool(CHECKPOINTING_NAMES & self.given)
 
 
-def build_parser() -> HfArgumentParser:
-    return HfArgumentParser(ARGUMENT_CLASSES, description="QLoRA instruction fine-tuning on Alpaca-format data.")
+def build_parser() -> ArgumentParser:
+    return ArgumentParser(ARGUMENT_CLASSES, description="QLoRA instruction fine-tuning on Alpaca-format data.")
 
 
 def parse_training_config(argv: list[str] | None = None) -> TrainingConfig:
-    argv = sys.argv[1:] if argv is None else argv
-    pre_parser = argparse.ArgumentParser(add_help=False)
-    pre_parser.add_argument("--config")
-    config_path = pre_parser.parse_known_args(argv)[0].config
-
-    parser = build_parser()
-    known = {action.dest for action in parser._actions}
-    parser.set_defaults(**{CHECKPOINTING_FLAG: True}, **device_defaults())
-    file_values = {}
-    if config_path:
-        file_values = read_config_file(config_path)
-        unknown = sorted(set(file_values) - known)
-        if unknown:
-            fail(f"--config {config_path}: unknown option(s) {', '.join(unknown)}")
-        parser.set_defaults(**file_values)
-    try:
-        model, data, lora, run, train = parser.parse_args_into_dataclasses(args=argv)
-    except ValueError as error:  # TrainingArguments' own checks of flag combinations
-        fail(str(error).strip().splitlines()[0])
-    if getattr(train, f"{CHECKPOINTING_FLAG}_kwargs") is None:
-        setattr(train, f"{CHECKPOINTING_FLAG}_kwargs", {"use_reentrant": False})
-    checkpointing_names = {"gradient_checkpointing", "activation_checkpointing"}
-    explicit = bool(checkpointing_names & set(file_values)) or any(
-        arg.lstrip("-").split("=")[0] in checkpointing_names for arg in argv if arg.startswith("--")
-    )
-    return TrainingConfig(model=model, data=data, lora=lora, run=run, train=train, checkpointing_explicit=explicit)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    (model, data, lora, run, train), file_values = parse_with_config(build_parser(), argv)
+    config = TrainingConfig(model=model, data=data, lora=lora, run=run, train=train,
+                            given=frozenset(given_flags(argv) | set(file_values)))
+    check_values(config)
+    return config
 
 
-def set_checkpointing(train: TrainArguments, enabled: bool) -> None:
-    for name in ("gradient_checkpointing", "activation_checkpointing"):
-        if hasattr(train, name):
-            setattr(train, name, enabled)
+def check_values(config: TrainingConfig) -> None:
+    """Ranges the libraries would only check mid-run (or never): one line naming the flag, before anything is written."""
+    train, data, lora = config.train, config.data, config.lora
+
+    def positive(name: str, value, allow_zero: bool = False) -> None:
+        if value is None:
+            return
+        if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+            fail(f"--{name} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+
+    for name in ("learning_rate", "per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
+                 "num_train_epochs", "logging_steps", "save_steps", "eval_steps"):
+        positive(name, getattr(train, name))
+    for name in ("weight_decay", "max_grad_norm", "warmup_steps"):
+        positive(name, getattr(train, name), allow_zero=True)
+    if train.max_steps == 0 or train.max_steps < -1:
+        fail(f"--max_steps must be > 0 (or -1 to train --num_train_epochs), got {train.max_steps}")
+    positive("max_seq_length", data.max_seq_length)
+    if data.max_seq_length < 2:
+        fail(f"--max_seq_length must be at least 2 (a prompt token and EOS), got {data.max_seq_length}")
+    positive("val_set_size", data.val_set_size, allow_zero=True)
+    positive("max_samples", data.max_samples)
+    positive("lora_r", lora.lora_r)
+    positive("lora_alpha", lora.lora_alpha)
+    if not 0 <= lora.lora_dropout < 1:
+        fail(f"--lora_dropout must be in [0, 1), got {lora.lora_dropout}")
+    if not lora.lora_target_modules.replace(",", "").strip():
+        fail("--lora_target_modules is empty; use all-linear or module names such as q_proj,v_proj")
+    for name in ("instruction_field", "input_field", "output_field"):
+        if not getattr(data, name).strip():
+            fail(f"--{name} is empty")
+    if not train.output_dir:
+        fail("--output_dir is empty")

@@ -2,23 +2,26 @@
 
     python -m alpaca_qlora.merge --adapter runs/my-run --output_dir runs/my-run-merged --dtype bf16
 
-An adapter trained on an NF4 base is merged into the base loaded unquantized (merging into 4-bit
-weights would round the update away, qlora#28); the merged model then loads with plain
-AutoModelForCausalLM.from_pretrained and works as `inference.py --base_model`.
+An adapter trained on an NF4 base is merged into the base loaded unquantized (merging into 4-bit weights
+would round the update away, qlora#28); the merged model then loads with plain
+AutoModelForCausalLM.from_pretrained and works as `inference.py --base_model`. It answers as the adapter
+on a full-precision base does, not as the adapter on the NF4 base it was trained and evaluated with:
+merge_info.json says so, with the precisions.
 """
 
 from __future__ import annotations
 
 import shutil
-import tempfile
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from transformers import HfArgumentParser
+from ..cli import ArgumentParser, check_writable_folder, fail, parse_dataclasses
+from ..files import atomic_write_json, staging_folder
+from ..modeling import DTYPES, attach_adapter, load_base_model, load_tokenizer
+from ..run_folder import RUN_CONFIG, TOKENIZER_CONFIG, RunFolder, adapter_base_model
 
-from ..cli import fail, run_cli
-from ..modeling import DTYPES, load_base_model, load_tokenizer
-from ..run_folder import RUN_CONFIG, adapter_base_model
+MERGE_INFO = "merge_info.json"
 
 
 @dataclass
@@ -27,44 +30,61 @@ class MergeArguments:
     output_dir: str = field(metadata={"help": "Where the merged model is written."})
     dtype: str = field(default="bf16", metadata={"help": "Dtype of the merged weights.", "choices": tuple(DTYPES)})
     base_model: str | None = field(default=None, metadata={"help": "Base model; default: the one named in adapter_config.json."})
-    overwrite: bool = field(default=False, metadata={"help": "Replace an existing --output_dir."})
+    overwrite: bool = field(default=False, metadata={"help": "Replace a merged model this command wrote to --output_dir before."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Run model code from the hub. Off unless you trust it."})
 
 
-def merge_adapter(args: MergeArguments) -> Path:
-    from peft import PeftModel
+def check_output(output: Path, overwrite: bool) -> None:
+    """Write only into a new or empty folder, or (with --overwrite) over a merged model this command wrote."""
+    if output.exists() and not output.is_dir():
+        fail(f"--output_dir {output} exists and is not a folder")
+    check_writable_folder(output, "--output_dir")
+    if not output.is_dir() or not any(output.iterdir()):
+        return
+    if not (output / MERGE_INFO).is_file():
+        fail(f"--output_dir {output} is not empty and is not a merged model of this command (no {MERGE_INFO}); "
+             "nothing was changed: choose another --output_dir")
+    if not overwrite:
+        fail(f"--output_dir {output} holds a merged model already; pass --overwrite to replace it")
 
+
+def trained_precision(adapter: str) -> str:
+    folder = RunFolder(Path(adapter))
+    if not folder.is_run_folder():
+        return "unknown (not a training run folder)"
+    model = folder.config().get("model", {})
+    return f"{model.get('quantization', '?')} base, {folder.config().get('plan', {}).get('compute_dtype', model.get('compute_dtype', '?'))} compute"
+
+
+def merge_adapter(args: MergeArguments) -> Path:
     output = Path(args.output_dir)
-    if output.exists() and any(output.iterdir()) and not args.overwrite:
-        fail(f"--output_dir {output} is not empty; pass --overwrite to replace it")
+    check_output(output, args.overwrite)
     base_name = args.base_model or adapter_base_model(args.adapter)
     base = load_base_model(base_name, "none", DTYPES[args.dtype], trust_remote_code=args.trust_remote_code)
-    model = PeftModel.from_pretrained(base, args.adapter).merge_and_unload()
-    tokenizer_source = args.adapter if (Path(args.adapter) / "tokenizer_config.json").is_file() else base_name
+    model = attach_adapter(base, args.adapter).merge_and_unload()
+    tokenizer_source = args.adapter if (Path(args.adapter) / TOKENIZER_CONFIG).is_file() else base_name
     tokenizer = load_tokenizer(tokenizer_source, args.trust_remote_code)
 
-    # Written into a sibling temporary folder, then moved: a crash never leaves a half-merged model.
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}."))
-    try:
+    with staging_folder(output.parent, f".{output.name}.") as staging:  # a crash never leaves a half-merged model
         model.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
         if (Path(args.adapter) / RUN_CONFIG).is_file():  # the prompt template travels with the model
             shutil.copy(Path(args.adapter) / RUN_CONFIG, staging / RUN_CONFIG)
+        atomic_write_json(staging / MERGE_INFO, {
+            "base_model": base_name, "adapter": str(Path(args.adapter).resolve()), "dtype": args.dtype,
+            "trained_with": trained_precision(args.adapter),
+            "note": "merged into the unquantized base: answers are those of the adapter on a full-precision base, "
+                    "which can differ from the adapter on the quantized base it was trained and evaluated with",
+        })
         if output.exists():
             shutil.rmtree(output)
         staging.rename(output)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    print(f"merged {args.adapter} into {base_name} ({args.dtype}): {output}")
+    print(f"wrote {output}: {base_name} with the adapter {args.adapter} merged in, weights in {args.dtype} "
+          f"(the base model itself is unchanged; trained with {trained_precision(args.adapter)})")
     return output
 
 
 def main(argv: list[str] | None = None) -> None:
-    (args,) = HfArgumentParser(MergeArguments).parse_args_into_dataclasses(args=argv)
+    parser = ArgumentParser(MergeArguments, description=__doc__.split("\n")[0])
+    (args,) = parse_dataclasses(parser, sys.argv[1:] if argv is None else argv)
     merge_adapter(args)
-
-
-if __name__ == "__main__":
-    run_cli(main)

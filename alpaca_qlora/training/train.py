@@ -1,10 +1,18 @@
-"""The training job: data -> tokenized examples -> quantized base + LoRA -> Trainer -> run folder."""
+"""The training job, top to bottom: options -> data -> plan -> quantized base + LoRA -> Trainer -> run folder.
+
+    train(config)
+      check_resume / check_output_dir   nothing is written before every check a user can fail has passed
+      load_split, tokenize_split        records -> split -> tokenized examples (data/)
+      make_plan                         every automatic choice, once (plan.py)
+      build_model                       quantized base, attention, LoRA, kernels
+      start_run_folder                  run_config.json (options + plan), split, run_info.json
+      trainer.train                     one step: collators.py -> trainer.py compute_loss -> loss.py
+      finish_run                        adapter, eval_results.json, loss curve, model card
+"""
 
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,42 +20,174 @@ import torch
 from transformers import set_seed
 from transformers.trainer_callback import ProgressCallback
 
-from .. import run_folder as rf
-from .loss import install_hidden_states_head, make_loss_func
-from .collators import PackedCollator, PaddedCollator, pop_token_counts
-from .config import TrainingConfig, parse_training_config, set_checkpointing
-from ..cli import fail
+from ..cli import check_writable_folder, fail
 from ..data.records import DataSplit, load_records, split_records
 from ..data.tokenization import TokenizationReport, tokenize_records
-from ..files import atomic_write_json, atomic_write_jsonl
-from .kernels import apply_liger_kernels
-from .memory import checkpointing_needed
-from ..modeling import add_lora, load_base_model, load_tokenizer, resolve_compute_dtype, resolve_model_path, default_device_map
-from .packed_attention import PACKED_SDPA, PACKED_VARLEN, PER_EXAMPLE_ATTENTIONS, register_packed_attention, varlen_supported
+from ..files import staging_folder
+from ..modeling import load_base_model, load_model_config, load_tokenizer, resolve_model_path
 from ..plots import plot_loss_curve
-from .trainer import InstructionTrainer, JsonlLogCallback, LossProgressCallback
+from ..run_folder import (
+    CHECKPOINT_PREFIX, MODEL_CARD, STAGING_PREFIX, TRAINER_STATE, RunFolder, check_output_dir,
+    git_commit, library_versions, machine_info,
+)
+from .collators import PackedCollator, PaddedCollator, token_counts
+from .config import TrainingConfig, parse_training_config
+from .kernels import apply_liger_kernels
+from .model_card import model_card
+from .packed_attention import register_packed_attention
+from .plan import TrainingPlan, checkpointing_kwargs, confirm_packing, make_plan, training_arguments
+from .trainer import InstructionTrainer, LossProgressCallback, TrainLogCallback
+
+# Options a resumed run may change: how long it trains and how it logs, evaluates and saves. Any other
+# option differing from the run's own would make the checkpoint meaningless (or fail to load).
+RESUMABLE_CHANGES = {
+    "output_dir", "resume_from_checkpoint", "overwrite_output_dir", "config", "max_steps", "num_train_epochs",
+    "logging_steps", "logging_first_step", "logging_strategy", "eval_steps", "eval_strategy", "save_steps",
+    "save_strategy", "save_total_limit", "per_device_eval_batch_size", "report_to", "run_name", "logging_dir",
+    "dataloader_num_workers", "disable_tqdm", "use_cpu", "ddp_backend",
+}
 
 
-def resolve_resume(resume: str | None, output_dir: str) -> str | None:
+# ---------------------------------------------------------------------------------------------
+# Checks before anything is written
+# ---------------------------------------------------------------------------------------------
+def resolve_resume(config: TrainingConfig) -> Path | None:
     """--resume_from_checkpoint: a checkpoint folder, or true for the newest one in the run folder."""
-    if resume is None or resume.lower() in ("", "false", "no"):
+    resume = config.train.resume_from_checkpoint
+    if resume is None or str(resume).lower() in ("", "false", "no"):
         return None
-    if resume.lower() in ("true", "yes", "1", "last"):
-        checkpoint = rf.last_checkpoint(output_dir)
-        if checkpoint is None:
-            fail(f"--resume_from_checkpoint true: no checkpoint-* folder in {output_dir}")
-        return checkpoint
-    if not (Path(resume) / "trainer_state.json").is_file():
-        fail(f"--resume_from_checkpoint {resume}: not a checkpoint folder (no trainer_state.json)")
-    return resume
+    folder = RunFolder(Path(config.train.output_dir))
+    if str(resume).lower() in ("true", "yes", "1", "last"):
+        checkpoint = folder.last_checkpoint() if folder.path.is_dir() else None
+        if checkpoint is None and folder.finished_step() is None:
+            fail(f"--resume_from_checkpoint true: no {CHECKPOINT_PREFIX}* folder in {folder.path}")
+        return checkpoint or folder.path
+    if not (Path(resume) / TRAINER_STATE).is_file():
+        fail(f"--resume_from_checkpoint {resume}: not a checkpoint folder (no {TRAINER_STATE})")
+    return Path(resume)
+
+
+def comparable(value):
+    return json.loads(json.dumps(value, default=str))
+
+
+def check_resume_options(config: TrainingConfig, folder: RunFolder) -> None:
+    """A resumed run must be the same run: the first option that differs from the run's own is named."""
+    saved, current = folder.config(), config.to_dict()
+    for section in ("model", "data", "lora", "train"):
+        for name, value in current[section].items():
+            if name in RESUMABLE_CHANGES or name not in saved.get(section, {}):
+                continue
+            if comparable(saved[section][name]) != comparable(value):
+                fail(f"--resume_from_checkpoint: --{name} is {comparable(value)!r} here but {comparable(saved[section][name])!r} "
+                     f"in {folder.file('run_config.json')}; resume with the run's own options (nothing was changed)")
+
+
+def finished_and_unchanged(config: TrainingConfig, folder: RunFolder) -> int | None:
+    """The step a finished run ended at, when resuming asks for no more steps than it trained; else None."""
+    step = folder.finished_step()
+    if step is None:
+        return None
+    saved_train = folder.config().get("train", {})
+    if config.train.max_steps > 0:
+        return step if config.train.max_steps <= step else None
+    same_epochs = saved_train.get("max_steps", -1) <= 0 and saved_train.get("num_train_epochs") == config.train.num_train_epochs
+    return step if same_epochs else None
+
+
+# ---------------------------------------------------------------------------------------------
+# Data
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class PreparedData:
+    split: DataSplit
+    tokenizer: object
+    train_examples: list[dict]
+    val_examples: list[dict]
+    reports: dict[str, TokenizationReport]
+
+
+def load_split(config: TrainingConfig) -> DataSplit:
+    """Load, validate and split the records: the data's mistakes are found before any model file is read."""
+    data = config.data
+    fields = {"instruction": data.instruction_field, "input": data.input_field, "output": data.output_field}
+    split = split_records(load_records(data.data_path, fields), data.val_set_size, data.max_samples, data.split_seed)
+    print(f"data: {len(split.train)} training and {len(split.val)} held-out records; "
+          f"{split.empty_outputs} with an empty output (kept: they teach the model to stop)")
+    return split
+
+
+def tokenize_split(config: TrainingConfig, split: DataSplit) -> PreparedData:
+    data = config.data
+    tokenizer = load_tokenizer(resolve_model_path(config.model.base_model), config.model.trust_remote_code)
+    reports, tokenized = {}, {}
+    for name, records in (("train", split.train), ("held-out", split.val)):
+        tokenized[name], reports[name] = tokenize_records(
+            records, tokenizer, data.prompt_template, data.max_seq_length, data.train_on_inputs
+        )
+        print(reports[name].summary(name))
+    if not tokenized["train"]:
+        fail("no training example is left after tokenization; raise --max_seq_length")
+    return PreparedData(split, tokenizer, tokenized["train"], tokenized["held-out"], reports)
+
+
+# ---------------------------------------------------------------------------------------------
+# The model
+# ---------------------------------------------------------------------------------------------
+def add_lora(model, config: TrainingConfig, plan: TrainingPlan, checkpointing_kwargs: dict):
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False):
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=plan.gradient_checkpointing,
+                                                gradient_checkpointing_kwargs=checkpointing_kwargs)
+    elif plan.gradient_checkpointing:
+        model.enable_input_require_grads()
+    lora = config.lora
+    targets = lora.lora_target_modules
+    targets = targets if targets == "all-linear" else [m.strip() for m in targets.split(",") if m.strip()]
+    lora_config = LoraConfig(r=lora.lora_r, lora_alpha=lora.lora_alpha, lora_dropout=lora.lora_dropout,
+                             target_modules=targets, bias="none", task_type="CAUSAL_LM")
+    try:
+        return get_peft_model(model, lora_config)
+    except ValueError as error:
+        fail(f"--lora_target_modules {lora.lora_target_modules}: {str(error).strip().splitlines()[0]}")
+
+
+def build_model(config: TrainingConfig, plan: TrainingPlan):
+    """The quantized base with the plan's attention, LoRA on top, and the plan's kernels."""
+    set_seed(config.train.seed)  # the LoRA initialisation is random: same seed, same starting adapter
+    loaded_attention = "sdpa" if plan.attention in ("packed_sdpa", "packed_varlen") else plan.attention
+    model = load_base_model(
+        resolve_model_path(config.model.base_model), config.model.quantization, torch_dtype(plan.compute_dtype),
+        config.model.double_quant, config.model.bnb_4bit_quant_storage, loaded_attention, config.model.trust_remote_code,
+        device_map=device_map(plan),
+    )
+    model.config.use_cache = False  # a KV cache hides packing from the attention mask (field notes)
+    if loaded_attention != plan.attention:
+        model.set_attn_implementation(register_packed_attention(plan.attention))
+    model = add_lora(model, config, plan, checkpointing_kwargs(config.train))
+    apply_liger_kernels(model, plan.fused_kernels, config.train.liger_kernel_config)
+    return model
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[name]
+
+
+def device_map(plan: TrainingPlan):
+    """Each process's model on its own GPU (DDP); None on the CPU and under FSDP/DeepSpeed (they place shards)."""
+    if plan.device != "cuda" or plan.engine in ("fsdp", "deepspeed"):
+        return None
+    import os
+
+    return {"": int(os.environ.get("LOCAL_RANK", 0))}
 
 
 @torch.no_grad()
-def attention_honours_packing(model, token_ids: list[int]) -> bool:
+def attention_keeps_examples_apart(model, token_ids: list[int]) -> bool:
     """Check on the real model that two examples packed in one row do not attend to each other.
 
-    Models whose attention ignores restarting position ids would silently mix examples (trl#1230).
-    """
+    Models whose attention ignores restarting position ids would silently mix examples (trl#1230)."""
     first, second = token_ids[:7], token_ids[7:16]
     was_training = model.training
     model.eval()
@@ -61,20 +201,10 @@ def attention_honours_packing(model, token_ids: list[int]) -> bool:
     return float((packed - alone).abs().max()) <= 1e-2 * scale
 
 
-def build_collator(config: TrainingConfig, tokenizer, model, sample_ids: list[int]):
-    if config.data.packing:
-        if attention_honours_packing(model, sample_ids):
-            attention = model.config._attn_implementation
-            row_length = None if attention in PER_EXAMPLE_ATTENTIONS else config.data.max_seq_length
-            return PackedCollator(pad_token_id=tokenizer.pad_token_id, max_row_length=row_length,
-                                  sequence_boundaries=attention == PACKED_VARLEN)
-        print(
-            f"warning: attention '{config.model.attn_implementation}' of this model lets packed examples attend to each other; "
-            "falling back to padded batches grouped by length"
-        )
-        config.data.packing = False
-    if config.train.train_sampling_strategy == "random":
-        config.train.train_sampling_strategy = "group_by_length"
+def make_collator(plan: TrainingPlan, tokenizer):
+    if plan.packing:
+        return PackedCollator(pad_token_id=tokenizer.pad_token_id, max_row_length=plan.row_length,
+                              sequence_boundaries=plan.attention == "packed_varlen")
     return PaddedCollator(pad_token_id=tokenizer.pad_token_id)
 
 
@@ -82,14 +212,63 @@ def padding_share(collator, examples: list[dict], batch_size: int) -> float:
     """Share of padding tokens over the training set batched in file order (a fixed yardstick)."""
     total = real = 0
     for start in range(0, len(examples), batch_size):
-        batch_total, batch_real, _ = pop_token_counts(collator(examples[start : start + batch_size]))
+        batch_total, batch_real, _ = token_counts(collator(examples[start : start + batch_size])["labels"])
         total += batch_total
         real += batch_real
     return (total - real) / total if total else 0.0
 
 
+# ---------------------------------------------------------------------------------------------
+# The run folder
+# ---------------------------------------------------------------------------------------------
+def start_run_folder(config: TrainingConfig, plan: TrainingPlan, data: PreparedData, share: float, args) -> RunFolder:
+    """A fresh run: the options as given with the plan as resolved, the split, and what the run starts from."""
+    folder = RunFolder(Path(args.output_dir))
+    if args.process_index != 0:
+        return folder
+    if config.run.overwrite_output_dir and folder.path.is_dir() and folder.is_run_folder():
+        folder.clear()
+    folder.path.mkdir(parents=True, exist_ok=True)
+    folder.write_config({**config.to_dict(), "plan": plan.to_dict()})
+    folder.write_split(data.split.val, [record["id"] for record in data.split.train])  # val.jsonl only when there is one
+    folder.write_info({
+        "versions": library_versions(),
+        "machine": machine_info(),
+        "git_commit": git_commit(),
+        "data": {
+            "train_records": len(data.split.train),
+            "val_records": len(data.split.val),
+            "train_examples": len(data.train_examples),
+            "val_examples": len(data.val_examples),
+            "empty_outputs": data.split.empty_outputs,
+            "tokenization": {name: vars(report) for name, report in data.reports.items()},
+            "padding_share": share,
+        },
+        "plan": plan.to_dict(),
+    })
+    return folder
+
+
+def check_resumed_split(folder: RunFolder, data: PreparedData) -> None:
+    saved_ids = folder.train_ids()
+    if saved_ids is not None and saved_ids != [record["id"] for record in data.split.train]:
+        fail(f"--resume_from_checkpoint: the data options select other training records than "
+             f"{folder.file('train_ids.json')} records; resume with the run's own options")
+
+
+def build_trainer(args, plan: TrainingPlan, data: PreparedData, model, collator, folder: RunFolder) -> InstructionTrainer:
+    trainer = InstructionTrainer(
+        model=model, args=args, plan=plan, train_dataset=data.train_examples,
+        eval_dataset=data.val_examples if plan.evaluation else None, eval_examples=data.val_examples,
+        data_collator=collator, processing_class=data.tokenizer, callbacks=[TrainLogCallback(folder)],
+    )
+    trainer.remove_callback(ProgressCallback)
+    trainer.add_callback(LossProgressCallback())
+    return trainer
+
+
 def adapter_checksums(model, world_size: int) -> list[float]:
-    """Sum of every trainable weight, per process: equal values mean the DDP ranks agree."""
+    """Sum of every trainable weight, per process: equal values mean the processes agree."""
     checksum = sum(float(p.detach().double().sum()) for p in model.parameters() if p.requires_grad)
     if world_size <= 1:
         return [checksum]
@@ -98,198 +277,81 @@ def adapter_checksums(model, world_size: int) -> list[float]:
     return gathered
 
 
-def write_run_start(config: TrainingConfig, split: DataSplit, reports: dict, output_dir: Path, padding: dict) -> None:
-    atomic_write_json(output_dir / rf.RUN_CONFIG, config.to_dict())
-    atomic_write_jsonl(output_dir / rf.VAL_RECORDS, split.val)
-    atomic_write_json(output_dir / rf.TRAIN_IDS, [record["id"] for record in split.train])
-    atomic_write_json(
-        output_dir / rf.RUN_INFO,
-        {
-            "versions": rf.library_versions(),
-            "machine": rf.machine_info(),
-            "git_commit": rf.git_commit(),
-            "data": {
-                "train_records": len(split.train),
-                "val_records": len(split.val),
-                "empty_outputs": split.empty_outputs,
-                "tokenization": {name: vars(report) for name, report in reports.items()},
-                **padding,
-            },
-        },
-    )
-
-
-def check_resumed_split(output_dir: Path, split) -> None:
-    saved = output_dir / rf.TRAIN_IDS
-    if saved.exists() and json.loads(saved.read_text()) != [record["id"] for record in split.train]:
-        fail(f"--resume_from_checkpoint: the data options select other training records than {saved} records; resume with the run's own options")
-
-
-@dataclass
-class PreparedData:
-    split: DataSplit
-    tokenizer: object
-    train_examples: list[dict]
-    val_examples: list[dict]
-    reports: dict[str, TokenizationReport]
-
-
-def prepare_data(config: TrainingConfig) -> PreparedData:
-    """Load, validate, split and tokenize: everything a user can get wrong, before any folder is touched."""
-    records = load_records(config.data.data_path)
-    split = split_records(records, config.data.val_set_size, config.data.max_samples, config.data.split_seed)
-    print(f"data: {len(split.train)} training and {len(split.val)} held-out records; "
-          f"{split.empty_outputs} with an empty output (kept: they teach the model to stop)")
-    tokenizer = load_tokenizer(resolve_model_path(config.model.base_model), config.model.trust_remote_code)
-    reports, tokenized = {}, {}
-    for name, records in (("train", split.train), ("held-out", split.val)):
-        tokenized[name], reports[name] = tokenize_records(
-            records, tokenizer, config.data.prompt_template, config.data.max_seq_length, config.data.train_on_inputs
-        )
-        print(reports[name].summary(name))
-    if not tokenized["train"]:
-        fail("no training example is left after tokenization; raise --max_seq_length")
-    return PreparedData(split, tokenizer, tokenized["train"], tokenized["held-out"], reports)
-
-
-def packed_attention(config: TrainingConfig) -> str | None:
-    """The per-example attention (packed_attention.py) packed rows get, or None for the model's own sdpa:
-    packed_varlen where asked for and supported (CUDA, torch >= 2.10); on the CPU packed_sdpa."""
-    requested = config.model.attn_implementation
-    if not config.data.packing or requested not in ("sdpa", PACKED_VARLEN):
-        return None
-    if requested == PACKED_VARLEN and varlen_supported():
-        return PACKED_VARLEN
-    fallback = None if torch.cuda.is_available() else PACKED_SDPA
-    if requested == PACKED_VARLEN:
-        print(f"warning: --attn_implementation packed_varlen needs CUDA and torch >= 2.10; using {fallback or 'sdpa'}")
-    return fallback
-
-
-def resolve_checkpointing(config: TrainingConfig) -> None:
-    """Unless the user chose, turn gradient checkpointing on where memory asks for it (memory.py)."""
-    if config.checkpointing_explicit:
-        return
-    from transformers import AutoConfig
-
-    model_config = AutoConfig.from_pretrained(resolve_model_path(config.model.base_model), trust_remote_code=config.model.trust_remote_code)
-    tokens = config.train.per_device_train_batch_size * config.data.max_seq_length
-    bytes_per_value = resolve_compute_dtype(config.model.compute_dtype).itemsize
-    enabled = checkpointing_needed(model_config, tokens, bytes_per_value)
-    set_checkpointing(config.train, enabled)
-    print(f"gradient checkpointing {'on' if enabled else 'off: activations fit easily in memory'} (set --gradient_checkpointing to choose)")
-
-
-def build_model(config: TrainingConfig, data: PreparedData):
-    """The quantized base with LoRA, and the collator its attention supports."""
-    args = config.train
-    resolve_checkpointing(config)
-    set_seed(args.seed)  # the LoRA initialisation is random: same seed, same starting adapter
-    model = load_base_model(
-        resolve_model_path(config.model.base_model), config.model.quantization, resolve_compute_dtype(config.model.compute_dtype),
-        config.model.double_quant, config.model.bnb_4bit_quant_storage,
-        "sdpa" if config.model.attn_implementation in PER_EXAMPLE_ATTENTIONS else config.model.attn_implementation,
-        config.model.trust_remote_code, device_map=None if args.fsdp else default_device_map(),  # FSDP places shards itself
-    )
-    model.config.use_cache = False  # a KV cache hides packing from the attention mask (field notes)
-    attention = packed_attention(config)
-    if attention:
-        model.set_attn_implementation(register_packed_attention(attention))
-    collator = build_collator(config, data.tokenizer, model, data.train_examples[0]["input_ids"] * 16)
-    checkpointing_kwargs = getattr(args, "activation_checkpointing_kwargs", None) or args.gradient_checkpointing_kwargs
-    model = add_lora(
-        model, config.lora.lora_r, config.lora.lora_alpha, config.lora.lora_dropout, config.lora.lora_target_modules,
-        args.gradient_checkpointing, checkpointing_kwargs,
-    )
-    config.fused_kernels = apply_liger_kernels(model, args)
-    return model, collator
-
-
-def build_trainer(config: TrainingConfig, data: PreparedData, model, collator) -> InstructionTrainer:
-    args = config.train
-    if not data.val_examples:
-        args.eval_strategy = "no"
-    head = install_hidden_states_head(model)  # loss on trained positions only (chunked_loss.py)
-    trainer = InstructionTrainer(
-        model=model, args=args, train_dataset=data.train_examples, eval_dataset=data.val_examples or None,
-        eval_examples=data.val_examples, data_collator=collator, processing_class=data.tokenizer,
-        callbacks=[JsonlLogCallback(Path(args.output_dir) / rf.TRAIN_LOG)],
-        compute_loss_func=make_loss_func(head) if head else None, hidden_states_head=head,
-    )
-    trainer.remove_callback(ProgressCallback)
-    trainer.add_callback(LossProgressCallback())
-    return trainer
-
-
-def model_attention(model) -> str:
-    attention = model.config._attn_implementation
-    return f"{attention} (per example)" if attention in PER_EXAMPLE_ATTENTIONS else attention
-
-
-def start_run_folder(config: TrainingConfig, data: PreparedData, model, collator, resuming: bool) -> None:
-    """Create (or, resuming, check) the run folder and write what is known before training."""
-    output_dir = Path(config.train.output_dir)
-    share = padding_share(collator, data.train_examples, config.train.per_device_train_batch_size)
-    print(f"padding share of the training batches: {share:.1%} (packing {'on' if config.data.packing else 'off'})")
-    if config.train.process_index != 0:
-        return
-    if config.run.overwrite_output_dir and not resuming:
-        rf.clear_output_dir(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    if resuming:
-        check_resumed_split(output_dir, data.split)
-    padding = {"packing": config.data.packing, "padding_share": share, "attention": model_attention(model),
-               "fused_kernels": config.fused_kernels}
-    write_run_start(config, data.split, data.reports, output_dir, padding)
-
-
-def train(config: TrainingConfig) -> dict:
-    args = config.train
-    resume = resolve_resume(args.resume_from_checkpoint, args.output_dir)
-    rf.check_output_dir(args.output_dir, config.run.overwrite_output_dir, resume is not None)
-    data = prepare_data(config)
-    model, collator = build_model(config, data)
-    start_run_folder(config, data, model, collator, resuming=resume is not None)
-    trainer = build_trainer(config, data, model, collator)
-
-    results = {}
-    if data.val_examples and resume is None:
-        results["before_training"] = trainer.heldout_loss()
-    trainer.train(resume_from_checkpoint=resume)
-    if data.val_examples:
-        results["after_training"] = trainer.heldout_loss()
-    checksums = adapter_checksums(trainer.model, args.world_size)
-    if trainer.is_world_process_zero():
-        finish_run(trainer, data.tokenizer, Path(args.output_dir), results, checksums)
-    return results
-
-
-def save_adapter(model, tokenizer, output_dir: Path) -> None:
-    """Adapter and tokenizer into the run folder; each file appears whole (written aside, then renamed)."""
-    staging = Path(tempfile.mkdtemp(dir=output_dir, prefix=".adapter-"))
-    try:
+def save_adapter(model, tokenizer, config: TrainingConfig, results: dict, folder: RunFolder) -> list[str]:
+    """Adapter, tokenizer and model card into the run folder, each file whole (written aside, then renamed)."""
+    with staging_folder(folder.path, STAGING_PREFIX) as staging:
         model.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
-        for path in staging.iterdir():
-            path.replace(output_dir / path.name)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        (staging / MODEL_CARD).write_text(model_card(config, folder, results), encoding="utf-8")
+        names = sorted(path.name for path in staging.iterdir())
+        for name in names:
+            (staging / name).replace(folder.file(name))
+    return names
 
 
-def finish_run(trainer, tokenizer, output_dir: Path, results: dict, checksums: list[float]) -> None:
-    saved = output_dir / "eval_results.json"
-    if "before_training" not in results and saved.exists():  # a resumed run keeps the first measurement
-        previous = json.loads(saved.read_text())
-        if "before_training" in previous:
-            results = {"before_training": previous["before_training"], **results}
-    results["adapter_checksum_per_process"] = checksums
-    save_adapter(trainer.model, tokenizer, output_dir)
-    atomic_write_json(saved, results)
-    plot_loss_curve(rf.read_log(output_dir / rf.TRAIN_LOG), output_dir / rf.LOSS_CURVE, title=f"{output_dir.name}: loss")
+def finish_run(trainer, data: PreparedData, config: TrainingConfig, folder: RunFolder, results: dict) -> None:
+    files = save_adapter(trainer.model, data.tokenizer, config, results, folder)
+    info = folder.info()
+    folder.write_info({**info, "files": sorted(set(info.get("files", [])) | set(files))})
+    folder.write_eval_results(results)
+    plot_loss_curve(folder.log(), folder.file("loss_curve.png"), title=f"{folder.path.name}: loss",
+                    before_training=results.get("before_training", {}).get("eval_loss"))
     if "after_training" in results:
         before = results.get("before_training", {}).get("eval_loss", float("nan"))
         print(f"held-out loss: {before:.4f} before training, {results['after_training']['eval_loss']:.4f} after")
-    print(f"run folder: {output_dir}")
+    print(f"run folder: {folder.path}")
+
+
+# ---------------------------------------------------------------------------------------------
+# The job
+# ---------------------------------------------------------------------------------------------
+def train(config: TrainingConfig) -> dict:
+    folder = RunFolder(Path(config.train.output_dir))
+    resume = resolve_resume(config)
+    check_output_dir(config.train.output_dir, config.run.overwrite_output_dir, resume is not None)
+    check_writable_folder(folder.path, "--output_dir")
+    if resume is not None:
+        check_resume_options(config, folder)
+        step = finished_and_unchanged(config, folder)
+        if step is not None:
+            print(f"{folder.path} finished at step {step}; nothing to do (raise --max_steps to train on)")
+            return folder.eval_results()
+        if resume == folder.path:
+            fail(f"--resume_from_checkpoint true: {folder.path} finished without a checkpoint to continue from; "
+                 "train into another --output_dir")
+    split = load_split(config)
+    model_config = load_model_config(config.model.base_model, config.model.trust_remote_code)
+    data = tokenize_split(config, split)
+    plan = make_plan(config, model_config, bool(data.val_examples))
+    model = build_model(config, plan)
+    if plan.packing:
+        plan = confirm_packing(plan, attention_keeps_examples_apart(model, data.train_examples[0]["input_ids"] * 16), config)
+    print(plan.describe())
+    args = training_arguments(config, plan)
+    collator = make_collator(plan, data.tokenizer)
+    share = padding_share(collator, data.train_examples, args.per_device_train_batch_size)
+    print(f"padding share of the training batches: {share:.1%} (packing {'on' if plan.packing else 'off'})")
+    if resume is None:
+        folder = start_run_folder(config, plan, data, share, args)
+    else:
+        check_resumed_split(folder, data)
+    trainer = build_trainer(args, plan, data, model, collator, folder)
+
+    results = {key: value for key, value in folder.eval_results().items() if key == "before_training"} if resume else {}
+    if plan.evaluation and "before_training" not in results:
+        results["before_training"] = trainer.heldout_loss()
+        if trainer.is_world_process_zero():
+            folder.write_eval_results(results)  # kept from the start: a resumed run still knows where it began
+    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    if plan.evaluation:
+        results["after_training"] = trainer.heldout_loss()
+    else:
+        results["heldout"] = "none: no held-out records (--val_set_size 0)" if not data.split.val else "off (--eval_strategy no)"
+    results["finished_at_step"] = trainer.state.global_step
+    results["adapter_checksum_per_process"] = adapter_checksums(trainer.model, args.world_size)
+    if trainer.is_world_process_zero():
+        finish_run(trainer, data, config, folder, results)
+    return results
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,27 +1,30 @@
 """The HF Trainer, extended with what instruction tuning needs to be measured honestly.
 
-- Token accounting: real, trained and padding tokens per logging interval (tokens/s, padding share).
-- Held-out loss weighted by token (the mean negative log-likelihood of every response token),
-  not the mean of per-batch means that Trainer.evaluate reports.
-- A per-step JSONL log that survives resuming, and a progress bar showing loss and tokens/s.
+- The loss (`compute_loss`): the chunked cross-entropy on labelled positions (training/loss.py) from the
+  decoder's final hidden states and the model's untouched output layer, or the model's own loss.
+- Token accounting: real, trained and padding tokens per logging interval (tokens/s, padding share),
+  derived from the labels.
+- Held-out loss weighted by token (the mean negative log-likelihood of every response token), not the mean
+  of per-batch means that Trainer.evaluate reports; each process takes its share and the sums are added.
+- The log written to the run folder is the Trainer's own history (`state.log_history`), so a resumed run's
+  log is the checkpoint's, continued.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_callback import ProgressCallback
 
 from ..data.tokenization import IGNORE_INDEX
-from .loss import trained_token_loss_sum
-from .collators import pop_token_counts
+from ..run_folder import RunFolder
+from .collators import token_counts
+from .loss import labelled_loss_sum, no_positions
+from .plan import TrainingPlan
 
 
 @dataclass
@@ -52,18 +55,87 @@ class TokenStats:
 
 
 class InstructionTrainer(Trainer):
-    def __init__(self, *args, eval_examples=None, hidden_states_head=None, **kwargs):
+    def __init__(self, *args, plan: TrainingPlan, eval_examples=None, **kwargs):
         super().__init__(*args, **kwargs)
-        self.hidden_states_head = hidden_states_head  # set when the loss runs on trained positions only
+        self.plan = plan
         self.token_stats = TokenStats()
         self.eval_examples = eval_examples or []
 
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        total, real, trained = pop_token_counts(inputs)
-        if model.training:
-            self.token_stats.add(total, real, trained)
-        return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+    # -- the loss --------------------------------------------------------------------------------
+    @property
+    def loss_is_scaled_for_ga(self) -> bool | None:
+        """The chunked loss is normalised by the accumulated batch's labelled tokens (num_items_in_batch)."""
+        return True if self.plan.loss == "chunked" else None
 
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if model.training:
+            self.token_stats.add(*token_counts(inputs["labels"]))
+        if self.plan.loss == "full_logits":
+            return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+        total, count, outputs = self.labelled_loss(model, inputs)
+        loss = total / (num_items_in_batch if num_items_in_batch is not None else max(count, 1))
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            loss = loss * self.accelerator.num_processes  # num_items_in_batch counts every process's tokens
+        return (loss, outputs) if return_outputs else loss
+
+    def labelled_loss(self, model, inputs: dict):
+        """(summed NLL over the labelled positions, their number, the model's outputs): the chunked loss.
+
+        The model's own forward runs (through every wrapper: PEFT, DDP) with no logits kept; the output
+        layer is then applied to the labelled positions only (training/loss.py)."""
+        features = {name: value for name, value in inputs.items() if name != "labels"}
+        outputs = model(**features, output_hidden_states=True, logits_to_keep=no_positions(inputs["labels"].device),
+                        use_cache=False)
+        output_layer = self.accelerator.unwrap_model(model).get_output_embeddings()
+        total, count = labelled_loss_sum(outputs.hidden_states[-1], inputs["labels"], output_layer)
+        return total, count, outputs
+
+    def batch_loss_sum(self, model, batch: dict) -> tuple[torch.Tensor, int]:
+        """(summed NLL, labelled tokens) of one batch, through the same loss as training."""
+        if self.plan.loss == "chunked":
+            total, count, _ = self.labelled_loss(model, batch)
+            return total.detach(), count
+        count = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+        return model(**batch, use_cache=False).loss.detach() * count, count
+
+    # -- held-out evaluation ---------------------------------------------------------------------
+    def eval_batches(self) -> list[list[dict]]:
+        """This process's share of the held-out examples, in batches; every process gets as many batches
+        (sharded engines gather parameters in every forward, so all processes must run the same number)."""
+        world, rank = self.args.world_size, self.args.process_index
+        size = self.args.per_device_eval_batch_size
+        share = self.eval_examples[rank::world]
+        count = math.ceil(math.ceil(len(self.eval_examples) / world) / size)
+        filler = {**self.eval_examples[0], "labels": [IGNORE_INDEX] * len(self.eval_examples[0]["labels"])}
+        return [share[i * size : (i + 1) * size] or [filler] for i in range(count)]  # a filler adds no token
+
+    @torch.no_grad()
+    def heldout_loss(self) -> dict[str, float]:
+        """Mean NLL per response token over the whole held-out set."""
+        model = self.model_wrapped if self.model_wrapped is not None else self.model
+        was_training = model.training
+        model.eval()
+        sums = torch.zeros(2, dtype=torch.float64, device=self.args.device)
+        for examples in self.eval_batches():
+            batch = {k: v.to(self.args.device) for k, v in self.data_collator(examples).items()}
+            with self.compute_loss_context_manager():
+                nll, tokens = self.batch_loss_sum(model, batch)
+            sums += torch.stack([nll.double().to(sums.device), torch.tensor(float(tokens), dtype=torch.float64, device=sums.device)])
+        if self.args.world_size > 1:
+            torch.distributed.all_reduce(sums)
+        model.train(was_training)
+        nll, tokens = float(sums[0]), int(sums[1])
+        mean = nll / max(tokens, 1)
+        return {"eval_loss": mean, "eval_perplexity": math.exp(min(mean, 50.0)), "eval_tokens": tokens}
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval") -> dict[str, float]:
+        metrics = self.heldout_loss()
+        self.log(dict(metrics))
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        self.token_stats.started = time.perf_counter()  # evaluation time is not training time
+        return metrics
+
+    # -- logging ---------------------------------------------------------------------------------
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs:
             logs.update(self.token_stats.flush(self._sum_over_processes))
@@ -76,61 +148,16 @@ class InstructionTrainer(Trainer):
         torch.distributed.all_reduce(tensor)
         return [int(v) for v in tensor.tolist()]
 
-    def batch_loss_sum(self, model, batch: dict) -> tuple[float, int]:
-        """(summed NLL, labelled tokens) of one batch, through the same loss as training."""
-        if self.hidden_states_head is None:
-            trained = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
-            return float(model(**batch, use_cache=False).loss) * trained, trained
-        labels = batch.pop("labels")
-        outputs = model(**batch, use_cache=False)
-        total, count = trained_token_loss_sum(outputs.logits, labels, self.hidden_states_head.head)
-        return float(total), count
 
-    @torch.no_grad()
-    def heldout_loss(self) -> dict[str, float]:
-        """Mean NLL per response token over the whole held-out set (each process computes all of it)."""
-        model = self.model
-        was_training = model.training
-        model.eval()
-        loader = DataLoader(self.eval_examples, batch_size=self.args.per_device_eval_batch_size, collate_fn=self.data_collator)
-        nll, tokens = 0.0, 0
-        for batch in loader:
-            pop_token_counts(batch)
-            batch = {k: v.to(self.args.device) if torch.is_tensor(v) else v for k, v in batch.items()}
-            with self.compute_loss_context_manager():
-                batch_nll, batch_tokens = self.batch_loss_sum(model, batch)
-            nll += batch_nll
-            tokens += batch_tokens
-        model.train(was_training)
-        mean = nll / max(tokens, 1)
-        return {"eval_loss": mean, "eval_perplexity": math.exp(min(mean, 50.0)), "eval_tokens": tokens}
+class TrainLogCallback(TrainerCallback):
+    """train_log.jsonl: the Trainer's log history, rewritten whole (atomically) at every log event."""
 
-    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval") -> dict[str, float]:
-        metrics = self.heldout_loss()
-        self.log(dict(metrics))
-        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
-        self.token_stats.started = time.perf_counter()  # evaluation time is not training time
-        return metrics
-
-
-class JsonlLogCallback(TrainerCallback):
-    """train_log.jsonl: one JSON line per log event; on resume, lines past the checkpoint are dropped."""
-
-    def __init__(self, path: Path):
-        self.path = Path(path)
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        if not state.is_world_process_zero or not self.path.exists():
-            return
-        kept = [line for line in self.path.read_text().splitlines() if line and json.loads(line)["step"] <= state.global_step]
-        self.path.write_text("".join(line + "\n" for line in kept))
+    def __init__(self, folder: RunFolder):
+        self.folder = folder
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if not state.is_world_process_zero or not logs:
-            return
-        row = {"step": state.global_step, **{k: v for k, v in logs.items() if isinstance(v, (int, float, str))}}
-        with self.path.open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps(row) + "\n")
+        if state.is_world_process_zero:
+            self.folder.write_log(state.log_history)
 
 
 class LossProgressCallback(ProgressCallback):
@@ -149,6 +176,3 @@ class LossProgressCallback(ProgressCallback):
         if "eval_loss" in logs:
             self.postfix["eval_loss"] = f"{logs['eval_loss']:.4f}"
         self.training_bar.set_postfix(self.postfix, refresh=True)
-
-
-#END

@@ -1,0 +1,206 @@
+"""Every automatic choice of a training run, made once, up front, logged, and saved in run_config.json.
+
+The options as given (training/config.py) are never rewritten: the plan holds what runs, and why.
+Decided from the options, the hardware, the launcher and the base model's config.json, before any
+weights load. One choice needs the loaded model: whether its attention keeps packed examples apart
+(`confirm_packing`, a one-time check that can only turn packing off).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import os
+from dataclasses import dataclass
+
+import torch
+
+from ..modeling import resolve_compute_dtype
+from ..run_folder import PACKED_SDPA, PACKED_VARLEN, TRAINING_ONLY_ATTENTIONS
+from .config import CHECKPOINTING_FLAG, TrainArguments, TrainingConfig
+from .kernels import liger_plan
+from .memory import checkpointing_needed
+
+DTYPE_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
+# Models whose logits are post-processed after the output layer: the chunked loss would skip that step.
+POSTPROCESSED_LOGITS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
+
+
+@dataclass(frozen=True)
+class TrainingPlan:
+    device: str  # cuda | cpu
+    engine: str  # single | ddp | fsdp | deepspeed
+    world_size: int
+    compute_dtype: str  # bf16 | fp16 | fp32: what the 4-bit layers dequantize to and the LoRA layers compute in
+    mixed_precision: str  # bf16 | fp16 | no: the Trainer's autocast
+    optimizer: str
+    packing: bool
+    row_length: int | None  # tokens per packed row; None: the whole batch in one row (per-example attention)
+    attention: str  # what the model runs: packed_sdpa | packed_varlen | the model's own (sdpa, eager, ...)
+    loss: str  # chunked | full_logits
+    gradient_checkpointing: bool
+    fused_kernels: str  # none | liger: <kernels>
+    evaluation: bool  # held-out loss before and after training (and during it, as --eval_strategy says)
+    sampling: str  # random | group_by_length
+    reasons: tuple[tuple[str, str], ...] = ()  # (choice, why) for every choice not given by the user
+
+    def to_dict(self) -> dict:
+        values = dataclasses.asdict(self)
+        values["reasons"] = dict(self.reasons)
+        return values
+
+    def describe(self) -> str:
+        lines = [f"plan: {self.engine} x{self.world_size} on {self.device}, {self.compute_dtype} compute, "
+                 f"mixed precision {self.mixed_precision}, optimizer {self.optimizer}",
+                 f"      packing {'on' if self.packing else 'off'}"
+                 + (f" ({'one row per batch' if self.row_length is None else f'rows of {self.row_length} tokens'})" if self.packing else "")
+                 + f", attention {self.attention}, loss {self.loss}, gradient checkpointing "
+                 f"{'on' if self.gradient_checkpointing else 'off'}, kernels {self.fused_kernels}, "
+                 f"held-out evaluation {'on' if self.evaluation else 'off'}, sampling {self.sampling}"]
+        lines += [f"      {choice}: {why}" for choice, why in self.reasons]
+        return "\n".join(lines)
+
+
+def launch_engine(train: TrainArguments) -> tuple[str, int]:
+    """How the run was launched: one process, DDP, FSDP or DeepSpeed (torchrun / accelerate launch), and how many processes."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if train.deepspeed or os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":
+        return "deepspeed", world_size
+    if train.fsdp or os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true":
+        return "fsdp", world_size
+    return ("ddp" if world_size > 1 else "single"), world_size
+
+
+def model_class(model_config):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM._model_mapping.get(type(model_config), None)
+
+
+def choose_loss(config: TrainingConfig, model_config, engine: str) -> tuple[str, str | None]:
+    """The chunked loss calls the output layer outside the model's forward, on the labelled positions only."""
+    if config.data.loss == "full_logits":
+        return "full_logits", None
+    text_config = model_config.get_text_config() if hasattr(model_config, "get_text_config") else model_config
+    postprocessed = [name for name in POSTPROCESSED_LOGITS if getattr(text_config, name, None) not in (None, 1, 1.0)]
+    cls = model_class(model_config)
+    if postprocessed:
+        return "full_logits", f"the model post-processes its logits ({postprocessed[0]})"
+    if cls is None or "logits_to_keep" not in inspect.signature(cls.forward).parameters:
+        return "full_logits", "the model's forward has no logits_to_keep (needed to skip its output layer)"
+    if engine in ("fsdp", "deepspeed"):
+        return "full_logits", f"{engine} shards the output layer, which only the model's own forward may call"
+    return "chunked", None
+
+
+def choose_attention(config: TrainingConfig, device: str) -> tuple[str, str | None]:
+    requested = config.model.attn_implementation
+    if not config.data.packing or requested not in ("sdpa", PACKED_VARLEN):
+        if requested == PACKED_VARLEN:
+            return "sdpa", "packed_varlen runs packed rows only, and packing is off"
+        return requested, None
+    if requested == PACKED_VARLEN:
+        from .packed_attention import varlen_supported
+
+        if varlen_supported():
+            return PACKED_VARLEN, None
+        fallback = PACKED_SDPA if device == "cpu" else "sdpa"
+        return fallback, f"packed_varlen needs CUDA (sm80+) and torch >= 2.10; using {fallback}"
+    if device == "cpu":
+        return PACKED_SDPA, "on the CPU, packed rows run sdpa per example (no mask, no padding)"
+    return "sdpa", None
+
+
+def choose_checkpointing(config: TrainingConfig, model_config, device: str) -> tuple[bool, str | None]:
+    if config.chose_checkpointing():
+        return bool(getattr(config.train, CHECKPOINTING_FLAG) or config.train.gradient_checkpointing), None
+    if device == "cuda":
+        return True, "on GPUs memory limits QLoRA"
+    tokens = config.train.per_device_train_batch_size * config.data.max_seq_length
+    bytes_per_value = resolve_compute_dtype(config.model.compute_dtype).itemsize
+    needed = checkpointing_needed(model_config, tokens, bytes_per_value)
+    return needed, ("a batch's activations would need over a quarter of the free RAM" if needed
+                    else "activations fit easily in memory (it would cost ~25% more compute)")
+
+
+def make_plan(config: TrainingConfig, model_config, has_heldout: bool) -> TrainingPlan:
+    train = config.train
+    reasons: list[tuple[str, str]] = []
+
+    def note(choice: str, why: str | None) -> None:
+        if why:
+            reasons.append((choice, why))
+
+    engine, world_size = launch_engine(train)
+    device = "cuda" if torch.cuda.is_available() and not train.use_cpu else "cpu"
+    compute = resolve_compute_dtype(config.model.compute_dtype)
+    if config.model.compute_dtype == "auto":
+        note("compute dtype", f"auto: {DTYPE_NAMES[compute]} on this {device}")
+    if {"bf16", "fp16"} & config.given or device == "cpu":
+        mixed = "bf16" if train.bf16 else "fp16" if train.fp16 else "no"
+    else:
+        mixed = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        note("mixed precision", f"{mixed}: what this GPU supports")
+    optimizer = str(getattr(train.optim, "value", train.optim))
+    if "optim" not in config.given:
+        optimizer = "paged_adamw_8bit" if device == "cuda" else "adamw_torch"
+        note("optimizer", "paged 8-bit AdamW on CUDA (QLoRA's), AdamW on the CPU")
+    attention, why = choose_attention(config, device)
+    note("attention", why)
+    loss, why = choose_loss(config, model_config, engine)
+    note("loss", why)
+    checkpointing, why = choose_checkpointing(config, model_config, device)
+    note("gradient checkpointing", why)
+    kernels, why = liger_plan(train.use_liger_kernel, model_config)
+    note("fused kernels", why)
+    evaluation = has_heldout  # before and after training; during training as --eval_strategy says
+    if has_heldout != (config.data.val_set_size > 0):
+        note("held-out evaluation", "no held-out example is left after tokenization")
+    packing = config.data.packing
+    sampling = str(getattr(train.train_sampling_strategy, "value", train.train_sampling_strategy))
+    if not packing and "train_sampling_strategy" not in config.given:
+        sampling = "group_by_length"
+        note("sampling", "padded batches are grouped by length (less padding)")
+    return TrainingPlan(
+        device=device, engine=engine, world_size=world_size, compute_dtype=DTYPE_NAMES[compute], mixed_precision=mixed,
+        optimizer=optimizer, packing=packing,
+        row_length=None if attention in TRAINING_ONLY_ATTENTIONS else config.data.max_seq_length,
+        attention=attention, loss=loss, gradient_checkpointing=checkpointing, fused_kernels=kernels,
+        evaluation=evaluation, sampling=sampling, reasons=tuple(reasons),
+    )
+
+
+def confirm_packing(plan: TrainingPlan, attention_keeps_examples_apart: bool, config: TrainingConfig) -> TrainingPlan:
+    """The one choice made on the loaded model: without attention that keeps packed examples apart, pad instead."""
+    if not plan.packing or attention_keeps_examples_apart:
+        return plan
+    sampling = plan.sampling if "train_sampling_strategy" in config.given else "group_by_length"
+    why = (f"attention '{plan.attention}' of this model lets packed examples attend to each other; "
+           "padded batches grouped by length instead")
+    return dataclasses.replace(plan, packing=False, row_length=None, sampling=sampling,
+                               reasons=plan.reasons + (("packing", why),))
+
+
+def checkpointing_kwargs(train: TrainArguments) -> dict:
+    """Non-reentrant checkpointing unless the user chose: what peft and torch recommend."""
+    return getattr(train, f"{CHECKPOINTING_FLAG}_kwargs") or {"use_reentrant": False}
+
+
+def training_arguments(config: TrainingConfig, plan: TrainingPlan) -> TrainArguments:
+    """The Trainer's arguments: the options as given, with the plan's choices filled in (a new object)."""
+    train = config.train
+    kwargs_name = f"{CHECKPOINTING_FLAG}_kwargs"
+    changes = {
+        CHECKPOINTING_FLAG: plan.gradient_checkpointing,
+        kwargs_name: checkpointing_kwargs(train),
+        "eval_strategy": train.eval_strategy if plan.evaluation else "no",
+        "train_sampling_strategy": plan.sampling,
+        "optim": plan.optimizer,
+        "bf16": plan.mixed_precision == "bf16",
+        "fp16": plan.mixed_precision == "fp16",
+        "use_liger_kernel": False,  # applied to the model by kernels.py, so the Trainer never sees it
+        "dataloader_pin_memory": plan.device == "cuda" and train.dataloader_pin_memory,
+    }
+    if CHECKPOINTING_FLAG != "gradient_checkpointing":
+        changes["gradient_checkpointing"] = plan.gradient_checkpointing
+    return dataclasses.replace(train, **changes)
