@@ -12,21 +12,19 @@ from __future__ import annotations
 
 import sys
 
-from transformers import HfArgumentParser
-
-from alpaca_qlora.cli import run_cli
+from alpaca_qlora.cli import ArgumentParser, parse_dataclasses, run_cli
 from alpaca_qlora.scoring.inputs import InputConfig, attach_ratings, load_groups, pair_inputs, prefix_labels
 from alpaca_qlora.scoring.metrics import MetricConfig, check_config, compare, load_scorers, pooled_ratings, score_groups
-from alpaca_qlora.scoring.report import OutputConfig, Report, build_report, check_output_dir, write_report
+from alpaca_qlora.scoring.report import OutputConfig, Report, build_report, check_report_dir, write_report
 
 
 def parse_args(argv: list[str] | None = None):
-    parser = HfArgumentParser((InputConfig, MetricConfig, OutputConfig), description=__doc__.split("\n\n")[0],
+    parser = ArgumentParser((InputConfig, MetricConfig, OutputConfig), description=__doc__.split("\n\n")[0],
                               epilog="Inputs: JSONL from inference.py, or JSON/JSONL/CSV with the fields named above. "
                                      "With two or more inputs, each later one is compared with the first.")
     parser.add_argument("inputs", nargs="+", metavar="INPUT",
                         help="Generations to score (.jsonl, .json or .csv). Two files: paired comparison.")
-    inputs, metrics, output, rest = parser.parse_args_into_dataclasses(args=argv)
+    inputs, metrics, output, rest = parse_dataclasses(parser, sys.argv[1:] if argv is None else argv)
     return inputs, metrics, output, rest.inputs
 
 
@@ -39,7 +37,7 @@ def run(paths: list[str], input_config: InputConfig, metric_config: MetricConfig
         bertscorer=None) -> Report:
     """Read, score, compare and write; `bertscorer` reuses an already loaded BERTScorer (tests, notebooks)."""
     check_config(metric_config)
-    check_output_dir(output_config)
+    check_report_dir(output_config)
     per_input = [load_groups(path, input_config) for path in paths]
     prefix_labels(per_input, paths)
     groups = [group for groups in per_input for group in groups]

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from transformers import HfArgumentParser
-
-from alpaca_qlora.cli import fail, run_cli
+from alpaca_qlora.cli import ArgumentParser, check_writable_folder, fail, parse_dataclasses, run_cli
+from alpaca_qlora.data.records import DEFAULT_FIELDS
 from alpaca_qlora.generation import batch, generate, interactive
 from alpaca_qlora.generation.settings import GenerationSettings
 from alpaca_qlora.generation.source import InferenceModelArguments, resolve_model_source
@@ -26,38 +26,72 @@ from alpaca_qlora.generation.source import InferenceModelArguments, resolve_mode
 class JobArguments:
     instruction: str | None = field(default=None, metadata={"help": "Answer this one instruction, print the answer and exit."})
     input: str | None = field(default=None, metadata={"help": "Input (context) for --instruction."})
-    prompts_file: str | None = field(default=None, metadata={"help": "Batch mode: Alpaca .json/.jsonl records (a run folder's val.jsonl works)."})
+    prompts_file: str | None = field(default=None, metadata={"help": "Batch mode: Alpaca .json/.jsonl records (a run folder's val.jsonl works); the output (reference) field is optional."})
     output_file: str | None = field(default=None, metadata={"help": "Batch mode: JSONL of generations; a rerun of the same command resumes it."})
     batch_size: int = field(default=16, metadata={"help": "Batch mode: prompts per generate call (left-padded)."})
     max_prompts: int | None = field(default=None, metadata={"help": "Batch mode: only the first N records of --prompts_file."})
+    instruction_field: str = field(default=DEFAULT_FIELDS["instruction"], metadata={"help": "Batch mode: field of a record holding the instruction."})
+    input_field: str = field(default=DEFAULT_FIELDS["input"], metadata={"help": "Batch mode: field holding the input (optional)."})
+    output_field: str = field(default=DEFAULT_FIELDS["output"], metadata={"help": "Batch mode: field holding the reference answer (optional)."})
     sweep: str | None = field(default=None, metadata={"help": "Batch mode: grid of settings, \"top_k=1,10 num_beams=1,4\", or a YAML file of name: [values]."})
-    overwrite: bool = field(default=False, metadata={"help": "Batch mode: replace an --output_file written with other settings or another model."})
+    overwrite: bool = field(default=False, metadata={"help": "Batch mode: replace an --output_file of generations written with other settings or another model."})
     rate: bool = field(default=False, metadata={"help": "Interactive mode: ask for a 1-5 rating after every answer."})
     ratings_file: str | None = field(default=None, metadata={"help": "Interactive mode: ratings JSONL (default: ratings.jsonl in the adapter's run folder, else here)."})
 
 
+BATCH_ONLY = ("output_file", "sweep", "max_prompts", "overwrite")
+FIELD_FLAGS = ("instruction_field", "input_field", "output_field")
+
+
 def parse_args(argv: list[str] | None = None) -> tuple[InferenceModelArguments, GenerationSettings, JobArguments]:
-    parser = HfArgumentParser((InferenceModelArguments, GenerationSettings, JobArguments), description=__doc__.split("\n")[1])
-    return parser.parse_args_into_dataclasses(args=sys.argv[1:] if argv is None else argv)
+    parser = ArgumentParser((InferenceModelArguments, GenerationSettings, JobArguments), description=__doc__.split("\n")[1])
+    return parse_dataclasses(parser, sys.argv[1:] if argv is None else argv)
 
 
 def check_job(job: JobArguments) -> None:
-    batch = job.prompts_file is not None
-    if job.instruction is not None and batch:
+    batch_mode = job.prompts_file is not None
+    if job.instruction is not None and batch_mode:
         fail("--instruction and --prompts_file exclude each other: one answer, or a file of prompts")
     if job.input is not None and job.instruction is None:
         fail("--input goes with --instruction")
-    if batch and not job.output_file:
+    if batch_mode and not job.output_file:
         fail("--prompts_file needs --output_file (the JSONL of generations)")
-    for flag in ("output_file", "sweep", "max_prompts"):
-        if getattr(job, flag) is not None and not batch:
+    for flag in BATCH_ONLY:
+        if getattr(job, flag) not in (None, False) and not batch_mode:
             fail(f"--{flag} is for batch mode: pass --prompts_file too")
-    if (job.rate or job.ratings_file) and (batch or job.instruction is not None):
+    for flag in FIELD_FLAGS:
+        if getattr(job, flag) != DEFAULT_FIELDS[flag.removesuffix("_field")] and not batch_mode:
+            fail(f"--{flag} is for batch mode: pass --prompts_file too")
+    if (job.rate or job.ratings_file) and (batch_mode or job.instruction is not None):
         fail("--rate and --ratings_file are for interactive mode (no --instruction, no --prompts_file)")
     if job.batch_size < 1:
         fail(f"--batch_size must be >= 1, got {job.batch_size}")
     if job.max_prompts is not None and job.max_prompts < 1:
         fail(f"--max_prompts must be >= 1, got {job.max_prompts}")
+    if batch_mode:
+        if Path(job.output_file).resolve() == Path(job.prompts_file).resolve():
+            fail(f"--output_file {job.output_file} is the --prompts_file: generations go to a file of their own")
+        check_writable_folder(Path(job.output_file).parent, "--output_file")
+    if job.ratings_file:
+        check_writable_folder(Path(job.ratings_file).parent, "--ratings_file")
+
+
+def run_batch(job: JobArguments, grid: list[dict], source) -> None:
+    fields = {name.removesuffix("_field"): getattr(job, name) for name in FIELD_FLAGS}
+    records = batch.load_prompt_records(job.prompts_file, job.max_prompts, fields)
+    with batch.output_lock(job.output_file):
+        batch_job, done = batch.prepare_batch_job(records, grid, job.output_file, job.batch_size, source, job.overwrite)
+        model, tokenizer = load(source)
+        result = batch.run_batch_job(batch_job, done, model, tokenizer)
+    empty = f"; {result.empty} of them empty (the model ended its answer at once)" if result.empty else ""
+    print(f"wrote {result.written} line(s) to {job.output_file}{empty}")
+
+
+def load(source):
+    model, tokenizer = generate.load_for_inference(source)
+    print(f"loaded {source.base_model}" + (f" + adapter {source.adapter}" if source.adapter else " (no adapter)")
+          + f": {source.describe_precision()}, on {generate.describe_device(model)}", file=sys.stderr)
+    return model, tokenizer
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -68,23 +102,16 @@ def main(argv: list[str] | None = None) -> None:
     grid = batch.expand_grid(settings, sweep)
     source = resolve_model_source(model_args)
     if job.prompts_file:
-        records = batch.load_prompt_records(job.prompts_file, job.max_prompts)
-        batch_job, done = batch.prepare_batch_job(records, grid, job.output_file, job.batch_size, source, job.overwrite)
-    elif job.instruction is None:
-        ratings = interactive.RatingsFile(job.ratings_file or interactive.default_ratings_path(source))
-
-    model, tokenizer = generate.load_for_inference(source)
-    print(f"loaded {source.base_model}" + (f" + adapter {source.adapter}" if source.adapter else " (no adapter)")
-          + f", {source.quantization} weights, on {generate.describe_device(model)}", file=sys.stderr)
-    if job.prompts_file:
-        written = batch.run_batch_job(batch_job, done, model, tokenizer)
-        print(f"wrote {written} line(s) to {job.output_file}")
+        run_batch(job, grid, source)
     elif job.instruction is not None:
+        model, tokenizer = load(source)
         record = {"instruction": job.instruction, "input": job.input or "", "output": ""}
         prompt = generate.prompt_for(record, source.prompt_template, tokenizer)
         generate.seed_everything(grid[0]["seed"])
         print(generate.generate_answers(model, tokenizer, [prompt], grid[0])[0].text)
     else:
+        ratings = interactive.RatingsFile(job.ratings_file or interactive.default_ratings_path(source))
+        model, tokenizer = load(source)
         interactive.run_interactive(model, tokenizer, source, settings, ratings, job.rate)
 
 

@@ -13,6 +13,7 @@ from .cli import fail
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 COMPUTE_DTYPES = ("auto", *DTYPES)
+DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items()}
 QUANTIZATIONS = ("nf4", "fp4", "int8", "none")
 
 
@@ -184,6 +185,15 @@ def use_packed_cpu_kernel(quantization: str, compute_dtype: torch.dtype) -> bool
     return quantization in ("nf4", "fp4") and compute_dtype == torch.bfloat16 and not torch.cuda.is_available()
 
 
+def cpu_has_packed_4bit_kernel() -> bool:
+    """Whether bitsandbytes takes its packed AVX512-BF16 path on this CPU (asked as bitsandbytes asks itself)."""
+    try:
+        from bitsandbytes.nn import modules
+    except Exception:  # noqa: BLE001 - no bitsandbytes: no packed kernel
+        return False
+    return bool(modules.has_avx512bf16())
+
+
 def set_packed_cpu_kernel(model, allowed: bool) -> None:
     """Allow or forbid bitsandbytes' packed CPU kernel, layer by layer.
 
@@ -197,9 +207,7 @@ def set_packed_cpu_kernel(model, allowed: bool) -> None:
     layers = [module for module in model.modules() if hasattr(module, "support_avx512bf16_for_cpu")]
     if not layers:
         return
-    from bitsandbytes.nn import modules  # what bitsandbytes itself asks when it builds a layer
-
-    cpu_has_it = bool(modules.has_avx512bf16())
+    cpu_has_it = cpu_has_packed_4bit_kernel()
     for layer in layers:
         layer.support_avx512bf16_for_cpu = allowed and cpu_has_it and packed_kernel_fits(layer)
 

@@ -26,8 +26,8 @@ from alpaca_qlora.generation import generate  # noqa: E402
 from alpaca_qlora.generation.settings import GenerationSettings, resolve_settings  # noqa: E402
 from alpaca_qlora.generation.source import InferenceModelArguments as ModelArguments, resolve_model_source  # noqa: E402
 
-LINE_KEYS = {"id", "instruction", "input", "reference", "prediction", "settings", "base_model", "adapter", "new_tokens", "seconds"}
-RATING_KEYS = {"id", "instruction", "input", "prediction", "rating", "comment", "settings", "base_model", "adapter"}
+LINE_KEYS = {"id", "instruction", "input", "reference", "prediction", "settings", "base_model", "adapter", "precision", "new_tokens", "seconds"}
+RATING_KEYS = {"id", "instruction", "input", "prediction", "rating", "comment", "settings", "base_model", "adapter", "precision"}
 SETTING_KEYS = {"top_k", "top_p", "temperature", "num_beams", "max_new_tokens", "repetition_penalty", "no_repeat_ngram_size", "do_sample", "seed"}
 
 @pytest.fixture(scope="module", autouse=True)
@@ -150,20 +150,59 @@ def test_every_flag_reaches_generate_unchanged(MODEL, base, monkeypatch, capsys)
     inference.main(argv)
     assert len(calls) == 1 and {name: calls[0][name] for name in flags} == flags
     assert calls[0]["pad_token_id"] == tokenizer.pad_token_id and tokenizer.eos_token_id in calls[0]["eos_token_id"]
-    # Beam search: sampling stays off unless asked, the sampling knobs still go through as given.
+    # Beams with a sampling knob: beam sampling, the knob as given.
     calls.clear()
     inference.main(["--base_model", MODEL, "--instruction", "Say hi.", "--num_beams", "3", "--temperature", "0.7", "--max_new_tokens", "3"])
-    assert (calls[0]["num_beams"], calls[0]["do_sample"], calls[0]["temperature"]) == (3, False, 0.7)
+    assert (calls[0]["num_beams"], calls[0]["do_sample"], calls[0]["temperature"]) == (3, True, 0.7)
+    # Greedy: the sampling knobs do not apply; they reach generate at their neutral values (not the model's own).
+    calls.clear()
+    inference.main(["--base_model", MODEL, "--instruction", "Say hi.", "--max_new_tokens", "3"])
+    assert (calls[0]["do_sample"], calls[0]["top_k"], calls[0]["top_p"], calls[0]["temperature"]) == (False, 50, 1.0, 1.0)
+
+
+def test_a_sweep_labels_each_distinct_decoding_once(capsys):
+    from alpaca_qlora.generation.batch import expand_grid, parse_sweep
+
+    grid = expand_grid(GenerationSettings(max_new_tokens=5), parse_sweep("top_k=1,10 do_sample=false,true num_beams=1,2"))
+    # greedy and beam search ignore top_k: 2 of those combinations per beam width collapse into one
+    assert len(grid) == 6 and len({json.dumps(g, sort_keys=True) for g in grid}) == 6
+    assert sum(not g["do_sample"] for g in grid) == 2 and all(g["top_k"] is None for g in grid if not g["do_sample"])
+    assert "the sweep's 8 combinations are 6 distinct decodings" in capsys.readouterr().out
 
 
 def test_sampling_is_on_only_when_asked():
     assert greedy()["do_sample"] is False
     assert greedy(temperature=0.7)["do_sample"] is True
     assert greedy(top_p=0.9)["do_sample"] is True
-    assert greedy(top_k=10, num_beams=4)["do_sample"] is False
+    assert greedy(top_k=10, num_beams=4)["do_sample"] is True  # beam sampling
     assert greedy(num_beams=4, do_sample=True)["do_sample"] is True
-    assert greedy(top_k=10, do_sample=False)["do_sample"] is False
+    assert greedy(num_beams=4)["do_sample"] is False
     assert set(greedy()) == SETTING_KEYS
+    # Without sampling the knobs do not apply: recorded as None, so equal decodings are equal settings.
+    assert (greedy()["top_k"], greedy()["top_p"], greedy()["temperature"]) == (None, None, None)
+    assert greedy(temperature=0.7)["top_k"] == 50  # sampling: the unset knobs take transformers' defaults
+
+
+def test_a_knob_that_cannot_take_effect_is_refused():
+    from alpaca_qlora.cli import UserError
+
+    with pytest.raises(UserError, match="--top_k has no effect with --do_sample false"):
+        greedy(top_k=10, do_sample=False)
+    with pytest.raises(UserError, match="--temperature must be a finite number"):
+        greedy(temperature=float("nan"))
+
+
+def test_beam_sampling_temperature_changes_the_answers(base):
+    """With beams, a sampling knob takes effect (beam sampling): two temperatures, same seed, other text."""
+    model, tokenizer, source = base
+    prompts = [generate.prompt_for(r, source.prompt_template, tokenizer) for r in
+               ({"instruction": "Add 3 and 4.", "input": ""}, {"instruction": "Reverse the word.", "input": "apple"})]
+    answers = {}
+    for temperature in (0.3, 1.5):
+        generate.seed_everything(7)
+        answers[temperature] = generate.generate_answers(model, tokenizer, prompts, greedy(num_beams=2, temperature=temperature,
+                                                                                             max_new_tokens=12))
+    assert answers[0.3] != answers[1.5]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -301,8 +340,12 @@ def test_sweep_writes_every_setting_and_prompt_once(MODEL, prompts_file, run_dir
     keys = [(json.dumps(row["settings"], sort_keys=True), row["id"]) for row in rows]
     assert len(rows) == 12 and len(set(keys)) == 12
     grid = {(r["settings"]["top_k"], r["settings"]["num_beams"], r["settings"]["do_sample"]) for r in rows}
-    assert grid == {(1, 1, True), (10, 1, True), (1, 2, False), (10, 2, False)}
+    assert grid == {(1, 1, True), (10, 1, True), (1, 2, True), (10, 2, True)}  # with beams: beam sampling
     assert {r["settings"]["seed"] for r in rows} == {42}
+    by_setting = {}
+    for row in rows:
+        by_setting.setdefault(json.dumps(row["settings"], sort_keys=True), []).append(row["prediction"])
+    assert len(by_setting) == 4
 
     inference.main(argv)  # done already: nothing is added
     assert read_lines(output) == rows

@@ -9,10 +9,12 @@ resumed run writes the same lines an uninterrupted one would have.
 
 from __future__ import annotations
 
+import fcntl
 import itertools
 import json
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -78,23 +80,28 @@ def expand_grid(base: GenerationSettings, sweep: dict[str, list] | None) -> list
     if not sweep:
         return [resolve_settings(base)]
     names = list(sweep)
-    resolved, seen = [], set()
+    resolved, seen, combinations = [], set(), 0
     for values in itertools.product(*(sweep[name] for name in names)):
+        combinations += 1
         combination = dict(zip(names, values))
         where = "--sweep setting " + " ".join(f"{name}={value}" for name, value in combination.items())
-        setting = resolve_settings(replace(base, **combination), where)
+        setting = resolve_settings(replace(base, **combination), where, strict=False)
         if settings_key(setting) not in seen:
             seen.add(settings_key(setting))
             resolved.append(setting)
+    if len(resolved) < combinations:
+        print(f"note: the sweep's {combinations} combinations are {len(resolved)} distinct decodings (sampling knobs do "
+              "nothing without sampling); each is generated and labelled once")
     return resolved
 
 
 # ---------------------------------------------------------------------------------------------
 # Prompts
 # ---------------------------------------------------------------------------------------------
-def load_prompt_records(path: str, max_prompts: int | None) -> list[dict]:
-    """Alpaca records (.json/.jsonl, a run folder's val.jsonl included) with unique ids."""
-    records = load_records(path)
+def load_prompt_records(path: str, max_prompts: int | None, fields: dict[str, str] | None = None) -> list[dict]:
+    """Alpaca records (.json/.jsonl, a run folder's val.jsonl included) with unique ids; the output (the reference
+    answer) is optional: prompts without one are generated for, and their lines carry no reference."""
+    records = load_records(path, fields, require_output=False)
     if max_prompts is not None:
         records = records[:max_prompts]
     seen = set()
@@ -146,6 +153,9 @@ def done_keys(existing: AppendableFile, source: ModelSource, settings: list[dict
     done = set()
     for number, row in existing.rows:
         where = f"--output_file {path}:{number}"
+        if row.get("precision") != source.precision():
+            fail(f"{where}: written with the base at another precision ({row.get('precision')}, now {source.precision()}); "
+                 "pass --overwrite to replace the file or choose another --output_file")
         if (row["base_model"], row["adapter"]) != (source.base_model, source.adapter):
             fail(
                 f"{where}: written by base model {row['base_model']} with adapter {row['adapter']}, not "
@@ -185,15 +195,16 @@ def prepare_batch_job(records, settings, output_file: str, batch_size: int, sour
 
 
 def generation_line(record: dict, answer, setting: dict, source: ModelSource, seconds: float) -> dict:
+    line = {"id": record["id"], "instruction": record["instruction"], "input": record["input"]}
+    if record["output"] is not None:  # the reference answer, when the prompts file has one
+        line["reference"] = record["output"]
     return {
-        "id": record["id"],
-        "instruction": record["instruction"],
-        "input": record["input"],
-        "reference": record["output"],
+        **line,
         "prediction": answer.text,
         "settings": setting,
         "base_model": source.base_model,
         "adapter": source.adapter,
+        "precision": source.precision(),
         "new_tokens": answer.new_tokens,
         "seconds": round(seconds, 4),
     }
@@ -210,8 +221,14 @@ def warn_long_prompts(lengths: list[int], settings: list[dict], model) -> None:
         )
 
 
-def run_batch_job(job: BatchJob, done: set, model, tokenizer) -> int:
-    """Generate every missing (setting, record) line; returns how many lines were written."""
+@dataclass
+class BatchResult:
+    written: int
+    empty: int  # answers that are empty: the model wrote its end-of-sequence token at once
+
+
+def run_batch_job(job: BatchJob, done: set, model, tokenizer) -> BatchResult:
+    """Generate every missing (setting, record) line."""
     prompts = [prompt_for(record, job.source.prompt_template, tokenizer) for record in job.records]
     lengths = [len(ids) for ids in tokenizer(prompts)["input_ids"]]
     warn_long_prompts(lengths, job.settings, model)
@@ -219,7 +236,7 @@ def run_batch_job(job: BatchJob, done: set, model, tokenizer) -> int:
     total = len(job.settings) * len(job.records)
     print(f"{len(job.settings)} setting(s) x {len(job.records)} prompts = {total} lines; {len(done)} already in {job.output_file}")
     job.output_file.parent.mkdir(parents=True, exist_ok=True)
-    written = 0
+    written = empty = 0
     if not job.overwrite:
         drop_torn_tail(job.existing)
     mode = "w" if job.overwrite else "a"
@@ -239,9 +256,33 @@ def run_batch_job(job: BatchJob, done: set, model, tokenizer) -> int:
                     if i in missing:
                         append_line(handle, generation_line(job.records[i], answer, setting, job.source, seconds))
                         written += 1
+                        empty += not answer.text
                         bar.update(1)
         os.fsync(handle.fileno())
-    return written
+    return BatchResult(written, empty)
+
+
+@contextmanager
+def output_lock(output_file: str):
+    """Hold --output_file for this process from its check to its last line: a second process on the same file
+    would write the same lines twice. The lock is a `.NAME.lock` file beside it (flock, released on exit)."""
+    path = Path(output_file)
+    lock_path = path.parent / f".{path.name}.lock"
+    if not path.parent.is_dir():
+        yield
+        return
+    handle = lock_path.open("a")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        fail(f"--output_file {output_file} is being written by another inference.py process; wait for it, "
+             "or choose another --output_file")
+    try:
+        yield
+    finally:
+        lock_path.unlink(missing_ok=True)
+        handle.close()
 
 
 def generate_batch(model, tokenizer, prompts: list[str], setting: dict, batch_size: int):

@@ -13,6 +13,7 @@ import torch
 
 from ..data.prompts import build_prompt
 from ..modeling import attach_adapter, default_device_map, load_base_model, load_tokenizer, resolve_compute_dtype, use_packed_cpu_kernel
+from .settings import SAMPLING_DEFAULTS
 from .source import ModelSource
 
 
@@ -73,8 +74,12 @@ def stop_token_ids(tokenizer, model) -> list[int]:
 
 
 def generate_kwargs(resolved: dict, tokenizer, model) -> dict:
-    """The arguments of `generate`: every decoding setting exactly as given, plus pad and stop tokens."""
+    """The arguments of `generate`: every decoding setting as resolved, plus pad and stop tokens.
+
+    A sampling knob that does not apply (None: no sampling) is passed at its neutral default, so a model's own
+    generation_config (e.g. a top_k of 20) cannot fill it in."""
     kwargs = {name: value for name, value in resolved.items() if name != "seed"}
+    kwargs.update({name: default for name, default in SAMPLING_DEFAULTS.items() if kwargs[name] is None})
     return {**kwargs, "pad_token_id": tokenizer.pad_token_id, "eos_token_id": stop_token_ids(tokenizer, model)}
 
 

@@ -40,6 +40,18 @@ def default_ratings_path(source: ModelSource) -> Path:
     return Path(source.adapter) / RATINGS_FILE if source.adapter else Path(RATINGS_FILE)
 
 
+class CollectingStreamer(TextStreamer):
+    """Prints the answer as it is generated, and keeps it: an answer stopped with Ctrl-C can still be rated."""
+
+    def __init__(self, tokenizer):
+        super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=True)
+        self.text = ""
+
+    def on_finalized_text(self, text: str, stream_end: bool = False):
+        self.text += text
+        super().on_finalized_text(text, stream_end)
+
+
 class RatingsFile:
     """Append-only ratings JSONL; answers are numbered on from the highest index already in it."""
 
@@ -48,6 +60,10 @@ class RatingsFile:
         if self.path.is_dir():
             raise UserError(f"--ratings_file {path} is a folder")
         self.existing = read_appendable(self.path)
+        for number, row in self.existing.rows:
+            if not {"rating", "prediction"} <= set(row):
+                raise UserError(f"--ratings_file {self.path}:{number}: not a rating (no rating/prediction); "
+                                "choose another --ratings_file")
         indices = [row.get("id") for _, row in self.existing.rows if isinstance(row.get("id"), int)]
         self.next_index = max(indices, default=0) + 1
         self.saved = 0
@@ -73,6 +89,7 @@ class AnsweredQuestion:
     input: str
     prediction: str
     settings: dict
+    stopped: bool = False  # Ctrl-C stopped the answer: what was written so far is what gets rated
 
 
 def read_message(prompt: str) -> str:
@@ -83,7 +100,7 @@ def read_message(prompt: str) -> str:
     return "\n".join(lines).replace(TRIPLE_QUOTE, "").strip()
 
 
-def parse_rating(text: str) -> tuple[int, str]:
+def parse_rating_command(text: str) -> tuple[int, str]:
     """'4 clear but short' -> (4, 'clear but short')."""
     score, _, comment = text.strip().partition(" ")
     if score not in {"1", "2", "3", "4", "5"}:
@@ -169,7 +186,7 @@ class Session:
     def rate(self, argument: str) -> None:
         if self.last is None:
             raise UserError("nothing to rate yet: ask a question first")
-        score, comment = parse_rating(argument)
+        score, comment = parse_rating_command(argument)
         self.save_rating(score, comment)
 
     def ask_rating(self) -> None:
@@ -178,7 +195,7 @@ class Session:
             if not text:
                 return
             try:
-                self.save_rating(*parse_rating(text))
+                self.save_rating(*parse_rating_command(text))
                 return
             except UserError as error:
                 print(f"error: {error}")
@@ -188,28 +205,34 @@ class Session:
         self.ratings.append({
             "id": last.index, "instruction": last.instruction, "input": last.input, "prediction": last.prediction,
             "rating": score, "comment": comment, "settings": last.settings,
-            "base_model": self.source.base_model, "adapter": self.source.adapter,
+            "base_model": self.source.base_model, "adapter": self.source.adapter, "precision": self.source.precision(),
+            **({"stopped": True} if last.stopped else {}),
         })
         print(f"rated [{last.index}] {score}/5")
 
     # -- answering -----------------------------------------------------------------------------
     def answer(self, instruction: str) -> bool:
-        """Stream the answer (beam search prints it at the end); False if Ctrl-C stopped it."""
+        """Stream the answer (beams print it at the end); False if Ctrl-C stopped it (the part written stays rateable)."""
         record = {"instruction": instruction, "input": self.pending_input, "output": ""}
         prompt = prompt_for(record, self.source.prompt_template, self.tokenizer)
-        streamer = TextStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True) if self.resolved["num_beams"] == 1 else None
+        streamer = CollectingStreamer(self.tokenizer) if self.resolved["num_beams"] == 1 else None
         started = time.perf_counter()
         try:
             [answer] = generate_answers(self.model, self.tokenizer, [prompt], self.resolved, streamer=streamer)
         except KeyboardInterrupt:
-            print("\n[stopped]")
+            partial = streamer.text.strip() if streamer is not None else ""
+            index = self.ratings.take_index()
+            self.last = AnsweredQuestion(index, instruction, self.pending_input, partial, dict(self.resolved), stopped=True)
+            self.pending_input = ""
+            print(f"\n[{index}] stopped; /rate 1-5 [comment] rates the part written")
             return False
         if streamer is None:
             print(answer.text)
         index = self.ratings.take_index()
         self.last = AnsweredQuestion(index, instruction, self.pending_input, answer.text, dict(self.resolved))
         self.pending_input = ""
-        print(f"[{index}] {answer.new_tokens} tokens in {time.perf_counter() - started:.1f}s; /rate 1-5 [comment]")
+        empty = " (an empty answer: the model ended at once)" if not answer.text else ""
+        print(f"[{index}] {answer.new_tokens} tokens in {time.perf_counter() - started:.1f}s{empty}; /rate 1-5 [comment]")
         return True
 
 

@@ -6,6 +6,7 @@ Nothing here loads a model or imports transformers, so every setting is checked 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields
 
 from ..cli import fail
@@ -17,19 +18,19 @@ SAMPLING_DEFAULTS = {"top_k": 50, "top_p": 1.0, "temperature": 1.0}
 
 @dataclass
 class GenerationSettings:
-    """Decoding settings. Every one of them is saved with each generation and passed to `generate` as given."""
+    """Decoding settings. Every one of them is saved with each generation and passed to `generate` as resolved."""
 
-    top_k: int | None = field(default=None, metadata={"help": "Sample from the k most likely tokens (0: no limit). Giving it turns sampling on. Default 50."})
-    top_p: float | None = field(default=None, metadata={"help": "Nucleus sampling mass in (0, 1]. Giving it turns sampling on. Default 1.0."})
-    temperature: float | None = field(default=None, metadata={"help": "Sampling temperature > 0. Giving it turns sampling on. Default 1.0."})
-    num_beams: int = field(default=1, metadata={"help": "Beam search width; > 1 is beam search (no sampling unless --do_sample true)."})
+    top_k: int | None = field(default=None, metadata={"help": "Sample from the k most likely tokens (0: no limit). Giving it turns sampling on. Default 50 when sampling."})
+    top_p: float | None = field(default=None, metadata={"help": "Nucleus sampling mass in (0, 1]. Giving it turns sampling on. Default 1.0 when sampling."})
+    temperature: float | None = field(default=None, metadata={"help": "Sampling temperature > 0. Giving it turns sampling on. Default 1.0 when sampling."})
+    num_beams: int = field(default=1, metadata={"help": "Beam width; > 1 is beam search, or beam sampling when sampling is on."})
     max_new_tokens: int = field(default=256, metadata={"help": "Longest answer in tokens."})
     repetition_penalty: float = field(default=1.0, metadata={"help": "> 1 discourages repeating tokens (1.0: off)."})
     no_repeat_ngram_size: int = field(default=0, metadata={"help": "Never repeat an n-gram of this size (0: off)."})
     do_sample: bool | None = field(
         default=None,
-        metadata={"help": "Sample (true) or decode greedily / by beam search (false). Default: on when --temperature, --top_k "
-                          "or --top_p is given and --num_beams is 1, off otherwise.", "nargs": "?", "const": True},
+        metadata={"help": "Sample (true; with --num_beams > 1, beam sampling) or decode greedily / by beam search (false). "
+                          "Default: on when --temperature, --top_k or --top_p is given, off otherwise.", "nargs": "?", "const": True},
     )
     seed: int = field(default=42, metadata={"help": "Seed of the sampling (each batch is seeded from it and its index)."})
 
@@ -43,15 +44,19 @@ FLOAT_SETTINGS = {"top_p", "temperature", "repetition_penalty"}
 # Settings: validation and resolution (nothing here loads a model)
 # ---------------------------------------------------------------------------------------------
 def asks_for_sampling(settings: GenerationSettings) -> bool:
+    """Sampling is on when asked for, or when a sampling knob is given (with beams too: beam sampling)."""
     if settings.do_sample is not None:
         return settings.do_sample
-    sampling_knob_given = any(getattr(settings, name) is not None for name in SAMPLING_DEFAULTS)
-    return sampling_knob_given and settings.num_beams == 1
+    return any(getattr(settings, name) is not None for name in SAMPLING_DEFAULTS)
 
 
 def check_settings(settings: GenerationSettings, where: str = "") -> None:
-    """One-line error for an impossible combination; `where` names a sweep setting."""
+    """One-line error for an impossible value; `where` names a sweep setting."""
     prefix = f"{where}: " if where else ""
+    for name in FLOAT_SETTINGS:
+        value = getattr(settings, name)
+        if value is not None and not math.isfinite(value):
+            fail(f"{prefix}--{name} must be a finite number, got {value}")
     if settings.num_beams < 1:
         fail(f"{prefix}--num_beams must be >= 1, got {settings.num_beams}")
     if settings.max_new_tokens < 1:
@@ -71,18 +76,28 @@ def check_settings(settings: GenerationSettings, where: str = "") -> None:
         )
 
 
-def resolve_settings(settings: GenerationSettings, where: str = "") -> dict:
-    """Checked settings with every value filled in: what is saved with each line and passed to `generate`."""
+def resolve_settings(settings: GenerationSettings, where: str = "", strict: bool = True) -> dict:
+    """Checked settings with every value that applies filled in: what is saved with each line and passed to `generate`.
+
+    Without sampling the sampling knobs do not apply and are None, so two settings that decode alike are equal.
+    Giving one together with --do_sample false is refused (`strict`); a sweep's grid drops it instead."""
     check_settings(settings, where)
+    sampling = asks_for_sampling(settings)
+    given_knobs = [name for name in SAMPLING_DEFAULTS if getattr(settings, name) is not None]
+    if not sampling and given_knobs and strict:
+        prefix = f"{where}: " if where else ""
+        fail(f"{prefix}--{given_knobs[0]} has no effect with --do_sample false (greedy or beam search); "
+             "leave it out, or sample")
     resolved = asdict(settings)
     for name, default in SAMPLING_DEFAULTS.items():
-        if resolved[name] is None:
-            resolved[name] = default
-    resolved["do_sample"] = asks_for_sampling(settings)
+        resolved[name] = (default if resolved[name] is None else resolved[name]) if sampling else None
+    resolved["do_sample"] = sampling
     for name in INT_SETTINGS:
-        resolved[name] = int(resolved[name])
+        if resolved[name] is not None:
+            resolved[name] = int(resolved[name])
     for name in FLOAT_SETTINGS:
-        resolved[name] = float(resolved[name])
+        if resolved[name] is not None:
+            resolved[name] = float(resolved[name])
     return {name: resolved[name] for name in SETTING_NAMES}
 
 
@@ -109,7 +124,10 @@ def parse_setting_value(name: str, text: str):
         if name in INT_SETTINGS:
             return int(text)
         if name in FLOAT_SETTINGS:
-            return float(text)
+            value = float(text)
+            if not math.isfinite(value):
+                fail(f"{name}={text}: must be a finite number")
+            return value
     except ValueError:
         fail(f"{name}={text}: '{text}' is not {'an integer' if name in INT_SETTINGS else 'a number'}")
     if text.lower() in ("true", "yes", "1", "on"):

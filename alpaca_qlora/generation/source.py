@@ -10,9 +10,14 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 from ..cli import fail
 from ..data.prompts import PROMPT_TEMPLATES
-from ..modeling import COMPUTE_DTYPES, QUANTIZATIONS, resolve_model_path
+from ..modeling import (
+    COMPUTE_DTYPES, DTYPE_NAMES, QUANTIZATIONS, cpu_has_packed_4bit_kernel, resolve_compute_dtype, resolve_model_path,
+    use_packed_cpu_kernel,
+)
 from ..run_folder import (
     ADAPTER_CONFIG, CHECKPOINT_PREFIX, RUN_CONFIG, TOKENIZER_CONFIG, TRAINING_ONLY_ATTENTIONS, RunFolder, adapter_base_model,
 )
@@ -59,6 +64,20 @@ class ModelSource:
     quant_storage: str
     attn_implementation: str
     trust_remote_code: bool
+
+    def precision(self) -> dict:
+        """The precision the base runs at: saved with every generation, so like is compared with like."""
+        dtype = resolve_compute_dtype(self.compute_dtype)
+        packed = use_packed_cpu_kernel(self.quantization, dtype) and cpu_has_packed_4bit_kernel()
+        return {"quantization": self.quantization, "compute_dtype": DTYPE_NAMES[dtype],
+                "cpu_4bit_kernel": None if self.quantization not in ("nf4", "fp4") or torch.cuda.is_available()
+                else "packed bf16 (AVX512-BF16)" if packed else "dequantize"}
+
+    def describe_precision(self) -> str:
+        precision = self.precision()
+        weights = {"nf4": "4-bit NF4", "fp4": "4-bit FP4", "int8": "8-bit", "none": "full-precision"}[self.quantization]
+        kernel = f", {precision['cpu_4bit_kernel']} kernel" if precision["cpu_4bit_kernel"] else ""
+        return f"{weights} base weights, {precision['compute_dtype']} compute{kernel}"
 
 
 def read_run_config(folder: str | None) -> dict:

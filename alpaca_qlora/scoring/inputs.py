@@ -20,6 +20,7 @@ from ..jsonl import decode_utf8, parse_lines, read_bytes
 
 MODEL_FIELDS = ("base_model", "adapter")
 SETTINGS_FIELD = "settings"
+PRECISION_FIELD = "precision"
 RATING_FIELD = "rating"
 RATING_RANGE = (1, 5)
 
@@ -47,7 +48,7 @@ class InputConfig:
 class Record:
     """One prediction/reference pair, with where it came from."""
 
-    id: str
+    id: str  # as text, to pair files whose ids are typed differently
     prediction: str
     reference: str
     source: str
@@ -55,6 +56,7 @@ class Record:
     instruction: str = ""
     input: str = ""
     ratings: list[int] = field(default_factory=list)  # 1-5, from the row and/or a ratings file
+    raw_id: Any = None  # the id as the file has it (an integer stays an integer in scores.jsonl)
 
     @property
     def rating(self) -> Optional[float]:
@@ -70,16 +72,20 @@ class Group:
     base_model: Optional[str]
     adapter: Optional[str]
     settings: dict[str, Any]
+    precision: Optional[dict[str, Any]] = None  # the base's precision, as inference.py records it
     records: list[Record] = field(default_factory=list)
     label: str = ""
+    without_reference: list[str] = field(default_factory=list)  # ids of rows with no reference: not scored
+    empty_predictions: int = 0
 
     @property
     def key(self) -> str:
-        return group_key(self.base_model, self.adapter, self.settings)
+        return group_key(self.base_model, self.adapter, self.settings, self.precision)
 
 
-def group_key(base_model: Optional[str], adapter: Optional[str], settings: dict[str, Any]) -> str:
-    return json.dumps([base_model, adapter, settings], sort_keys=True, ensure_ascii=False, default=str)
+def group_key(base_model: Optional[str], adapter: Optional[str], settings: dict[str, Any],
+              precision: Optional[dict[str, Any]] = None) -> str:
+    return json.dumps([base_model, adapter, settings, precision], sort_keys=True, ensure_ascii=False, default=str)
 
 
 # ---------------------------------------------------------------- reading rows
@@ -146,31 +152,46 @@ def load_groups(path: str, config: InputConfig) -> list[Group]:
         elif row_has_id != has_ids:
             fail(f"{where}: field '{config.id_field}' is {'present' if row_has_id else 'missing'} here "
                  f"but {'missing' if row_has_id else 'present'} in earlier rows")
-        base_model, adapter, settings = _grouping_fields(row, where)
-        key = group_key(base_model, adapter, settings)
+        base_model, adapter, settings, precision = _grouping_fields(row, where)
+        key = group_key(base_model, adapter, settings, precision)
         group = groups.get(key)
         if group is None:
-            group = groups[key] = Group(source=path, base_model=base_model, adapter=adapter, settings=settings)
+            group = groups[key] = Group(source=path, base_model=base_model, adapter=adapter, settings=settings,
+                                        precision=precision)
             seen_ids[key] = {}
-        sample_id = str(row[config.id_field]) if row_has_id else str(len(group.records))
+        sample_id = str(row[config.id_field]) if row_has_id else str(len(seen_ids[key]))
         if sample_id in seen_ids[key]:
             fail(f"{where}: duplicate id {sample_id!r} in the same group (first at line {seen_ids[key][sample_id]})")
         seen_ids[key][sample_id] = number
+        prediction = _text_field(row, config.prediction_field, where, "--prediction_field")
+        if row.get(config.reference_field) is None and config.reference_field not in row:
+            group.without_reference.append(sample_id)  # new instructions have no reference answer: counted, not scored
+            continue
+        group.empty_predictions += not prediction.strip()
         group.records.append(Record(
             id=sample_id,
-            prediction=_text_field(row, config.prediction_field, where, "--prediction_field"),
+            prediction=prediction,
             reference=_text_field(row, config.reference_field, where, "--reference_field"),
             source=path,
             line=number,
             instruction=_optional_str(row.get("instruction")) or "",
             input=_optional_str(row.get("input")) or "",
             ratings=_ratings(row, where),
+            raw_id=row[config.id_field] if row_has_id else int(sample_id),
         ))
     if not groups:
         fail(f"{path}: no records (only blank lines), nothing to score")
-    ordered = list(groups.values())
+    unreferenced = sum(len(g.without_reference) for g in groups.values())
+    if not any(g.records for g in groups.values()):
+        fail(f"{path}: none of its {unreferenced} rows has a reference (field '{config.reference_field}'): nothing to "
+             "score against; choose the field with --reference_field")
+    if unreferenced:
+        print(f"warning: {path}: {unreferenced} row(s) have no reference (field '{config.reference_field}') and are not "
+              "scored; the report lists them", file=sys.stderr)
+    ordered = [group for group in groups.values() if group.records]
     label_groups(ordered)
     return ordered
+
 
 
 def _where(path: str, number: int) -> str:
@@ -189,7 +210,7 @@ def _text_field(row: dict[str, Any], name: str, where: str, flag: str) -> str:
     return str(value)
 
 
-def _grouping_fields(row: dict[str, Any], where: str) -> tuple[Optional[str], Optional[str], dict[str, Any]]:
+def _grouping_fields(row: dict[str, Any], where: str) -> tuple[Optional[str], Optional[str], dict[str, Any], Optional[dict]]:
     settings = row.get(SETTINGS_FIELD) or {}
     if isinstance(settings, str):  # a CSV cell holding the settings as JSON
         try:
@@ -199,7 +220,10 @@ def _grouping_fields(row: dict[str, Any], where: str) -> tuple[Optional[str], Op
     if not isinstance(settings, dict):
         fail(f"{where}: field '{SETTINGS_FIELD}' must be an object, got {type(settings).__name__}")
     base_model, adapter = (_optional_str(row.get(name)) for name in MODEL_FIELDS)
-    return base_model, adapter, settings
+    precision = row.get(PRECISION_FIELD)
+    if precision is not None and not isinstance(precision, dict):
+        fail(f"{where}: field '{PRECISION_FIELD}' must be an object, got {type(precision).__name__}")
+    return base_model, adapter, settings, precision
 
 
 def _optional_str(value: Any) -> Optional[str]:
@@ -230,8 +254,11 @@ def label_groups(groups: list[Group]) -> None:
     """Name each group by the settings that differ across the file's groups (and the model when models differ)."""
     varying = _varying_settings(groups)
     models_differ = len({(g.base_model, g.adapter) for g in groups}) > 1
+    precisions_differ = len({json.dumps(g.precision, sort_keys=True) for g in groups}) > 1
     for group in groups:
         parts = [f"{name}={_format_value(group.settings.get(name))}" for name in varying]
+        if precisions_differ:
+            parts.insert(0, precision_label(group.precision))
         if models_differ:
             parts.insert(0, _model_label(group))
         group.label = " ".join(parts) or "all"
@@ -243,6 +270,12 @@ def _varying_settings(groups: list[Group]) -> list[str]:
         names += [name for name in group.settings if name not in names]
     return [name for name in names if len({json.dumps(g.settings.get(name), sort_keys=True, default=str)
                                              for g in groups}) > 1]
+
+
+def precision_label(precision: Optional[dict[str, Any]]) -> str:
+    if not precision:
+        return "precision ?"
+    return f"{precision.get('quantization', '?')}/{precision.get('compute_dtype', '?')}"
 
 
 def _model_label(group: Group) -> str:

@@ -9,12 +9,14 @@ import csv
 import io
 import json
 import math
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 from ..cli import fail
-from ..files import atomic_write_bytes, atomic_write_text
+from ..cli import check_writable_folder
+from ..files import staging_folder
 from .metrics import Comparison, Difference, Estimate, GroupScores, RatingSummary, Scorers
 
 OUTPUT_FILES = ("metrics.json", "metrics.csv", "metrics.md", "scores.jsonl", "metrics.png")
@@ -39,14 +41,18 @@ class Report:
     unmatched_ratings: list[int] = field(default_factory=list)  # ratings of answers that are not among the rows
 
 
-def check_output_dir(config: OutputConfig) -> None:
-    """Refuse, before any scoring, to clobber an earlier report."""
+COMPLETE_MARKER = "metrics.json"  # written last: a report without it was cut short, and a rerun completes it
+STAGING_PREFIX = ".report-"
+
+
+def check_report_dir(config: OutputConfig) -> None:
+    """Refuse, before any scoring, to clobber an earlier complete report (an interrupted one is completed)."""
     folder = Path(config.output_dir)
     if folder.exists() and not folder.is_dir():
         fail(f"--output_dir {folder} exists and is not a folder")
-    existing = [name for name in OUTPUT_FILES if (folder / name).exists()]
-    if existing and not config.overwrite:
-        fail(f"{folder / existing[0]} already exists; pass --overwrite to replace the report in {folder}")
+    check_writable_folder(folder, "--output_dir")
+    if (folder / COMPLETE_MARKER).exists() and not config.overwrite:
+        fail(f"{folder / COMPLETE_MARKER} already exists; pass --overwrite to replace the report in {folder}")
 
 
 def build_report(inputs: list[str], scorers: Scorers, groups: list[GroupScores], comparisons: list[Comparison],
@@ -56,23 +62,27 @@ def build_report(inputs: list[str], scorers: Scorers, groups: list[GroupScores],
 
 
 def write_report(report: Report, config: OutputConfig) -> list[Path]:
-    """Render every file, then write them; returns the paths written."""
+    """Render every file, write them all aside, then move them in with metrics.json last; returns the paths.
+
+    A kill leaves either the old report, or some new files without metrics.json (which the same command, run
+    again, replaces), never a hidden temporary file in the report folder."""
     folder = Path(config.output_dir)
     rendered = {
-        "metrics.json": json.dumps(to_json(report), indent=2, ensure_ascii=False) + "\n",
         "metrics.csv": to_csv(report),
         "metrics.md": to_markdown(report),
         "scores.jsonl": to_scores_jsonl(report),
         "metrics.png": to_png(report),
+        COMPLETE_MARKER: json.dumps(to_json(report), indent=2, ensure_ascii=False) + "\n",
     }
-    for name, content in rendered.items():
-        try:
-            if isinstance(content, bytes):
-                atomic_write_bytes(folder / name, content)
-            else:
-                atomic_write_text(folder / name, content)
-        except OSError as error:
-            fail(f"cannot write {folder / name}: {error.strerror or error}")
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob(f"{STAGING_PREFIX}*"):  # left by a killed run
+        shutil.rmtree(stale, ignore_errors=True)
+    (folder / COMPLETE_MARKER).unlink(missing_ok=True)  # replacing a report: it is incomplete until the end
+    with staging_folder(folder, STAGING_PREFIX) as staging:
+        for name, content in rendered.items():
+            (staging / name).write_bytes(content if isinstance(content, bytes) else content.encode("utf-8"))
+        for name in rendered:
+            (staging / name).replace(folder / name)
     return [folder / name for name in rendered]
 
 
@@ -106,8 +116,10 @@ def group_row(result: GroupScores, settings: dict[str, Any]) -> dict[str, Any]:
         "base_model": group.base_model,
         "adapter": group.adapter,
         "settings": group.settings,
+        "precision": group.precision,
         "n": len(group.records),
-        "n_empty_predictions": sum(not r.prediction.strip() for r in group.records),
+        "n_empty_predictions": group.empty_predictions,
+        "n_without_reference": len(group.without_reference),
     }
     row.update(_estimate("bleu", result.bleu))
     row["bleu_signature"] = settings["bleu"]["signature"]
@@ -198,20 +210,39 @@ def _csv_row(result: GroupScores, setting_names: list[str], settings: dict[str, 
 # ---------------------------------------------------------------- markdown
 
 
+SMALL_SAMPLE = 30  # below this many records, bootstrap intervals and p-values are rough at best
+
+
 def to_markdown(report: Report) -> str:
-    lines = ["## Scores", "", *_score_table(report), "", *_settings_notes(report.settings)]
+    lines = ["## Scores", "", *_score_table(report), "", *_settings_notes(report.settings), *_count_notes(report)]
     if report.comparisons:
         lines += ["", "## Paired comparison (b - a, over shared ids)", "", *_comparison_table(report.comparisons)]
+        small = [c for c in report.comparisons if len(c.pairing.shared_ids) < SMALL_SAMPLE]
+        if small:
+            lines += ["", f"Caution: {len(small)} comparison(s) rest on fewer than {SMALL_SAMPLE} shared records "
+                          f"(n = {min(len(c.pairing.shared_ids) for c in small)} at least): their intervals and p-values "
+                          "say little; score more records."]
     if any(result.ratings for result in report.groups) or report.unmatched_ratings:
         lines += ["", "## Human ratings and their correlation with the metrics", "", *_ratings_table(report)]
     return "\n".join(lines) + "\n"
 
 
-def _score_table(report: Report) -> list[str]:
-    lines = ["| Group | n | BLEU | ROUGE-L F1 | BERTScore F1 |", "|---|---:|---|---|---|"]
+def _count_notes(report: Report) -> list[str]:
+    notes = []
     for result in report.groups:
-        cells = [_md(result.group.label), str(len(result.group.records)), _ci(result.bleu, 2),
-                 _ci(result.rouge_l_f1, 4), _ci(result.bertscore_f1, 4)]
+        group = result.group
+        if group.without_reference:
+            shown = ", ".join(group.without_reference[:10]) + (", ..." if len(group.without_reference) > 10 else "")
+            notes.append(f"- {_md(group.label)}: {len(group.without_reference)} row(s) without a reference were not "
+                         f"scored (ids {shown}).")
+    return ["", *notes] if notes else []
+
+
+def _score_table(report: Report) -> list[str]:
+    lines = ["| Group | n | empty answers | BLEU | ROUGE-L F1 | BERTScore F1 |", "|---|---:|---:|---|---|---|"]
+    for result in report.groups:
+        cells = [_md(result.group.label), str(len(result.group.records)), str(result.group.empty_predictions),
+                 _ci(result.bleu, 2), _ci(result.rouge_l_f1, 4), _ci(result.bertscore_f1, 4)]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -271,7 +302,7 @@ def _ci(estimate: Estimate, digits: int) -> str:
 def _diff(difference: Difference, digits: int) -> str:
     low, high = difference.ci95
     p = difference.p_value
-    p_text = "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
+    p_text = f"p = {p:.4f}" if p < 0.001 else f"p = {p:.3f}"
     return f"{difference.difference:+.{digits}f} [{low:+.{digits}f}, {high:+.{digits}f}] ({p_text})"
 
 
@@ -287,7 +318,7 @@ def to_scores_jsonl(report: Report) -> str:
     for result in report.groups:
         samples = result.samples
         for index, record in enumerate(result.group.records):
-            row = {"group": result.group.label, "id": record.id, "source": record.source, "line": record.line,
+            row = {"group": result.group.label, "id": record.raw_id, "source": record.source, "line": record.line,
                    "sentence_bleu": float(samples.sentence_bleu[index]),
                    "rougeL_f1": float(samples.rouge_l_f1[index]),
                    "bertscore_f1": float(samples.bertscore_f1[index])}

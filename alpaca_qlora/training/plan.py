@@ -15,13 +15,12 @@ from dataclasses import dataclass
 
 import torch
 
-from ..modeling import resolve_compute_dtype
+from ..modeling import DTYPE_NAMES, resolve_compute_dtype
 from ..run_folder import PACKED_SDPA, PACKED_VARLEN, TRAINING_ONLY_ATTENTIONS
 from .config import CHECKPOINTING_FLAG, TrainArguments, TrainingConfig
 from .kernels import liger_plan
 from .memory import checkpointing_needed
 
-DTYPE_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
 # Models whose logits are post-processed after the output layer: the chunked loss would skip that step.
 POSTPROCESSED_LOGITS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
 

@@ -24,7 +24,7 @@ from ..cli import check_writable_folder, fail
 from ..data.records import DataSplit, load_records, split_records
 from ..data.tokenization import TokenizationReport, tokenize_records
 from ..files import staging_folder
-from ..modeling import load_base_model, load_model_config, load_tokenizer, resolve_model_path
+from ..modeling import DTYPES, load_base_model, load_model_config, load_tokenizer, resolve_model_path
 from ..plots import plot_loss_curve
 from ..run_folder import (
     CHECKPOINT_PREFIX, MODEL_CARD, STAGING_PREFIX, TRAINER_STATE, RunFolder, check_output_dir,
@@ -158,7 +158,7 @@ def build_model(config: TrainingConfig, plan: TrainingPlan):
     set_seed(config.train.seed)  # the LoRA initialisation is random: same seed, same starting adapter
     loaded_attention = "sdpa" if plan.attention in ("packed_sdpa", "packed_varlen") else plan.attention
     model = load_base_model(
-        resolve_model_path(config.model.base_model), config.model.quantization, torch_dtype(plan.compute_dtype),
+        resolve_model_path(config.model.base_model), config.model.quantization, DTYPES[plan.compute_dtype],
         config.model.double_quant, config.model.bnb_4bit_quant_storage, loaded_attention, config.model.trust_remote_code,
         device_map=device_map(plan),
     )
@@ -168,10 +168,6 @@ def build_model(config: TrainingConfig, plan: TrainingPlan):
     model = add_lora(model, config, plan, checkpointing_kwargs(config.train))
     apply_liger_kernels(model, plan.fused_kernels, config.train.liger_kernel_config)
     return model
-
-
-def torch_dtype(name: str) -> torch.dtype:
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[name]
 
 
 def device_map(plan: TrainingPlan):
