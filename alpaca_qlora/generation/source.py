@@ -15,7 +15,7 @@ import torch
 from ..cli import fail
 from ..data.prompts import PROMPT_TEMPLATES
 from ..modeling import (
-    COMPUTE_DTYPES, DTYPE_NAMES, QUANTIZATIONS, cpu_has_packed_4bit_kernel, resolve_compute_dtype, resolve_model_path,
+    COMPUTE_DTYPES, DTYPE_NAMES, QUANTIZATIONS, check_model_available, cpu_has_packed_4bit_kernel, resolve_compute_dtype, resolve_model_path,
     use_packed_cpu_kernel,
 )
 from ..run_folder import (
@@ -92,20 +92,13 @@ def read_run_config(folder: str | None) -> dict:
     return {}
 
 
-def check_local_model(base_model: str, origin: str) -> None:
-    """A base model given as a path must exist (a hub id is checked when it is loaded)."""
-    looks_local = base_model.startswith(("/", "./", "../", "~")) or Path(base_model).expanduser().exists()
-    if looks_local and not Path(base_model).expanduser().is_dir():
-        fail(f"base model folder {base_model} ({origin}) does not exist; pass --base_model <id|dir>")
-
-
 def resolve_model_source(args: InferenceModelArguments) -> ModelSource:
     if args.base_model is None and args.adapter is None:
         fail("pass --adapter <run folder> (a fine-tuned model) or --base_model <id|dir> (the untuned base)")
     adapter = str(Path(args.adapter).expanduser().resolve()) if args.adapter else None
     adapter_base = adapter_base_model(adapter) if adapter else None
     base_model = args.base_model or adapter_base
-    check_local_model(base_model, "--base_model" if args.base_model else f"from {Path(adapter) / ADAPTER_CONFIG}")
+    check_model_available(base_model, "--base_model" if args.base_model else f"base model (from {Path(adapter) / ADAPTER_CONFIG})")
     base_model = resolve_model_path(base_model)
     if adapter_base and resolve_model_path(adapter_base) != base_model:
         print(f"note: --base_model {base_model} differs from the adapter's base {adapter_base}", file=sys.stderr)

@@ -148,9 +148,12 @@ def add_lora(model, config: TrainingConfig, plan: TrainingPlan, checkpointing_kw
     lora_config = LoraConfig(r=lora.lora_r, lora_alpha=lora.lora_alpha, lora_dropout=lora.lora_dropout,
                              target_modules=targets, bias="none", task_type="CAUSAL_LM")
     try:
-        return get_peft_model(model, lora_config)
+        model = get_peft_model(model, lora_config)
     except ValueError as error:
         fail(f"--lora_target_modules {lora.lora_target_modules}: {str(error).strip().splitlines()[0]}")
+    # adapter_config.json names the base as the user gave it (a GGUF file, not its converted cache folder)
+    model.peft_config["default"].base_model_name_or_path = resolve_model_path(config.model.base_model)
+    return model
 
 
 def build_model(config: TrainingConfig, plan: TrainingPlan):
