@@ -161,10 +161,10 @@ def check_values(config: TrainingConfig) -> None:
         if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
             fail(f"--{name} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
 
-    for name in ("learning_rate", "per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
+    for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
                  "num_train_epochs", "logging_steps", "save_steps", "eval_steps"):
         positive(name, getattr(train, name))
-    for name in ("weight_decay", "max_grad_norm", "warmup_steps"):
+    for name in ("learning_rate", "weight_decay", "max_grad_norm", "warmup_steps"):  # a learning rate of 0: a no-op run
         positive(name, getattr(train, name), allow_zero=True)
     if train.max_steps == 0 or train.max_steps < -1:
         fail(f"--max_steps must be > 0 (or -1 to train --num_train_epochs), got {train.max_steps}")

@@ -266,6 +266,15 @@ def build_trainer(args, plan: TrainingPlan, data: PreparedData, model, collator,
     return trainer
 
 
+def peak_memory_gib() -> float:
+    """This process's peak memory: the GPU's allocations on CUDA, else the resident set (a resumed run: since resuming)."""
+    if torch.cuda.is_available():
+        return round(torch.cuda.max_memory_allocated() / 2**30, 3)
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)  # kilobytes on Linux
+
+
 def adapter_checksums(model, world_size: int) -> list[float]:
     """Sum of every trainable weight, per process: equal values mean the processes agree."""
     checksum = sum(float(p.detach().double().sum()) for p in model.parameters() if p.requires_grad)
@@ -347,6 +356,7 @@ def train(config: TrainingConfig) -> dict:
     else:
         results["heldout"] = "none: no held-out records (--val_set_size 0)" if not data.split.val else "off (--eval_strategy no)"
     results["finished_at_step"] = trainer.state.global_step
+    results["peak_memory_gib"] = peak_memory_gib()
     results["adapter_checksum_per_process"] = adapter_checksums(trainer.model, args.world_size)
     if trainer.is_world_process_zero():
         finish_run(trainer, data, config, folder, results)
