@@ -14,6 +14,7 @@ import argparse
 import difflib
 import json
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Callable, NoReturn, Sequence
@@ -63,7 +64,8 @@ class ArgumentParser(HfArgumentParser):
     """HfArgumentParser whose errors are one-line user errors naming the flag (argparse prints usage and exits)."""
 
     def error(self, message: str) -> NoReturn:
-        fail(message)
+        # argparse says "argument --lora_r/--lora-r: invalid int value: 'x'": name the flag once, as the user wrote it
+        fail(re.sub(r"argument (--[\w]+)(?:/--[\w-]+)*:", r"\1:", message))
 
 
 def option_names(parser: argparse.ArgumentParser) -> list[str]:
@@ -164,7 +166,7 @@ def check_writable_folder(path: str | os.PathLike, flag: str) -> None:
     existing = next((p for p in [path, *path.parents] if p.exists()), None)
     if existing is None:
         return
-    if existing != path and not existing.is_dir():
+    if not existing.is_dir():
         fail(f"{flag} {path}: {existing} is a file, not a folder")
     if not os.access(existing, os.W_OK | os.X_OK):
         fail(f"{flag} {path}: {existing} is not writable")

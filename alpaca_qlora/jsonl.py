@@ -70,18 +70,27 @@ class AppendableFile:
     path: Path
     rows: list[tuple[int, dict]]
     complete_bytes: int  # the length of the file up to and including its last newline
-    torn_tail: bool
+    tail: bytes  # what follows the last newline: a half-written line when not empty
+
+    @property
+    def torn_tail(self) -> bool:
+        return bool(self.tail)
+
+    def tail_starts_with(self, prefix: str) -> bool:
+        """Whether the half-written line begins as this file's lines do (else it is not a line we wrote)."""
+        start = prefix.encode("utf-8")
+        return self.tail.startswith(start) or start.startswith(self.tail)
 
 
 def read_appendable(path: str | os.PathLike) -> AppendableFile:
     """The complete lines of a file we append to (none when it does not exist); the file is not changed."""
     path = Path(path)
     if not path.exists():
-        return AppendableFile(path, [], 0, False)
+        return AppendableFile(path, [], 0, b"")
     data = read_bytes(path)
     complete = data[: data.rfind(b"\n") + 1]
     rows = parse_lines(path, decode_utf8(path, complete))
-    return AppendableFile(path, rows, len(complete), len(complete) != len(data))
+    return AppendableFile(path, rows, len(complete), data[len(complete):])
 
 
 def drop_torn_tail(appendable: AppendableFile) -> None:

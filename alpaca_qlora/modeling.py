@@ -11,7 +11,7 @@ from urllib.parse import urlparse
 
 import torch
 
-from .cli import fail
+from .cli import UserError, fail
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 COMPUTE_DTYPES = ("auto", *DTYPES)
@@ -210,7 +210,9 @@ def load_model_config(name_or_path: str, trust_remote_code: bool = False):
     check_model_available(name_or_path)
     try:
         return AutoConfig.from_pretrained(loadable_path(name_or_path), trust_remote_code=trust_remote_code)
-    except (OSError, ValueError, TypeError, KeyError) as error:
+    except UserError:
+        raise
+    except Exception as error:  # noqa: BLE001 - a broken config.json fails in many ways (strict dataclass checks too)
         fail(f"cannot read the configuration of '{name_or_path}': {_first_line(error)}")
 
 
@@ -220,7 +222,9 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
     check_model_available(name_or_path, "tokenizer")
     try:
         tokenizer = AutoTokenizer.from_pretrained(loadable_path(name_or_path), trust_remote_code=trust_remote_code)
-    except (OSError, ValueError, TypeError, KeyError) as error:
+    except UserError:
+        raise
+    except Exception as error:  # noqa: BLE001 - missing or broken tokenizer files fail in many ways
         fail(f"cannot load the tokenizer of '{name_or_path}': {_first_line(error)}")
     if tokenizer.pad_token is None:
         # Never add a token: that resizes the embeddings and breaks adapter reloading (peft#2415).
@@ -262,7 +266,9 @@ def load_base_model(
             use_safetensors=True,
             device_map=device_map,
         )
-    except (OSError, ValueError, ImportError, TypeError, KeyError, RuntimeError) as error:
+    except UserError:
+        raise
+    except Exception as error:  # noqa: BLE001 - broken weights or config fail in many ways; out of memory is reported too
         fail(f"cannot load the base model '{name_or_path}': {_first_line(error)}")
     set_packed_cpu_kernel(model, packed_cpu_kernel)
     return model

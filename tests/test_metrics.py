@@ -470,3 +470,22 @@ def test_script_different_reference_for_an_id(tmp_path):
     assert result.returncode == 2 and result.stderr.count("\n") == 1
     assert f"{changed}:2: id '1' has a different reference than {base}:2" in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_an_interrupted_report_is_completed_by_the_same_command(tmp_path, scorers):
+    """Killed mid-write, the report folder holds some files and no metrics.json: the same command completes it."""
+    gens = write_jsonl(tmp_path / "gens.jsonl", [generation_row(i, garble(s, i), s) for i, s in enumerate(SENTENCES)])
+    argv = [str(gens), "--bertscore_model", "minilm", "--bootstrap", "50", "--no_progress"]
+    evaluate_metrics.main(argv + ["--output_dir", str(tmp_path / "reference")])
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "metrics.csv").write_text("partial")  # moved in before the kill
+    (out / ".report-dead").mkdir()  # the staging folder of the killed run
+    (out / ".report-dead" / "metrics.md").write_text("x")
+    evaluate_metrics.main(argv + ["--output_dir", str(out)])  # the same command, no --overwrite
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in (tmp_path / "reference").iterdir())
+    for name in ("metrics.json", "metrics.csv", "metrics.md", "scores.jsonl"):
+        expected = (tmp_path / "reference" / name).read_text().replace(str(tmp_path / "reference"), str(out))
+        assert (out / name).read_text() == expected, name
+    with pytest.raises(UserError, match="already exists; pass --overwrite"):  # a complete report is never replaced silently
+        evaluate_metrics.main(argv + ["--output_dir", str(out)])

@@ -128,6 +128,11 @@ def test_killed_and_resumed_run_equals_uninterrupted_run(tiny_model, tiny_data, 
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
     assert not (resumed / "adapter_model.safetensors").exists(), "killed too late: the run had finished"
+    # As if the kill had also come mid-save and mid-write: a checkpoint without its state, a torn log line.
+    (resumed / "checkpoint-8").mkdir(exist_ok=True)
+    (resumed / "checkpoint-8" / "adapter_model.safetensors").write_bytes(b"half")
+    with (resumed / "train_log.jsonl").open("a") as log:
+        log.write('{"loss": 1.2, "step": 9')
 
     result = run_script(*training_args(tiny_model, tiny_data, resumed, *common, "--resume_from_checkpoint", "true"))
     assert result.returncode == 0, result.stderr[-3000:]
@@ -141,6 +146,17 @@ def test_killed_and_resumed_run_equals_uninterrupted_run(tiny_model, tiny_data, 
         return [(row["step"], round(row["loss"], 5)) for row in rows if "loss" in row]
 
     assert losses(resumed) == losses(straight)
+    # the held-out loss before training survives the interruption, and the after-training one matches
+    results = [json.loads((run / "eval_results.json").read_text()) for run in (straight, resumed)]
+    assert results[0]["before_training"] == results[1]["before_training"]
+    assert results[0]["after_training"]["eval_loss"] == pytest.approx(results[1]["after_training"]["eval_loss"], abs=1e-6)
+
+    # Resuming the finished run changes nothing and says so.
+    before = {p.name: p.read_bytes() for p in resumed.iterdir() if p.is_file()}
+    again = run_script(*training_args(tiny_model, tiny_data, resumed, *common, "--resume_from_checkpoint", "true"))
+    assert again.returncode == 0 and "finished at step 12; nothing to do" in again.stdout
+    assert {p.name: p.read_bytes() for p in resumed.iterdir() if p.is_file()} == before
+    assert sorted(p.name for p in resumed.glob("checkpoint-*")) == ["checkpoint-12", "checkpoint-4", "checkpoint-8"]
 
 
 def test_two_process_ddp_on_cpu(tiny_model, tiny_data, tmp_path):

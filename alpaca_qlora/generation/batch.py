@@ -123,6 +123,7 @@ def plan_batches(prompt_lengths: list[int], batch_size: int) -> list[list[int]]:
 # The output file: resume-safe appending
 # ---------------------------------------------------------------------------------------------
 GENERATION_LINE_KEYS = {"id", "settings", "base_model", "adapter", "prediction"}
+LINE_START = '{"id": '  # how every generation line begins (its first key): a half-written one too
 
 
 def line_key(setting_key: str, record_id) -> tuple[str, str]:
@@ -142,6 +143,9 @@ def read_output_file(path: Path) -> AppendableFile:
         if not GENERATION_LINE_KEYS <= set(row) or not isinstance(row["settings"], dict):
             fail(f"--output_file {path}:{number}: not a generation line (no id/settings/base_model/adapter/prediction); "
                  "not a generations file of inference.py: choose another --output_file")
+    if existing.torn_tail and not existing.tail_starts_with(LINE_START):
+        fail(f"--output_file {path}: its last line is not a generation line; not a generations file of inference.py: "
+             "choose another --output_file")
     return existing
 
 

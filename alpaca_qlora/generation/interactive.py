@@ -64,6 +64,8 @@ class RatingsFile:
             if not {"rating", "prediction"} <= set(row):
                 raise UserError(f"--ratings_file {self.path}:{number}: not a rating (no rating/prediction); "
                                 "choose another --ratings_file")
+        if self.existing.torn_tail and not self.existing.tail_starts_with('{"id": '):
+            raise UserError(f"--ratings_file {self.path}: its last line is not a rating; choose another --ratings_file")
         indices = [row.get("id") for _, row in self.existing.rows if isinstance(row.get("id"), int)]
         self.next_index = max(indices, default=0) + 1
         self.saved = 0
