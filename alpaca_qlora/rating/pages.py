@@ -111,6 +111,7 @@ def chat_page(model_label: str, defaults: GenerationSettings, ratings_path: str)
     return page("Chat and rate", f"""
 <h1>Chat and rate</h1>
 <p class="model">Model: <span id="model">{escape(model_label)}</span>. Ratings go to {escape(ratings_path)}.</p>
+<div class="chat">
 <form id="ask" class="ask">
   <label for="instruction">Instruction</label>
   <textarea id="instruction" name="instruction" rows="3" required></textarea>
@@ -121,6 +122,7 @@ def chat_page(model_label: str, defaults: GenerationSettings, ratings_path: str)
   </fieldset>
   <button id="generate" type="submit">Generate</button>
 </form>
+<div class="side">
 <section class="reply">
   <h2>Answer</h2>
   <pre id="answer" aria-live="polite"></pre>
@@ -134,4 +136,6 @@ def chat_page(model_label: str, defaults: GenerationSettings, ratings_path: str)
   <input id="annotator" name="annotator" maxlength="{MAX_ANNOTATOR}">
   <button id="save-rating" type="submit">Save rating</button>
   <p id="rate-status"></p>
-</form>""", script="chat.js")
+</form>
+</div>
+</div>""", script="chat.js")

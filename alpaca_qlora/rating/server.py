@@ -39,7 +39,7 @@ LOOPBACK_NAMES = ["127.0.0.1", "localhost", "::1", "[::1]"]
 SECURITY_HEADERS = [
     (b"content-security-policy", b"default-src 'self'; frame-ancestors 'none'"),
     (b"x-content-type-options", b"nosniff"),
-    (b"referrer-policy", b"no-referrer"),
+    (b"referrer-policy", b"same-origin"),  # not no-referrer: Chromium then sends "Origin: null" with our own forms
     (b"cache-control", b"no-store"),
 ]
 
@@ -155,9 +155,12 @@ def build_app(routes: list[Route], host: str) -> Starlette:
             raise RequestError(404, f"no such file: {name}")
         return Response(files[name], media_type=STATIC_TYPES[name])
 
+    async def no_icon(request: Request) -> Response:
+        return Response(status_code=204)
+
     allowed_hosts = LOOPBACK_NAMES if is_loopback(host) else ["*"]
     return Starlette(
-        routes=[*routes, Route("/static/{name}", handle_errors(static, html=False))],
+        routes=[*routes, Route("/static/{name}", handle_errors(static, html=False)), Route("/favicon.ico", no_icon)],
         middleware=[Middleware(SecurityHeaders), Middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts)],
     )
 
