@@ -17,6 +17,7 @@ from rating_helpers import BAD, GOOD, ROOT, Server, post_json, read_lines, reque
 from alpaca_qlora.cli import UserError
 from alpaca_qlora.rating.command import main
 from alpaca_qlora.rating.pairs import BlindSet
+from alpaca_qlora.rating.store import RatingsStore, rating_row
 
 
 @pytest.fixture
@@ -63,6 +64,10 @@ def test_bad_blind_inputs_are_one_line_and_write_nothing(tmp_path, files):
         f"--ratings_file {terminal}:1: not a pairwise rating")
     assert refused(["blind", str(good), str(bad), "--ratings_file", str(ratings), "--port", "70000"]) == (
         "--port must be from 0 to 65535, got 70000")
+    sweep = tmp_path / "sweep.jsonl"  # two settings per prompt
+    sweep.write_text(good.read_text() + good.read_text())
+    assert refused(["blind", str(sweep), str(bad), "--ratings_file", str(ratings)]).startswith(
+        f"{sweep}:5: id 0 again (first at line 1); blind rating takes one answer per prompt: a sweep file")
     assert refused(["serve"]) == "unknown mode 'serve': choose blind or chat (python -m alpaca_qlora.rating --help)"
     assert not ratings.exists() and terminal.read_text().count("\n") == 1
 
@@ -98,6 +103,23 @@ def test_each_annotator_has_a_fixed_order_and_sides(tmp_path, files):
     rated = {blind.pair_key(alice[0].item), blind.pair_key(alice[1].item)}
     assert blind.next_item("alice", rated) == alice[2] and blind.progress("alice", rated) == (2, 12)
     assert blind.next_item("alice", {blind.pair_key(item) for item in blind.items}) is None
+
+
+def test_a_torn_last_line_is_cut_before_the_next_rating(tmp_path, files):
+    blind = BlindSet([str(files[0]), str(files[1])])
+    first, second = blind.order("alice")[:2]
+
+    def row(shown):
+        sides = {"A": blind.files[shown.a].path, "B": blind.files[shown.b].path}
+        return rating_row(blind.answer(0, shown.item).prompt_id, blind.pair_files(shown.item), sides, "A", "", "alice")
+
+    path = tmp_path / "ratings.jsonl"
+    path.write_text(json.dumps(row(first)) + "\n" + json.dumps(row(second))[:40])  # killed while writing
+    store = RatingsStore(path)
+    assert len(store.ratings) == 1 and store.has_rated("alice", blind.pair_key(first.item))
+    assert store.append(row(second)) and not store.append(row(second))  # a pair once per annotator
+    assert [r["prompt_id"] for r in read_lines(path)] == [int(first.item.prompt_key),
+                                                          int(second.item.prompt_key)]
 
 
 # ---------------------------------------------------------------- the server
