@@ -128,10 +128,12 @@ class RatingsStore:
         return key in self.rated.get(annotator, set())
 
     def rated_by(self, annotator: str) -> set[tuple[str, frozenset[str]]]:
-        return self.rated.get(annotator, set())
+        with self.lock:  # a copy: other requests may be appending
+            return set(self.rated.get(annotator, set()))
 
     def annotators(self) -> list[str]:
-        return sorted(self.rated)
+        with self.lock:
+            return sorted(self.rated)
 
     def append(self, row: dict[str, Any]) -> bool:
         """Write one rating, flushed and fsynced; False (nothing written) if the annotator already rated the pair."""
