@@ -210,12 +210,13 @@ def test_chat_in_the_browser_streams_an_answer_and_rates_it(browser, tmp_path, t
             field = wait_for(browser, f"#{name}")
             field.clear()
             field.send_keys(value)
-        browser.execute_script(  # count the updates of the answer box: streamed pieces, then the whole answer
-            "window.answerUpdates = 0; new MutationObserver(() => window.answerUpdates++)"
-            ".observe(document.getElementById('answer'), {childList: true, characterData: true, subtree: true});")
+        browser.execute_script(  # record every text the answer box shows: the streamed pieces as they add up
+            "window.shown = []; new MutationObserver((changes) => changes.forEach((change) => "
+            "change.addedNodes.forEach((node) => window.shown.push(node.textContent))))"
+            ".observe(document.getElementById('answer'), {childList: true});")
         wait_for(browser, "#generate").click()
         wait_for(browser, '#status[data-state="done"]')
-        assert browser.execute_script("return window.answerUpdates") >= 3
+        shown = browser.execute_script("return window.shown")
         answer = wait_for(browser, "#answer").get_attribute("textContent")  # as sent, not as rendered
         wait_for(browser, "#rating-4").click()
         wait_for(browser, "#comment").send_keys("fine")
@@ -239,6 +240,9 @@ def test_chat_in_the_browser_streams_an_answer_and_rates_it(browser, tmp_path, t
     finally:
         torch.set_num_threads(threads)
     assert answer == expected.text
+    growing = shown[:-1]  # the last is the whole answer, set when the model is done
+    assert len(growing) >= 2 and all(later.startswith(earlier) for earlier, later in zip(growing, growing[1:]))
+    assert growing[-1].strip() == expected.text and len(growing[0]) < len(growing[-1])
     [row] = read_lines(ratings)
     assert (row["id"], row["rating"], row["comment"], row["annotator"]) == (1, 4, "fine", "carol")
     assert row["prediction"] == expected.text and row["settings"] == resolved

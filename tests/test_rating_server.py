@@ -190,7 +190,9 @@ def test_chat_streams_the_answer_and_refuses_bad_requests(tmp_path, tiny_model):
         events = [json.loads(line) for line in body.decode().splitlines()]
         settings = events[0]["settings"]
         assert events[0]["event"] == "start" and settings["temperature"] == 0.8
-        assert events[0]["settings"]["top_k"] == 50 and events[0]["settings"]["max_new_tokens"] == 24
+        assert settings["top_k"] == 50 and settings["max_new_tokens"] == 24
+        status, _, body = post_json(server.url + "/chat/generate", {**ask, "settings": {"max_new_tokens": ""}})
+        assert json.loads(body.decode().splitlines()[0])["settings"]["max_new_tokens"] == 16  # the command line's
         texts = [e["text"] for e in events if e["event"] == "text"]
         done = events[-1]
         assert done["event"] == "done" and len(texts) >= 2  # pieces, as the streamer produced them

@@ -37,8 +37,8 @@ class ChatSession:
 
     # -- requests ------------------------------------------------------------------------------
     def settings_from(self, given: Any) -> dict:
-        """The resolved settings of a request: each value parsed as `/set NAME=VALUE` is, empty meaning the default
-        (auto for top_k, top_p, temperature, do_sample), then checked as the command line checks them."""
+        """The resolved settings of a request: each value parsed as `/set NAME=VALUE` is (empty: auto for top_k,
+        top_p, temperature and do_sample, the command line's value for the others), then checked as flags are."""
         if not isinstance(given, dict):
             raise bad_request("field 'settings' must be an object of setting names to values")
         changes = {}
@@ -48,7 +48,9 @@ class ChatSession:
             if not isinstance(text, (str, int, float)) or isinstance(text, bool):
                 raise bad_request(f"setting '{name}' must be given as text")
             text = str(text).strip()
+            # empty: auto for the optional knobs, else the command line's value (shown in the field)
             default = GenerationSettings.__dataclass_fields__[name].default
+            default = getattr(self.defaults, name) if default is not None else None
             try:
                 changes[name] = default if text == "" else parse_setting_value(name, text)
             except UserError as error:

@@ -117,7 +117,7 @@ def chat_page(model_label: str, defaults: GenerationSettings, ratings_path: str)
   <textarea id="instruction" name="instruction" rows="3" required></textarea>
   <label for="input">Input (optional)</label>
   <textarea id="input" name="input" rows="2"></textarea>
-  <fieldset class="settings"><legend>Decoding (empty: auto; beam search shows the answer when it is complete)</legend>
+  <fieldset class="settings"><legend>Decoding (top_k, top_p, temperature empty: auto; beam search shows the answer when it is complete)</legend>
     {"".join(fields)}
   </fieldset>
   <button id="generate" type="submit">Generate</button>
