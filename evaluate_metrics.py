@@ -4,6 +4,7 @@
   python evaluate_metrics.py sweep.jsonl --output_dir sweep-metrics          # one row per decoding setting
   python evaluate_metrics.py base.jsonl tuned.jsonl --output_dir compare     # paired comparison (tuned - base)
   python evaluate_metrics.py gens.jsonl --output_dir m --bertscore_model minilm   # fully offline backbone
+  python evaluate_metrics.py base.jsonl tuned.jsonl --output_dir m --pairwise_ratings human.jsonl  # blind choices
 
 Writes metrics.json, metrics.csv, metrics.md, scores.jsonl and metrics.png to --output_dir; see docs/evaluate.md.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 import sys
 
 from alpaca_qlora.cli import ArgumentParser, parse_dataclasses, run_cli
+from alpaca_qlora.scoring.human import load_pairwise, summarise_pairwise
 from alpaca_qlora.scoring.inputs import InputConfig, attach_ratings, load_groups, pair_inputs, prefix_labels
 from alpaca_qlora.scoring.metrics import MetricConfig, check_config, compare, load_scorers, pooled_ratings, score_groups
 from alpaca_qlora.scoring.report import OutputConfig, Report, build_report, check_report_dir, write_report
@@ -42,14 +44,19 @@ def run(paths: list[str], input_config: InputConfig, metric_config: MetricConfig
     prefix_labels(per_input, paths)
     groups = [group for groups in per_input for group in groups]
     unmatched_ratings = attach_ratings(input_config.ratings, groups) if input_config.ratings else []
+    pairwise = load_pairwise(input_config.pairwise_ratings, paths, per_input) if input_config.pairwise_ratings else None
     pairings = [pairing for other in per_input[1:] for pairing in pair_inputs(per_input[0], other)]
 
     scorers = load_scorers(metric_config, bertscorer)
     results = score_groups(groups, scorers)
     by_group = {id(result.group): result for result in results}
     comparisons = [compare(p, by_group[id(p.a)], by_group[id(p.b)], scorers) for p in pairings]
+    human = None
+    if pairwise is not None:
+        systems = [by_group[id(groups[0])] if len(groups) == 1 else None for groups in per_input]
+        human = summarise_pairwise(pairwise, systems, metric_config.bootstrap, metric_config.seed)
     report = build_report(paths, scorers, results, comparisons, pooled_ratings(results, metric_config),
-                          unmatched_ratings)
+                          unmatched_ratings, human)
     written = write_report(report, output_config)
     print(f"scored {sum(len(g.records) for g in groups)} pairs in {len(groups)} group(s); wrote "
           f"{', '.join(str(path) for path in written)}", file=sys.stderr)

@@ -94,6 +94,16 @@ class AnsweredQuestion:
     stopped: bool = False  # Ctrl-C stopped the answer: what was written so far is what gets rated
 
 
+def rating_row(answered: AnsweredQuestion, score: int, comment: str, source: ModelSource) -> dict:
+    """One line of the ratings file (the terminal's /rate and the page's chat write the same)."""
+    return {
+        "id": answered.index, "instruction": answered.instruction, "input": answered.input,
+        "prediction": answered.prediction, "rating": score, "comment": comment, "settings": answered.settings,
+        "base_model": source.base_model, "adapter": source.adapter, "precision": source.precision(),
+        **({"stopped": True} if answered.stopped else {}),
+    }
+
+
 def read_message(prompt: str) -> str:
     """One message: a line, or several between triple quotes. Raises EOFError at the end of the input."""
     lines = [input(prompt)]
@@ -203,14 +213,8 @@ class Session:
                 print(f"error: {error}")
 
     def save_rating(self, score: int, comment: str) -> None:
-        last = self.last
-        self.ratings.append({
-            "id": last.index, "instruction": last.instruction, "input": last.input, "prediction": last.prediction,
-            "rating": score, "comment": comment, "settings": last.settings,
-            "base_model": self.source.base_model, "adapter": self.source.adapter, "precision": self.source.precision(),
-            **({"stopped": True} if last.stopped else {}),
-        })
-        print(f"rated [{last.index}] {score}/5")
+        self.ratings.append(rating_row(self.last, score, comment, self.source))
+        print(f"rated [{self.last.index}] {score}/5")
 
     # -- answering -----------------------------------------------------------------------------
     def answer(self, instruction: str) -> bool:

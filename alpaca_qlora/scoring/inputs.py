@@ -42,6 +42,12 @@ class InputConfig:
                           "same instruction, input and prediction (or, in a file without predictions, the same id "
                           "and settings)."},
     )
+    pairwise_ratings: Optional[str] = field(
+        default=None,
+        metadata={"help": "JSONL of blind side-by-side choices (python -m alpaca_qlora.rating blind): win rate of "
+                          "each input file with a bootstrap CI, Bradley-Terry strengths (3+ files), agreement of each "
+                          "metric with the choices, and between annotators."},
+    )
 
 
 @dataclass

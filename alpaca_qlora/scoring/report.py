@@ -17,6 +17,7 @@ from typing import Any, Optional
 from ..cli import fail
 from ..cli import check_writable_folder
 from ..files import staging_folder
+from .human import PairwiseSummary
 from .metrics import Comparison, Difference, Estimate, GroupScores, RatingSummary, Scorers
 
 OUTPUT_FILES = ("metrics.json", "metrics.csv", "metrics.md", "scores.jsonl", "metrics.png")
@@ -39,6 +40,7 @@ class Report:
     comparisons: list[Comparison]
     pooled_ratings: Optional[RatingSummary] = None
     unmatched_ratings: list[int] = field(default_factory=list)  # ratings of answers that are not among the rows
+    human: Optional[PairwiseSummary] = None  # blind side-by-side choices (--pairwise_ratings)
 
 
 COMPLETE_MARKER = "metrics.json"  # written last: a report without it was cut short, and a rerun completes it
@@ -56,9 +58,10 @@ def check_report_dir(config: OutputConfig) -> None:
 
 
 def build_report(inputs: list[str], scorers: Scorers, groups: list[GroupScores], comparisons: list[Comparison],
-                 pooled: Optional[RatingSummary] = None, unmatched_ratings: Optional[list[int]] = None) -> Report:
+                 pooled: Optional[RatingSummary] = None, unmatched_ratings: Optional[list[int]] = None,
+                 human: Optional[PairwiseSummary] = None) -> Report:
     return Report(inputs=inputs, settings=scorers.settings(), groups=groups, comparisons=comparisons,
-                  pooled_ratings=pooled, unmatched_ratings=unmatched_ratings or [])
+                  pooled_ratings=pooled, unmatched_ratings=unmatched_ratings or [], human=human)
 
 
 def write_report(report: Report, config: OutputConfig) -> list[Path]:
@@ -101,7 +104,50 @@ def to_json(report: Report) -> dict[str, Any]:
     if report.unmatched_ratings:
         data["ratings_unmatched"] = {"n": len(report.unmatched_ratings), "mean": _mean(report.unmatched_ratings),
                                      "note": "ratings of answers that are not among the scored rows"}
+    if report.human is not None:
+        data["human_pairwise"] = human_dict(report.human, report.settings["bootstrap"])
     return _finite(data)
+
+
+def human_dict(human: PairwiseSummary, bootstrap: dict[str, Any]) -> dict[str, Any]:
+    import importlib.metadata
+
+    labels = human.labels
+    bt = human.bradley_terry
+    return {
+        "ratings_file": human.path,
+        "n_ratings": human.n_ratings,
+        "n_used": human.n_used,
+        "n_unmatched": human.unmatched,
+        "n_repeated": human.repeated,
+        "choices": human.choices,
+        "annotators": human.annotators,
+        "ties": "a tie or 'both bad' counts half a win for each side",
+        "interval": f"95% percentile bootstrap over prompts (a prompt brings all its ratings), "
+                    f"{bootstrap['resamples']} resamples, seed {bootstrap['seed']}",
+        "systems": [{"label": labels[r.system], "source": human.sources[r.system], "n": r.n, "wins": r.wins,
+                     "losses": r.losses, "ties": r.ties, "both_bad": r.both_bad, "win_rate": r.win_rate,
+                     "win_rate_ci95": list(r.ci95)} for r in human.win_rates],
+        "head_to_head": [{"a": labels[h.a], "b": labels[h.b], "n": h.n, "a_wins": h.a_wins, "b_wins": h.b_wins,
+                          "ties": h.ties, "both_bad": h.both_bad, "b_win_rate": h.b_win_rate,
+                          "b_win_rate_ci95": list(h.ci95)} for h in human.head_to_head],
+        "bradley_terry": None if bt is None else {
+            "strengths": {labels[system]: value for system, value in zip(bt.systems, bt.strengths)},
+            "exact_ml": bt.exact,
+            "library": f"choix {importlib.metadata.version('choix')} ilsr_pairwise",
+            "note": "log-strengths, mean 0; P(i beats j) = 1 / (1 + exp(s_j - s_i)); a tie is half a win each way"
+                    + ("" if bt.exact else f"; regularised (alpha 0.01): some system never won or never lost"),
+        },
+        "metric_agreement": {name: {"n": a.n, "n_decisive": a.n_decisive, "pairwise_accuracy": a.pairwise_accuracy,
+                                    "metric_ties": a.metric_ties, "kendall_tau": a.kendall_tau}
+                             for name, a in human.metric_agreement.items()},
+        "metric_agreement_note": "pairwise accuracy: share of decisive choices (A or B) where the per-sample metric "
+                                 "scores the chosen answer higher (a metric tie is a miss); Kendall's tau-b "
+                                 "(scipy) of the choice (+1/0/-1) against the metric difference, each rating in "
+                                 "both orientations",
+        "annotator_agreement": [{"a": g.a, "b": g.b, "n_shared": g.n_shared, "cohen_kappa": g.cohen_kappa,
+                                 "raw_agreement": g.raw_agreement} for g in human.annotator_agreement],
+    }
 
 
 def _mean(values: list[int]) -> float:
@@ -224,7 +270,53 @@ def to_markdown(report: Report) -> str:
                           "say little; score more records."]
     if any(result.ratings for result in report.groups) or report.unmatched_ratings:
         lines += ["", "## Human ratings and their correlation with the metrics", "", *_ratings_table(report)]
+    if report.human is not None:
+        lines += ["", "## Human pairwise choices (blind side by side)", "", *_human_section(report.human)]
     return "\n".join(lines) + "\n"
+
+
+def _human_section(human: PairwiseSummary) -> list[str]:
+    labels = human.labels
+    choices = ", ".join(f"{name} {count}" for name, count in human.choices.items())
+    lines = [f"{human.n_used} choices from `{_md(human.path)}` by {len(human.annotators)} annotator(s) "
+             f"({choices}). Win rate: a win counts 1, a tie or both bad 1/2, a loss 0; "
+             "[95% bootstrap interval over prompts].", "",
+             "| System | comparisons | wins | losses | ties | both bad | win rate |", "|---|---:|---:|---:|---:|---:|---|"]
+    for r in human.win_rates:
+        lines.append(f"| {_md(labels[r.system])} | {r.n} | {r.wins} | {r.losses} | {r.ties} | {r.both_bad} | "
+                     f"{r.win_rate:.3f} [{r.ci95[0]:.3f}, {r.ci95[1]:.3f}] |")
+    if len(human.head_to_head) > 1:
+        lines += ["", "| a | b | n | a wins | b wins | ties | both bad | b's win rate |", "|---|---|---:|---:|---:|---:|---:|---|"]
+        for h in human.head_to_head:
+            lines.append(f"| {_md(labels[h.a])} | {_md(labels[h.b])} | {h.n} | {h.a_wins} | {h.b_wins} | {h.ties} | "
+                         f"{h.both_bad} | {h.b_win_rate:.3f} [{h.ci95[0]:.3f}, {h.ci95[1]:.3f}] |")
+    if human.bradley_terry is not None:
+        bt = human.bradley_terry
+        ranked = sorted(zip(bt.strengths, bt.systems), reverse=True)
+        lines += ["", "Bradley-Terry log-strengths (choix, mean 0; P(i beats j) = 1 / (1 + exp(s_j - s_i))"
+                      + ("" if bt.exact else "; regularised: some system never won or never lost") + "): "
+                      + ", ".join(f"{_md(labels[system])} {value:+.3f}" for value, system in ranked) + "."]
+    lines += ["", "| Metric | rated pairs | decisive | pairwise accuracy | metric ties | Kendall's tau |",
+              "|---|---:|---:|---|---:|---|"]
+    for name, a in human.metric_agreement.items():
+        accuracy = "n/a" if a.pairwise_accuracy is None else f"{a.pairwise_accuracy:.3f}"
+        tau = "n/a" if a.kendall_tau is None else f"{a.kendall_tau:.3f}"
+        lines.append(f"| {name} | {a.n} | {a.n_decisive} | {accuracy} | {a.metric_ties} | {tau} |")
+    lines += ["", "Pairwise accuracy: share of decisive choices where the per-sample metric scores the chosen answer "
+                  "higher (a metric tie is a miss). Kendall's tau-b (scipy) of the choice (+1 / 0 / -1) against the "
+                  "metric difference, each rating in both orientations."]
+    if human.annotator_agreement:
+        lines += ["", "| Annotators | shared pairs | Cohen's kappa | raw agreement |", "|---|---:|---|---|"]
+        for g in human.annotator_agreement:
+            kappa = "n/a" if g.cohen_kappa is None else f"{g.cohen_kappa:.3f}"
+            lines.append(f"| {_md(g.a)} / {_md(g.b)} | {g.n_shared} | {kappa} | {g.raw_agreement:.3f} |")
+    notes = []
+    if human.unmatched:
+        notes.append(f"{human.unmatched} rating(s) compare files that are not among the inputs and are left out.")
+    if human.repeated:
+        notes.append(f"{human.repeated} rating(s) were given again by the same annotator for the same pair; the later "
+                     "one counts.")
+    return lines + (["", *notes] if notes else [])
 
 
 def _count_notes(report: Report) -> list[str]:
@@ -348,7 +440,14 @@ def to_png(report: Report) -> bytes:
     ]
     labels = [r.group.label for r in report.groups]
     height = 0.26
-    figure, axes = plt.subplots(figsize=(9, 1.6 + 0.7 * len(labels)), layout="constrained")
+    metric_height = 1.6 + 0.7 * len(labels)
+    if report.human is None:
+        figure, axes = plt.subplots(figsize=(9, metric_height), layout="constrained")
+    else:
+        human_height = 1.2 + 0.45 * len(report.human.win_rates)
+        figure, (axes, human_axes) = plt.subplots(2, 1, figsize=(9, metric_height + human_height),
+                                                  height_ratios=[metric_height, human_height], layout="constrained")
+        _win_rate_bars(human_axes, report.human)
     for offset, (name, values, color, unscale) in enumerate(series):
         positions = [i + (offset - 1) * height for i in range(len(labels))]
         errors = [[value - low for value, low, _ in values], [high - value for value, _, high in values]]
@@ -369,6 +468,24 @@ def to_png(report: Report) -> bytes:
     figure.savefig(buffer, format="png", dpi=150)
     plt.close(figure)
     return buffer.getvalue()
+
+
+def _win_rate_bars(axes, human: PairwiseSummary) -> None:
+    """Each system's human win rate (ties half) with its bootstrap interval, 0.5 marked."""
+    rates = human.win_rates
+    values = [r.win_rate for r in rates]
+    errors = [[r.win_rate - r.ci95[0] for r in rates], [r.ci95[1] - r.win_rate for r in rates]]
+    axes.barh(range(len(rates)), values, height=0.5, xerr=errors, color="#8172B3",
+              error_kw={"elinewidth": 1, "capsize": 2})
+    for position, rate in enumerate(rates):
+        axes.text(rate.ci95[1] + 0.01, position, f"{rate.win_rate:.2f} (n = {rate.n})", va="center", fontsize=6.5)
+    axes.axvline(0.5, color="#555555", linestyle="--", linewidth=0.8)
+    axes.set_yticks(range(len(rates)), labels=[human.labels[r.system] for r in rates], fontsize=8)
+    axes.invert_yaxis()
+    axes.set_xlim(0.0, 1.15)  # room for the numbers right of an interval that reaches 1
+    axes.set_xticks([0.0, 0.2, 0.4, 0.6, 0.8, 1.0])
+    axes.set_xlabel("human win rate in blind side-by-side choices (ties count half), 95% bootstrap interval over prompts")
+    axes.grid(axis="x", alpha=0.3)
 
 
 def _scaled(estimate: Estimate, factor: float) -> tuple[float, float, float]:
