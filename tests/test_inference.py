@@ -257,7 +257,7 @@ def test_invalid_batch_inputs_stop_before_loading(MODEL, no_loading, capsys, tmp
     assert "record 1: field 'input' must be a string" in cli_error(batch[:2] + ["--prompts_file", str(broken), "--output_file", "g.jsonl"], capsys)
     assert "pass --adapter" in cli_error(["--instruction", "Hi."], capsys)
     assert "no such folder" in cli_error(["--adapter", str(tmp_path / "missing"), "--instruction", "Hi."], capsys)
-    assert "does not exist" in cli_error(["--base_model", str(tmp_path / "nowhere"), "--instruction", "Hi."], capsys)
+    assert "nowhere: no such folder" in cli_error(["--base_model", str(tmp_path / "nowhere"), "--instruction", "Hi."], capsys)
 
 
 # ---------------------------------------------------------------------------------------------
