@@ -3,6 +3,7 @@
 
     python inference.py --adapter runs/my-run                                      # interactive, for human evaluation
     python inference.py --adapter runs/my-run --instruction "Name three primary colors."
+    python inference.py --adapter runs/llava-run --instruction "Does this post break a rule?" --image post.png
     python inference.py --adapter runs/my-run --prompts_file runs/my-run/val.jsonl --output_file runs/my-run/generations.jsonl
     python inference.py --adapter runs/my-run --prompts_file runs/my-run/val.jsonl --output_file sweep.jsonl \\
         --sweep "top_k=1,10,50 num_beams=1,4 temperature=0.2,0.7,1.0"
@@ -20,12 +21,15 @@ from alpaca_qlora.data.records import DEFAULT_FIELDS
 from alpaca_qlora.generation import batch, generate, interactive
 from alpaca_qlora.generation.settings import GenerationSettings
 from alpaca_qlora.generation.source import InferenceModelArguments, resolve_model_source
+from alpaca_qlora.vision import IMAGE_FIELD, IMAGE_TEXT_TO_TEXT, check_image
 
 
 @dataclass
 class JobArguments:
     instruction: str | None = field(default=None, metadata={"help": "Answer this one instruction, print the answer and exit."})
     input: str | None = field(default=None, metadata={"help": "Input (context) for --instruction."})
+    image: str | None = field(default=None, metadata={"help": "An image for --instruction (image-text models such as LLaVA). "
+                                                              "In a --prompts_file, records name theirs in an 'image' field."})
     prompts_file: str | None = field(default=None, metadata={"help": "Batch mode: Alpaca .json/.jsonl records (a run folder's val.jsonl works); the output (reference) field is optional."})
     output_file: str | None = field(default=None, metadata={"help": "Batch mode: JSONL of generations; a rerun of the same command resumes it."})
     batch_size: int = field(default=16, metadata={"help": "Batch mode: prompts per generate call (left-padded)."})
@@ -54,6 +58,10 @@ def check_job(job: JobArguments) -> None:
         fail("--instruction and --prompts_file exclude each other: one answer, or a file of prompts")
     if job.input is not None and job.instruction is None:
         fail("--input goes with --instruction")
+    if job.image is not None:
+        if job.instruction is None:
+            fail("--image goes with --instruction (in a --prompts_file, records name their image in an 'image' field)")
+        check_image(job.image, "--image")
     if batch_mode and not job.output_file:
         fail("--prompts_file needs --output_file (the JSONL of generations)")
     for flag in BATCH_ONLY:
@@ -104,11 +112,16 @@ def main(argv: list[str] | None = None) -> None:
     if job.prompts_file:
         run_batch(job, grid, source)
     elif job.instruction is not None:
+        record = {"id": "--instruction", "instruction": job.instruction, "input": job.input or "", "output": ""}
+        if job.image is not None:
+            if source.model_kind != IMAGE_TEXT_TO_TEXT:
+                fail(f"--image: {source.base_model} is a text-only model; use an image-text model (LLaVA)")
+            record[IMAGE_FIELD] = job.image
         model, tokenizer = load(source)
-        record = {"instruction": job.instruction, "input": job.input or "", "output": ""}
         prompt = generate.prompt_for(record, source.prompt_template, tokenizer)
         generate.seed_everything(grid[0]["seed"])
-        print(generate.generate_answers(model, tokenizer, [prompt], grid[0])[0].text)
+        images = generate.record_images([record]) or None
+        print(generate.generate_answers(model, tokenizer, [prompt], grid[0], images=images)[0].text)
     else:
         ratings = interactive.RatingsFile(job.ratings_file or interactive.default_ratings_path(source))
         model, tokenizer = load(source)

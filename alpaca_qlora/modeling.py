@@ -186,13 +186,16 @@ def check_bitsandbytes(quantization: str) -> None:
         fail("--quantization int8 needs a CUDA GPU (bitsandbytes' 8-bit matmul has no CPU kernel); use nf4 or none on the CPU")
 
 
-def quantization_config(quantization: str, compute_dtype: torch.dtype, double_quant: bool = True, quant_storage: str = "uint8"):
+def quantization_config(quantization: str, compute_dtype: torch.dtype, double_quant: bool = True, quant_storage: str = "uint8",
+                        skip_modules: tuple[str, ...] | None = None):
+    """bitsandbytes' config; `skip_modules` stay unquantized (an image-text model's vision side, vision.py)."""
     from transformers import BitsAndBytesConfig
 
     if quantization == "none":
         return None
+    skip = {"llm_int8_skip_modules": list(skip_modules)} if skip_modules else {}
     if quantization == "int8":
-        return BitsAndBytesConfig(load_in_8bit=True)
+        return BitsAndBytesConfig(load_in_8bit=True, **skip)
     storage = torch.uint8 if quant_storage == "uint8" else DTYPES[quant_storage]
     return BitsAndBytesConfig(
         load_in_4bit=True,
@@ -200,20 +203,42 @@ def quantization_config(quantization: str, compute_dtype: torch.dtype, double_qu
         bnb_4bit_use_double_quant=double_quant,
         bnb_4bit_compute_dtype=compute_dtype,
         bnb_4bit_quant_storage=storage,
+        **skip,
     )
 
 
-def load_model_config(name_or_path: str, trust_remote_code: bool = False):
+def load_model_config(name_or_path: str, trust_remote_code: bool = False, flag: str = "--base_model"):
     """The base model's config.json, read and checked (a broken one is a user error, not a traceback later)."""
     from transformers import AutoConfig
 
-    check_model_available(name_or_path)
+    check_model_available(name_or_path, flag)
     try:
         return AutoConfig.from_pretrained(loadable_path(name_or_path), trust_remote_code=trust_remote_code)
     except UserError:
         raise
     except Exception as error:  # noqa: BLE001 - a broken config.json fails in many ways (strict dataclass checks too)
         fail(f"cannot read the configuration of '{name_or_path}': {_first_line(error)}")
+
+
+def base_model_kind(name_or_path: str, trust_remote_code: bool = False, flag: str = "--base_model") -> str:
+    """causal_lm or image_text_to_text, from config.json; a model that cannot generate text is a user error."""
+    from .vision import model_kind
+
+    config = load_model_config(name_or_path, trust_remote_code, flag)
+    kind = model_kind(config)
+    if kind is None:
+        fail(f"{flag} {name_or_path}: a '{config.model_type}' model is not a generator (neither a causal LM nor an "
+             "image-text-to-text model)")
+    return kind
+
+
+def load_tokenizer_or_processor(name_or_path: str, kind: str, trust_remote_code: bool = False):
+    """The tokenizer of a causal LM; the processor (tokenizer + image processor) of an image-text model."""
+    from .vision import IMAGE_TEXT_TO_TEXT, load_processor
+
+    if kind == IMAGE_TEXT_TO_TEXT:
+        return load_processor(name_or_path, trust_remote_code)
+    return load_tokenizer(name_or_path, trust_remote_code)
 
 
 def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
@@ -250,16 +275,21 @@ def load_base_model(
     trust_remote_code: bool = False,
     device_map=None,
     packed_cpu_kernel: bool = False,
+    kind: str = "causal_lm",
 ):
-    """The base model; `packed_cpu_kernel` is the choice of `use_packed_cpu_kernel` (see there)."""
-    from transformers import AutoModelForCausalLM
+    """The base model; `packed_cpu_kernel` is the choice of `use_packed_cpu_kernel` (see there).
+
+    `kind` (vision.model_kind): an image-text model loads with AutoModelForImageTextToText, its vision tower and
+    projector left unquantized (in the compute dtype)."""
+    from .vision import IMAGE_TEXT_TO_TEXT, QUANTIZATION_SKIP_PATTERNS, model_class
 
     check_bitsandbytes(quantization)
     check_model_available(name_or_path)
+    skip_modules = QUANTIZATION_SKIP_PATTERNS if kind == IMAGE_TEXT_TO_TEXT else None
     try:
-        model = AutoModelForCausalLM.from_pretrained(
+        model = model_class(kind).from_pretrained(
             loadable_path(name_or_path),
-            quantization_config=quantization_config(quantization, compute_dtype, double_quant, quant_storage),
+            quantization_config=quantization_config(quantization, compute_dtype, double_quant, quant_storage, skip_modules),
             dtype=compute_dtype,
             attn_implementation=attn_implementation,
             trust_remote_code=trust_remote_code,

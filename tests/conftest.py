@@ -141,3 +141,21 @@ def forced_avx512bf16_env(tmp_path_factory):
         return {"PYTHONPATH": path, "FORCE_AVX512BF16": "1" if value else "0"}
 
     return env
+
+
+# ---------------------------------------------------------------------------------------------
+# Image-text models: a tiny random LLaVA and images drawn here
+# ---------------------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def tiny_llava(tmp_path_factory, tiny_records) -> Path:
+    """A random LLaVA (CLIP tower 2x32 on 32x32 images, projector, the tiny Llama) with its processor, as a model folder."""
+    from alpaca_qlora.data.synthetic import build_tiny_llava
+
+    return build_tiny_llava(tmp_path_factory.mktemp("tiny_llava") / "model", tiny_records).resolve()
+
+
+@pytest.fixture(scope="session")
+def tiny_images(tmp_path_factory) -> list[Path]:
+    from alpaca_qlora.data.synthetic import synthetic_images
+
+    return synthetic_images(tmp_path_factory.mktemp("images"), count=8)

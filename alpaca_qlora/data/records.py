@@ -2,6 +2,9 @@
 
 A record is a dict with string fields `instruction`, `input` (optional: missing means empty) and `output`
 (optional for prompts to answer); other field names map onto them (--instruction_field and friends).
+A record may also name an `image` (a path, relative to the data file's folder) for image-text models; LLaVA's
+own form, `{"id", "image", "conversations": [{"from": "human", "value": "<image>\n..."}, {"from": "gpt", ...}]}`,
+is read as one Alpaca record per human/gpt turn.
 Every record is checked on load; a broken file stops the job with one line naming the file, the record
 and the field.
 """
@@ -19,6 +22,7 @@ from pathlib import Path
 from ..cli import fail
 from ..files import atomic_write_bytes
 from ..jsonl import decode_utf8, read_bytes, read_objects
+from ..vision import IMAGE_FIELD, check_image
 
 REQUIRED_FIELDS = ("instruction", "input", "output")
 DEFAULT_FIELDS = {name: name for name in REQUIRED_FIELDS}
@@ -75,10 +79,61 @@ def load_records(data_path: str, fields: dict[str, str] | None = None, require_o
     else:
         raw = _load_hub_dataset(data_path)
     fields = {**DEFAULT_FIELDS, **(fields or {})}
-    records = [validate_record(record, data_path, index, fields, require_output) for index, record in enumerate(raw)]
+    records = []
+    for index, record in enumerate(raw):
+        if is_conversation(record, fields):
+            records += [validate_record(turn, data_path, index, fields, require_output)
+                        for turn in conversation_records(record, data_path, index)]
+        else:
+            records.append(validate_record(record, data_path, index, fields, require_output))
     if not records:
         fail(f"{data_path}: holds no records")
+    folder = path.resolve().parent if path.is_file() else Path.cwd()
+    for index, record in enumerate(records):
+        if IMAGE_FIELD in record:
+            record[IMAGE_FIELD] = str((folder / Path(record[IMAGE_FIELD]).expanduser()).resolve())
+            check_image(record[IMAGE_FIELD], f"{data_path}: record {index}: field '{IMAGE_FIELD}'")
     return records
+
+
+# ---------------------------------------------------------------------------------------------
+# LLaVA's conversation form
+# ---------------------------------------------------------------------------------------------
+CONVERSATIONS = "conversations"
+LLAVA_IMAGE_PLACEHOLDER = "<image>"
+
+
+def is_conversation(record, fields: dict[str, str]) -> bool:
+    return isinstance(record, dict) and CONVERSATIONS in record and fields["instruction"] not in record
+
+
+def conversation_records(record: dict, source: str, index: int) -> list[dict]:
+    """One Alpaca record per human/gpt turn of a LLaVA conversation, each with the conversation's image.
+
+    The `<image>` placeholder is dropped from the text: prompts put the model's own image token in one place
+    (data/prompts.py), whatever the data wrote. A later turn is read without the earlier ones (each is a
+    question about the same image); its id is `<id>-<turn>`."""
+    where = f"{source}: record {index}"
+    turns = record[CONVERSATIONS]
+    if not isinstance(turns, list) or not turns or len(turns) % 2:
+        fail(f"{where}: field '{CONVERSATIONS}' must be a list of human/gpt message pairs")
+    pairs = []
+    for number in range(0, len(turns), 2):
+        human, gpt = turns[number], turns[number + 1]
+        for position, message, speaker in ((number, human, "human"), (number + 1, gpt, "gpt")):
+            if not isinstance(message, dict) or message.get("from") != speaker or not isinstance(message.get("value"), str):
+                fail(f"{where}: field '{CONVERSATIONS}' message {position}: expected "
+                     f"{{\"from\": \"{speaker}\", \"value\": \"...\"}}")
+        question = human["value"].replace(LLAVA_IMAGE_PLACEHOLDER, "").strip()
+        pairs.append((question, gpt["value"]))
+    base_id = record.get("id", index)
+    converted = []
+    for turn, (question, answer) in enumerate(pairs):
+        item = {"id": base_id if len(pairs) == 1 else f"{base_id}-{turn}", "instruction": question, "input": "", "output": answer}
+        if IMAGE_FIELD in record:
+            item[IMAGE_FIELD] = record[IMAGE_FIELD]
+        converted.append(item)
+    return converted
 
 
 def _read_json_list(path: Path) -> list:
@@ -129,8 +184,14 @@ def validate_record(record, source: str, index: int, fields: dict[str, str] | No
     record_id = record.get("id", index)
     if not isinstance(record_id, (str, int)) or isinstance(record_id, bool):
         fail(f"{where}: field 'id' must be a string or an integer, found {type(record_id).__name__}")
-    return {"id": record_id, "instruction": instruction, "input": text("input", required=False),
-            "output": text("output", required=require_output)}
+    validated = {"id": record_id, "instruction": instruction, "input": text("input", required=False),
+                 "output": text("output", required=require_output)}
+    if record.get(IMAGE_FIELD) is not None:
+        image = record[IMAGE_FIELD]
+        if not isinstance(image, str) or not image.strip():
+            fail(f"{where}: field '{IMAGE_FIELD}' must be a path to an image file, found {type(image).__name__}")
+        validated[IMAGE_FIELD] = image
+    return validated
 
 
 # ---------------------------------------------------------------------------------------------

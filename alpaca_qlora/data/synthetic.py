@@ -121,6 +121,75 @@ def build_tiny_llama(output_dir: str | Path, records: list[dict], seed: int = 0,
     return output_dir
 
 
+IMAGE_TOKEN = "<image>"
+# The chat template of the tiny LLaVA's processor: ChatML, with an image part written as the image token.
+LLAVA_CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}<image>\n{% else %}{{ part['text'] }}{% endif %}{% endfor %}{% endif %}"
+    "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def build_tiny_llava(output_dir: str | Path, records: list[dict], seed: int = 0, image_size: int = 32, patch_size: int = 8) -> Path:
+    """A random LLaVA (LLaVA 1.5's architecture: a CLIP vision tower, a 2-layer MLP projector, a Llama) and its
+    processor (a CLIP image processor and the tiny tokenizer with an `<image>` token), saved as a model folder.
+
+    Built from transformers' config classes, as its own tests build tiny LLaVAs: a 2-layer CLIP of width 32 on
+    32x32 images in 8x8 patches (16 image tokens per image, its CLS feature dropped as LLaVA 1.5 does) and the
+    tiny Llama of build_tiny_llama. Random weights: it tests the plumbing, not the quality."""
+    import torch
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+
+    tokenizer = build_tokenizer(record_texts(records))
+    tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
+    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                              image_size=image_size, patch_size=patch_size, projection_dim=32)
+    text = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=176, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                       bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=True)
+    config = LlavaConfig(vision_config=vision, text_config=text, image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+                         vision_feature_layer=-1, vision_feature_select_strategy="default")
+    torch.manual_seed(seed)
+    model = LlavaForConditionalGeneration(config)
+    image_processor = CLIPImageProcessor(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size})
+    # num_additional_image_tokens=1: the CLS feature the tower adds, which the "default" strategy then drops.
+    processor = LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=patch_size,
+                               vision_feature_select_strategy="default", num_additional_image_tokens=1,
+                               chat_template=LLAVA_CHAT_TEMPLATE)
+    output_dir = Path(output_dir)
+    model.save_pretrained(output_dir, safe_serialization=True)
+    processor.save_pretrained(output_dir)
+    return output_dir
+
+
+def synthetic_images(folder: str | Path, count: int = 8, size: int = 48) -> list[Path]:
+    """`count` small PNG images (coloured shapes on a background), drawn here with PIL."""
+    from PIL import Image, ImageDraw
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    colours = ((200, 30, 30), (30, 160, 60), (40, 70, 200), (230, 190, 20), (120, 40, 160), (20, 20, 20))
+    paths = []
+    for index in range(count):
+        image = Image.new("RGB", (size, size + index % 3 * 8), colours[(index + 3) % len(colours)])
+        draw = ImageDraw.Draw(image)
+        box = (6 + index, 6, size - 6, size - 6 - index)
+        (draw.ellipse if index % 2 else draw.rectangle)(box, fill=colours[index % len(colours)])
+        path = folder / f"image_{index}.png"
+        image.save(path)
+        paths.append(path)
+    return paths
+
+
+def synthetic_image_records(images: list[Path]) -> list[dict]:
+    """Questions about synthetic_images' pictures (shape and colour are what they show)."""
+    names = ("red", "green", "blue", "yellow", "purple", "black")
+    return [{"id": f"img-{index}", "image": str(path), "instruction": "What shape is in the picture?", "input": "",
+             "output": f"A {names[index % len(names)]} {'circle' if index % 2 else 'square'}."}
+            for index, path in enumerate(images)]
+
+
 def _llama_cpp_permute(weight, n_head: int, n_kv_head: int):
     """llama.cpp stores q/k rows interleaved for its RoPE (convert_hf_to_gguf.py's permute); transformers undoes it."""
     n_head = n_kv_head if n_kv_head != n_head else n_head

@@ -3,6 +3,10 @@
 The end-of-sequence token is appended to every response that fits and is always a label, so the
 model learns to stop. Labels are built here from positions, never derived from pad ids, so a
 tokenizer whose pad token equals its EOS token cannot mask the EOS out of the loss.
+
+For an image-text model `tokenizer` is its processor: a record with an image is encoded by the processor, which
+expands the prompt's image token into the model's image tokens (part of the prompt, so masked like it); the
+example keeps the image's path, and the collator turns it into pixel values.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..cli import fail
+from ..vision import IMAGE_FIELD, is_processor, load_image, text_tokenizer
 from .prompts import build_prompt
 
 IGNORE_INDEX = -100
@@ -41,13 +46,15 @@ def tokenize_example(
 ) -> TokenizedExample | None:
     """One record as ids and labels; None when its prompt leaves no room for a single response token."""
     prompt = build_prompt(record, template, tokenizer)
-    prompt_ids = tokenizer(prompt)["input_ids"]
-    full_ids = tokenizer(prompt + record["output"])["input_ids"]
+    encode = encoder(record, tokenizer)
+    text = text_tokenizer(tokenizer)
+    prompt_ids = encode(prompt)
+    full_ids = encode(prompt + record["output"])
     if full_ids[: len(prompt_ids)] != prompt_ids:
         # The tokenizer merged the last prompt token with the first response token: keep the prompt's
         # own tokens so the masked prefix is exactly what generation will be given.
-        full_ids = prompt_ids + tokenizer(record["output"], add_special_tokens=False)["input_ids"]
-    input_ids = full_ids + [tokenizer.eos_token_id]
+        full_ids = prompt_ids + text(record["output"], add_special_tokens=False)["input_ids"]
+    input_ids = full_ids + [text.eos_token_id]
     if len(prompt_ids) >= max_seq_length:
         return None
     truncated = len(input_ids) > max_seq_length
@@ -60,10 +67,20 @@ def tokenize_example(
     return TokenizedExample(input_ids=input_ids, labels=labels, truncated=truncated)
 
 
+def encoder(record: dict, tokenizer):
+    """text -> ids: the tokenizer's; for a record with an image, the processor's (image tokens expanded)."""
+    if not is_processor(tokenizer):
+        return lambda text: tokenizer(text)["input_ids"]
+    if record.get(IMAGE_FIELD) is None:
+        return lambda text: tokenizer.tokenizer(text)["input_ids"]
+    image = load_image(record[IMAGE_FIELD], f"record {record['id']!r}: field '{IMAGE_FIELD}'")
+    return lambda text: [int(i) for i in tokenizer(text=[text], images=[image])["input_ids"][0]]
+
+
 def tokenize_records(
     records: list[dict], tokenizer, template: str, max_seq_length: int, train_on_inputs: bool
 ) -> tuple[list[dict], TokenizationReport]:
-    if tokenizer.eos_token_id is None:
+    if text_tokenizer(tokenizer).eos_token_id is None:
         fail(f"the tokenizer of '{tokenizer.name_or_path}' has no EOS token; training could not teach it to stop")
     report = TokenizationReport()
     examples = []
@@ -75,5 +92,8 @@ def tokenize_records(
             continue
         report.examples += 1
         report.truncated += example.truncated
-        examples.append({"input_ids": example.input_ids, "labels": example.labels})
+        item = {"input_ids": example.input_ids, "labels": example.labels}
+        if record.get(IMAGE_FIELD) is not None:
+            item[IMAGE_FIELD] = record[IMAGE_FIELD]
+        examples.append(item)
     return examples, report

@@ -25,7 +25,8 @@ from tqdm.auto import tqdm
 from ..cli import UserError, fail
 from ..data.records import load_records
 from ..jsonl import AppendableFile, append_line, drop_torn_tail, read_appendable
-from .generate import batch_seed, context_length, generate_answers, prompt_for, seed_everything
+from ..vision import IMAGE_FIELD, IMAGE_TEXT_TO_TEXT, text_tokenizer
+from .generate import batch_seed, context_length, generate_answers, prompt_for, record_images, seed_everything
 from .settings import SETTING_NAMES, GenerationSettings, parse_setting_value, resolve_settings, settings_key, settings_label
 from .source import ModelSource
 
@@ -193,13 +194,23 @@ def prepare_batch_job(records, settings, output_file: str, batch_size: int, sour
     path = Path(output_file)
     if path.is_dir():
         fail(f"--output_file {output_file} is a folder")
+    check_images_supported(records, source)
     existing = read_output_file(path)
     done = set() if overwrite else done_keys(existing, source, settings, records)
     return BatchJob(records, settings, path, batch_size, source, overwrite, existing), done
 
 
+def check_images_supported(records: list[dict], source: ModelSource) -> None:
+    with_image = next((r for r in records if r.get(IMAGE_FIELD) is not None), None)
+    if with_image is not None and source.model_kind != IMAGE_TEXT_TO_TEXT:
+        fail(f"record {with_image['id']!r} has an '{IMAGE_FIELD}', but {source.base_model} is a text-only model; "
+             "use an image-text model (LLaVA) or prompts without images")
+
+
 def generation_line(record: dict, answer, setting: dict, source: ModelSource, seconds: float) -> dict:
     line = {"id": record["id"], "instruction": record["instruction"], "input": record["input"]}
+    if record.get(IMAGE_FIELD) is not None:  # only image prompts carry the field: text lines are unchanged
+        line[IMAGE_FIELD] = record[IMAGE_FIELD]
     if record["output"] is not None:  # the reference answer, when the prompts file has one
         line["reference"] = record["output"]
     return {
@@ -234,7 +245,7 @@ class BatchResult:
 def run_batch_job(job: BatchJob, done: set, model, tokenizer) -> BatchResult:
     """Generate every missing (setting, record) line."""
     prompts = [prompt_for(record, job.source.prompt_template, tokenizer) for record in job.records]
-    lengths = [len(ids) for ids in tokenizer(prompts)["input_ids"]]
+    lengths = [len(ids) for ids in text_tokenizer(tokenizer)(prompts)["input_ids"]]
     warn_long_prompts(lengths, job.settings, model)
     batches = plan_batches(lengths, job.batch_size)
     total = len(job.settings) * len(job.records)
@@ -254,7 +265,8 @@ def run_batch_job(job: BatchJob, done: set, model, tokenizer) -> BatchResult:
                     continue
                 seed_everything(batch_seed(setting["seed"], batch_index))
                 started = time.perf_counter()
-                answers = generate_batch(model, tokenizer, [prompts[i] for i in batch], setting, job.batch_size)
+                images = record_images([job.records[i] for i in batch])
+                answers = generate_batch(model, tokenizer, [prompts[i] for i in batch], setting, job.batch_size, images)
                 seconds = (time.perf_counter() - started) / len(batch)
                 for i, answer in zip(batch, answers):
                     if i in missing:
@@ -289,9 +301,9 @@ def output_lock(output_file: str):
         handle.close()
 
 
-def generate_batch(model, tokenizer, prompts: list[str], setting: dict, batch_size: int):
+def generate_batch(model, tokenizer, prompts: list[str], setting: dict, batch_size: int, images: list | None = None):
     try:
-        return generate_answers(model, tokenizer, prompts, setting)
+        return generate_answers(model, tokenizer, prompts, setting, images=images or None)
     except torch.cuda.OutOfMemoryError:
         fail(f"out of GPU memory at --batch_size {batch_size}; run again with a smaller one (the lines written so far are kept)")
 

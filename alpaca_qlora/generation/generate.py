@@ -12,7 +12,10 @@ from dataclasses import dataclass
 import torch
 
 from ..data.prompts import build_prompt
-from ..modeling import attach_adapter, default_device_map, load_base_model, load_tokenizer, resolve_compute_dtype, use_packed_cpu_kernel
+from ..modeling import (
+    attach_adapter, default_device_map, load_base_model, load_tokenizer_or_processor, resolve_compute_dtype, use_packed_cpu_kernel,
+)
+from ..vision import IMAGE_FIELD, is_processor, load_image, text_tokenizer
 from .settings import SAMPLING_DEFAULTS
 from .source import ModelSource
 
@@ -21,19 +24,21 @@ from .source import ModelSource
 # Loading
 # ---------------------------------------------------------------------------------------------
 def load_for_inference(source: ModelSource):
-    """Tokenizer (left padding) and model in eval mode: the base, quantized or not, with the adapter on top."""
-    tokenizer = load_tokenizer(source.tokenizer_path, source.trust_remote_code)
-    tokenizer.padding_side = "left"
+    """Tokenizer (left padding) and model in eval mode: the base, quantized or not, with the adapter on top.
+
+    An image-text model comes with its processor in the tokenizer's place (its tokenizer pads on the left too)."""
+    tokenizer = load_tokenizer_or_processor(source.tokenizer_path, source.model_kind, source.trust_remote_code)
+    text_tokenizer(tokenizer).padding_side = "left"
     compute_dtype = resolve_compute_dtype(source.compute_dtype)
     model = load_base_model(
         source.base_model, source.quantization, compute_dtype, source.double_quant,
         source.quant_storage, source.attn_implementation, source.trust_remote_code, device_map=default_device_map(),
-        packed_cpu_kernel=use_packed_cpu_kernel(source.quantization, compute_dtype),
+        packed_cpu_kernel=use_packed_cpu_kernel(source.quantization, compute_dtype), kind=source.model_kind,
     )
     if source.adapter:
         model = attach_adapter(model, source.adapter)
     model.eval()
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.pad_token_id = text_tokenizer(tokenizer).pad_token_id
     return model, tokenizer
 
 
@@ -67,7 +72,7 @@ def prompt_for(record: dict, template: str, tokenizer) -> str:
 
 def stop_token_ids(tokenizer, model) -> list[int]:
     """The tokenizer's EOS (what training appended to every answer) and any the model's generation config adds."""
-    ids = [tokenizer.eos_token_id]
+    ids = [text_tokenizer(tokenizer).eos_token_id]
     configured = model.generation_config.eos_token_id
     ids += configured if isinstance(configured, list) else [configured]
     return list(dict.fromkeys(i for i in ids if i is not None))
@@ -80,7 +85,7 @@ def generate_kwargs(resolved: dict, tokenizer, model) -> dict:
     generation_config (e.g. a top_k of 20) cannot fill it in."""
     kwargs = {name: value for name, value in resolved.items() if name != "seed"}
     kwargs.update({name: default for name, default in SAMPLING_DEFAULTS.items() if kwargs[name] is None})
-    return {**kwargs, "pad_token_id": tokenizer.pad_token_id, "eos_token_id": stop_token_ids(tokenizer, model)}
+    return {**kwargs, "pad_token_id": text_tokenizer(tokenizer).pad_token_id, "eos_token_id": stop_token_ids(tokenizer, model)}
 
 
 def seed_everything(seed: int) -> None:
@@ -94,14 +99,25 @@ def batch_seed(seed: int, batch_index: int) -> int:
     return (seed * 1_000_003 + batch_index) % 2**32
 
 
+def record_images(records: list[dict]) -> list:
+    """The images of a batch's records, in prompt order (records without one have none)."""
+    return [load_image(r[IMAGE_FIELD], f"record {r['id']!r}: field '{IMAGE_FIELD}'") for r in records if r.get(IMAGE_FIELD)]
+
+
 @torch.no_grad()
-def generate_answers(model, tokenizer, prompts: list[str], resolved: dict, streamer=None) -> list[Answer]:
-    """Answers to a batch of prompt texts: left-padded, one `generate` call with the KV cache."""
-    encoded = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left").to(model_device(model))
+def generate_answers(model, tokenizer, prompts: list[str], resolved: dict, streamer=None, images: list | None = None) -> list[Answer]:
+    """Answers to a batch of prompt texts: left-padded, one `generate` call with the KV cache.
+
+    With a processor (image-text models), `images` are the batch's images in the order of the prompts' image tokens."""
+    if is_processor(tokenizer):
+        encoded = tokenizer(text=prompts, images=images or None, return_tensors="pt", padding=True)
+    else:
+        encoded = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left")
+    encoded = encoded.to(model_device(model))
     output = model.generate(**encoded, **generate_kwargs(resolved, tokenizer, model), use_cache=True, streamer=streamer)
     new_ids = output[:, encoded["input_ids"].shape[1] :]
     stops = set(stop_token_ids(tokenizer, model))
-    return [extract_answer(row.tolist(), tokenizer, stops) for row in new_ids]
+    return [extract_answer(row.tolist(), text_tokenizer(tokenizer), stops) for row in new_ids]
 
 
 def extract_answer(new_ids: list[int], tokenizer, stops: set[int]) -> Answer:

@@ -15,7 +15,7 @@ import torch
 from ..cli import fail
 from ..data.prompts import PROMPT_TEMPLATES
 from ..modeling import (
-    COMPUTE_DTYPES, DTYPE_NAMES, QUANTIZATIONS, check_model_available, cpu_has_packed_4bit_kernel, resolve_compute_dtype, resolve_model_path,
+    COMPUTE_DTYPES, DTYPE_NAMES, QUANTIZATIONS, base_model_kind, check_model_available, cpu_has_packed_4bit_kernel, resolve_compute_dtype, resolve_model_path,
     use_packed_cpu_kernel,
 )
 from ..run_folder import (
@@ -64,6 +64,7 @@ class ModelSource:
     quant_storage: str
     attn_implementation: str
     trust_remote_code: bool
+    model_kind: str = "causal_lm"  # or image_text_to_text (vision.py): a processor, and images in prompts
 
     def precision(self) -> dict:
         """The precision the base runs at: saved with every generation, so like is compared with like."""
@@ -118,6 +119,7 @@ def resolve_model_source(args: InferenceModelArguments) -> ModelSource:
         quant_storage=trained.get("bnb_4bit_quant_storage", "uint8"),
         attn_implementation=args.attn_implementation or generation_attention(trained.get("attn_implementation", "sdpa")),
         trust_remote_code=args.trust_remote_code,
+        model_kind=base_model_kind(base_model, args.trust_remote_code),
     )
 
 

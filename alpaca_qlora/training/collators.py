@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from ..data.tokenization import IGNORE_INDEX
+from ..vision import IMAGE_FIELD, load_image
 
 def pack_into_rows(lengths: list[int], max_row_length: int) -> list[list[int]]:
     """First-fit decreasing: indices of examples per row, no row longer than max_row_length."""
@@ -109,6 +110,25 @@ class PaddedCollator:
             "labels": torch.tensor(labels),
             "attention_mask": torch.tensor(attention_mask),
         }
+
+
+@dataclass
+class ImageCollator:
+    """Padded batches of an image-text model, with the pixel values of the batch's images.
+
+    The images are read here, batch by batch, by the model's own image processor (a dataset of images never
+    sits in memory as pixels). Examples without an image have no pixel values: the model places each image's
+    features at its image tokens, in order, so a batch may mix the two."""
+
+    processor: object
+    pad_token_id: int
+
+    def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        batch = PaddedCollator(self.pad_token_id)(examples)
+        images = [load_image(e[IMAGE_FIELD], f"field '{IMAGE_FIELD}'") for e in examples if e.get(IMAGE_FIELD)]
+        if images:
+            batch.update(self.processor.image_processor(images, return_tensors="pt"))
+        return batch
 
 
 def token_counts(labels: torch.Tensor) -> tuple[int, int, int]:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ..cli import ArgumentParser, check_writable_folder, fail, parse_dataclasses
 from ..files import atomic_write_json, staging_folder
-from ..modeling import DTYPES, attach_adapter, load_base_model, load_tokenizer
+from ..modeling import DTYPES, attach_adapter, base_model_kind, load_base_model, load_tokenizer_or_processor
 from ..run_folder import RUN_CONFIG, TOKENIZER_CONFIG, RunFolder, adapter_base_model
 
 MERGE_INFO = "merge_info.json"
@@ -60,10 +60,11 @@ def merge_adapter(args: MergeArguments) -> Path:
     output = Path(args.output_dir)
     check_output(output, args.overwrite)
     base_name = args.base_model or adapter_base_model(args.adapter)
-    base = load_base_model(base_name, "none", DTYPES[args.dtype], trust_remote_code=args.trust_remote_code)
+    kind = base_model_kind(base_name, args.trust_remote_code)  # an image-text model merges with its processor
+    base = load_base_model(base_name, "none", DTYPES[args.dtype], trust_remote_code=args.trust_remote_code, kind=kind)
     model = attach_adapter(base, args.adapter).merge_and_unload()
     tokenizer_source = args.adapter if (Path(args.adapter) / TOKENIZER_CONFIG).is_file() else base_name
-    tokenizer = load_tokenizer(tokenizer_source, args.trust_remote_code)
+    tokenizer = load_tokenizer_or_processor(tokenizer_source, kind, args.trust_remote_code)
 
     with staging_folder(output.parent, f".{output.name}.") as staging:  # a crash never leaves a half-merged model
         model.save_pretrained(staging, safe_serialization=True)

@@ -17,6 +17,8 @@ import torch
 
 from ..modeling import DTYPE_NAMES, resolve_compute_dtype
 from ..run_folder import PACKED_SDPA, PACKED_VARLEN, TRAINING_ONLY_ATTENTIONS
+from ..vision import CAUSAL_LM, IMAGE_TEXT_TO_TEXT, model_kind
+from ..vision import model_class as kind_class
 from .config import CHECKPOINTING_FLAG, TrainArguments, TrainingConfig
 from .kernels import liger_plan
 from .memory import checkpointing_needed
@@ -43,6 +45,7 @@ class TrainingPlan:
     evaluation: bool  # held-out loss before and after training (and during it, as --eval_strategy says)
     sampling: str  # random | group_by_length
     reasons: tuple[tuple[str, str], ...] = ()  # (choice, why) for every choice not given by the user
+    model_kind: str = CAUSAL_LM  # causal_lm | image_text_to_text (vision.py): decided from config.json
 
     def to_dict(self) -> dict:
         values = dataclasses.asdict(self)
@@ -58,6 +61,9 @@ class TrainingPlan:
                  f"{'on' if self.gradient_checkpointing else 'off'}, kernels {self.fused_kernels}, LoRA dropout masks "
                  f"{self.lora_dropout_rng}, "
                  f"held-out evaluation {'on' if self.evaluation else 'off'}, sampling {self.sampling}"]
+        if self.model_kind != CAUSAL_LM:
+            lines.append(f"      model: {self.model_kind} (QLoRA on the language model; vision tower and projector "
+                         "frozen, unquantized)")
         lines += [f"      {choice}: {why}" for choice, why in self.reasons]
         return "\n".join(lines)
 
@@ -73,9 +79,8 @@ def launch_engine(train: TrainArguments) -> tuple[str, int]:
 
 
 def model_class(model_config):
-    from transformers import AutoModelForCausalLM
-
-    return AutoModelForCausalLM._model_mapping.get(type(model_config), None)
+    kind = model_kind(model_config)
+    return kind_class(kind)._model_mapping.get(type(model_config), None) if kind else None
 
 
 def choose_loss(config: TrainingConfig, model_config, engine: str) -> tuple[str, str | None]:
@@ -150,7 +155,12 @@ def make_plan(config: TrainingConfig, model_config, has_heldout: bool) -> Traini
     if "optim" not in config.given:
         optimizer = "paged_adamw_8bit" if device == "cuda" else "adamw_torch"
         note("optimizer", "paged 8-bit AdamW on CUDA (QLoRA's), AdamW on the CPU")
-    attention, why = choose_attention(config, device)
+    kind = model_kind(model_config) or CAUSAL_LM
+    packing = config.data.packing
+    if kind == IMAGE_TEXT_TO_TEXT and packing:
+        packing = False
+        note("packing", "an image-text model trains on padded batches (one example per row, with its image)")
+    attention, why = choose_attention(dataclasses.replace(config, data=dataclasses.replace(config.data, packing=packing)), device)
     note("attention", why)
     loss, why = choose_loss(config, model_config, engine)
     note("loss", why)
@@ -166,7 +176,6 @@ def make_plan(config: TrainingConfig, model_config, has_heldout: bool) -> Traini
     evaluation = has_heldout  # before and after training; during training as --eval_strategy says
     if has_heldout != (config.data.val_set_size > 0):
         note("held-out evaluation", "no held-out example is left after tokenization")
-    packing = config.data.packing
     sampling = str(getattr(train.train_sampling_strategy, "value", train.train_sampling_strategy))
     if not packing and "train_sampling_strategy" not in config.given:
         sampling = "group_by_length"
@@ -176,7 +185,7 @@ def make_plan(config: TrainingConfig, model_config, has_heldout: bool) -> Traini
         optimizer=optimizer, packing=packing,
         row_length=None if attention in TRAINING_ONLY_ATTENTIONS else config.data.max_seq_length,
         attention=attention, loss=loss, gradient_checkpointing=checkpointing, fused_kernels=kernels, lora_dropout_rng=dropout_rng,
-        evaluation=evaluation, sampling=sampling, reasons=tuple(reasons),
+        evaluation=evaluation, sampling=sampling, reasons=tuple(reasons), model_kind=kind,
     )
 
 

@@ -24,13 +24,14 @@ from ..cli import check_writable_folder, fail
 from ..data.records import DataSplit, load_records, split_records
 from ..data.tokenization import TokenizationReport, tokenize_records
 from ..files import staging_folder
-from ..modeling import DTYPES, load_base_model, load_model_config, load_tokenizer, resolve_model_path
+from ..modeling import DTYPES, load_base_model, load_model_config, load_tokenizer_or_processor, resolve_model_path
 from ..plots import plot_loss_curve
 from ..run_folder import (
     CHECKPOINT_PREFIX, MODEL_CARD, STAGING_PREFIX, TRAINER_STATE, RunFolder, check_output_dir,
     git_commit, library_versions, machine_info,
 )
-from .collators import PackedCollator, PaddedCollator, token_counts
+from ..vision import IMAGE_FIELD, IMAGE_TEXT_TO_TEXT, LORA_EXCLUDE_PATTERN, model_kind
+from .collators import ImageCollator, PackedCollator, PaddedCollator, token_counts
 from .config import TrainingConfig, parse_training_config
 from .kernels import apply_liger_kernels
 from .lora_dropout import use_pcg64_dropout
@@ -118,9 +119,22 @@ def load_split(config: TrainingConfig) -> DataSplit:
     return split
 
 
-def tokenize_split(config: TrainingConfig, split: DataSplit) -> PreparedData:
+def check_model_kind(config: TrainingConfig, model_config, split: DataSplit) -> str:
+    """The base must generate text; records with an image need an image-text model."""
+    kind = model_kind(model_config)
+    if kind is None:
+        fail(f"--base_model {config.model.base_model}: a '{model_config.model_type}' model is not a generator "
+             "(neither a causal LM nor an image-text-to-text model)")
+    with_image = next((r for r in split.train + split.val if r.get(IMAGE_FIELD) is not None), None)
+    if with_image is not None and kind != IMAGE_TEXT_TO_TEXT:
+        fail(f"{config.data.data_path}: record {with_image['id']!r} has an '{IMAGE_FIELD}', but --base_model "
+             f"{config.model.base_model} is a text-only model; use an image-text model (LLaVA) or drop the images")
+    return kind
+
+
+def tokenize_split(config: TrainingConfig, split: DataSplit, kind: str = "causal_lm") -> PreparedData:
     data = config.data
-    tokenizer = load_tokenizer(resolve_model_path(config.model.base_model), config.model.trust_remote_code)
+    tokenizer = load_tokenizer_or_processor(resolve_model_path(config.model.base_model), kind, config.model.trust_remote_code)
     reports, tokenized = {}, {}
     for name, records in (("train", split.train), ("held-out", split.val)):
         tokenized[name], reports[name] = tokenize_records(
@@ -146,8 +160,10 @@ def add_lora(model, config: TrainingConfig, plan: TrainingPlan, checkpointing_kw
     lora = config.lora
     targets = lora.lora_target_modules
     targets = targets if targets == "all-linear" else [m.strip() for m in targets.split(",") if m.strip()]
+    # An image-text model: LoRA on its language model only (the vision tower and projector stay frozen as loaded).
+    exclude = {"exclude_modules": LORA_EXCLUDE_PATTERN} if plan.model_kind == IMAGE_TEXT_TO_TEXT else {}
     lora_config = LoraConfig(r=lora.lora_r, lora_alpha=lora.lora_alpha, lora_dropout=lora.lora_dropout,
-                             target_modules=targets, bias="none", task_type="CAUSAL_LM")
+                             target_modules=targets, bias="none", task_type="CAUSAL_LM", **exclude)
     try:
         model = get_peft_model(model, lora_config)
     except ValueError as error:
@@ -164,7 +180,7 @@ def build_model(config: TrainingConfig, plan: TrainingPlan):
     model = load_base_model(
         resolve_model_path(config.model.base_model), config.model.quantization, DTYPES[plan.compute_dtype],
         config.model.double_quant, config.model.bnb_4bit_quant_storage, loaded_attention, config.model.trust_remote_code,
-        device_map=device_map(plan),
+        device_map=device_map(plan), kind=plan.model_kind,
     )
     model.config.use_cache = False  # a KV cache hides packing from the attention mask (field notes)
     if loaded_attention != plan.attention:
@@ -204,6 +220,8 @@ def attention_keeps_examples_apart(model, token_ids: list[int]) -> bool:
 
 
 def make_collator(plan: TrainingPlan, tokenizer):
+    if plan.model_kind == IMAGE_TEXT_TO_TEXT:
+        return ImageCollator(processor=tokenizer, pad_token_id=tokenizer.tokenizer.pad_token_id)
     if plan.packing:
         return PackedCollator(pad_token_id=tokenizer.pad_token_id, max_row_length=plan.row_length,
                               sequence_boundaries=plan.attention == "packed_varlen")
@@ -213,6 +231,8 @@ def make_collator(plan: TrainingPlan, tokenizer):
 def padding_share(collator, examples: list[dict], batch_size: int) -> float:
     """Share of padding tokens over the training set batched in file order (a fixed yardstick)."""
     total = real = 0
+    if isinstance(collator, ImageCollator):  # the labels alone: no image need be read to count tokens
+        collator = PaddedCollator(pad_token_id=collator.pad_token_id)
     for start in range(0, len(examples), batch_size):
         batch_total, batch_real, _ = token_counts(collator(examples[start : start + batch_size])["labels"])
         total += batch_total
@@ -332,7 +352,8 @@ def train(config: TrainingConfig) -> dict:
                  "train into another --output_dir")
     split = load_split(config)
     model_config = load_model_config(config.model.base_model, config.model.trust_remote_code)
-    data = tokenize_split(config, split)
+    kind = check_model_kind(config, model_config, split)
+    data = tokenize_split(config, split, kind)
     plan = make_plan(config, model_config, bool(data.val_examples))
     model = build_model(config, plan)
     if plan.packing:

@@ -22,6 +22,7 @@ from transformers.trainer_callback import ProgressCallback
 
 from ..data.tokenization import IGNORE_INDEX
 from ..run_folder import RunFolder
+from ..vision import is_processor
 from .collators import token_counts
 from .loss import labelled_loss_sum, no_positions
 from .plan import TrainingPlan
@@ -60,6 +61,18 @@ class InstructionTrainer(Trainer):
         self.plan = plan
         self.token_stats = TokenStats()
         self.eval_examples = eval_examples or []
+
+    def _get_train_sampler(self, *args, **kwargs):
+        """Length grouping measures each example's first model input: for an image-text model's processor that is
+        pixel_values, which examples do not hold (the collator makes them); the lengths are those of input_ids."""
+        if not is_processor(self.processing_class):
+            return super()._get_train_sampler(*args, **kwargs)
+        processor = self.processing_class
+        self.processing_class = processor.tokenizer
+        try:
+            return super()._get_train_sampler(*args, **kwargs)
+        finally:
+            self.processing_class = processor
 
     # -- the loss --------------------------------------------------------------------------------
     @property

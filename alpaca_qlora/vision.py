@@ -1,0 +1,107 @@
+"""Image-text-to-text models (LLaVA 1.5, LLaVA-NeXT and others with the same API): what differs from a causal LM.
+
+Everything goes through transformers' own classes: AutoModelForImageTextToText for the model, AutoProcessor for
+the text and the images (the processor expands each `<image>` placeholder into as many image tokens as the
+model's vision tower gives features, and turns images into pixel values). This module only decides:
+
+- whether a model is one (`model_kind`, from its config.json: decided once, before weights load);
+- which of its modules are the vision side (the vision tower and the projector): kept out of quantization and
+  out of LoRA, so QLoRA touches the language model only;
+- how a record's image is read (`load_image`: a file that is not an image is a one-line user error).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .cli import UserError, fail
+
+CAUSAL_LM = "causal_lm"
+IMAGE_TEXT_TO_TEXT = "image_text_to_text"
+IMAGE_FIELD = "image"
+
+# The vision side of LLaVA-family models (LLaVA 1.5, LLaVA-NeXT, LLaVA-OneVision, and others that name them alike).
+VISION_MODULES = ("vision_tower", "multi_modal_projector")
+# transformers' bitsandbytes quantizer matches these as regexes from the module name's start (to a module boundary).
+QUANTIZATION_SKIP_PATTERNS = tuple(f".*{name}" for name in VISION_MODULES) + ("lm_head",)
+# peft's exclude_modules: a regex over full module names (target_modules stays as the user gave it).
+LORA_EXCLUDE_PATTERN = r".*\.(" + "|".join(VISION_MODULES) + r")(\..*)?"
+
+
+def model_kind(model_config) -> str | None:
+    """causal_lm, image_text_to_text, or None for a model that cannot generate text (an encoder, a classifier)."""
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
+
+    if type(model_config) in AutoModelForCausalLM._model_mapping:
+        return CAUSAL_LM
+    if type(model_config) in AutoModelForImageTextToText._model_mapping:
+        return IMAGE_TEXT_TO_TEXT
+    return None
+
+
+def model_class(kind: str):
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
+
+    return AutoModelForImageTextToText if kind == IMAGE_TEXT_TO_TEXT else AutoModelForCausalLM
+
+
+def is_processor(tokenizer_or_processor) -> bool:
+    from transformers import ProcessorMixin
+
+    return isinstance(tokenizer_or_processor, ProcessorMixin)
+
+
+def text_tokenizer(tokenizer_or_processor):
+    """The tokenizer itself, or a processor's tokenizer: ids, EOS, padding and decoding are the tokenizer's."""
+    return tokenizer_or_processor.tokenizer if is_processor(tokenizer_or_processor) else tokenizer_or_processor
+
+
+def image_token(processor) -> str:
+    """The placeholder a prompt holds where the image goes (`<image>` for LLaVA)."""
+    token = getattr(processor, "image_token", None)
+    if not token:
+        fail(f"the processor of '{getattr(processor, 'name_or_path', '')}' names no image token; is this an image-text model?")
+    return token
+
+
+def load_processor(name_or_path: str, trust_remote_code: bool = False, flag: str = "processor"):
+    """AutoProcessor of an image-text model, its pad token set as load_tokenizer sets a tokenizer's (never added)."""
+    from transformers import AutoProcessor
+
+    from .modeling import _first_line, check_model_available, loadable_path
+
+    check_model_available(name_or_path, flag)
+    try:
+        processor = AutoProcessor.from_pretrained(loadable_path(name_or_path), trust_remote_code=trust_remote_code)
+    except UserError:
+        raise
+    except Exception as error:  # noqa: BLE001 - missing or broken processor files fail in many ways
+        fail(f"cannot load the processor of '{name_or_path}': {_first_line(error)}")
+    if not is_processor(processor) or not hasattr(processor, "image_processor"):
+        fail(f"'{name_or_path}' has no image processor (preprocessor_config.json / processor_config.json): "
+             "an image-text model needs one")
+    tokenizer = processor.tokenizer
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.unk_token if tokenizer.unk_token is not None else tokenizer.eos_token
+    return processor
+
+
+def check_image(path: str | Path, where: str) -> None:
+    """A readable image file (its header is parsed; pixels are read when used), else one line naming it."""
+    load_image(path, where, decode=False)
+
+
+def load_image(path: str | Path, where: str, decode: bool = True):
+    """The image as RGB; `where` names the record and field (`data.jsonl: record 3: field 'image'`)."""
+    from PIL import Image, UnidentifiedImageError
+
+    file = Path(path)
+    if not file.is_file():
+        fail(f"{where}: {path}: no such image file")
+    try:
+        image = Image.open(file)
+        if decode:
+            image = image.convert("RGB")
+    except (UnidentifiedImageError, OSError, ValueError) as error:
+        fail(f"{where}: {path}: not an image ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})")
+    return image
