@@ -233,3 +233,34 @@ def test_image_teacher_writes_pairs_about_images(tiny_llava, tiny_images, tmp_pa
             assert dropped[row["id"]]["filter"] == ("empty" if not row["prediction"].strip() else "truncated")
     kept = read_lines(out / "train.jsonl") + read_lines(out / "heldout.jsonl")
     assert len(kept) == report["kept"] and all(row["image"] and row["input"].startswith("Post number") for row in kept)
+
+
+# ---------------------------------------------------------------------------------------------
+# The moderation experiment's verdicts
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("answer, expected", [
+    ("Verdict: allowed. It asks a question about the library.", "allowed"),
+    ("Verdict: remove (R2). It advertises watches.", "R2"),
+    ("**Verdict:** Remove (rule 3): it posts a phone number.", "R3"),
+    ("This post breaks rule R4 because it encourages damage.", "R4"),
+    ("The post does not break any rule.", "allowed"),
+    ("It should be removed.", "remove"),
+    ("A nice post about bread.", None),
+    ("", None),
+])
+def test_verdicts_are_read_from_answers(answer, expected):
+    from alpaca_qlora.teacher.moderation import parse_verdict
+
+    assert parse_verdict(answer) == expected
+
+
+def test_verdict_scores_are_accuracy_and_per_class_precision_recall():
+    from alpaca_qlora.teacher.moderation import verdict_scores
+
+    truth = ["allowed", "allowed", "R1", "R2", "R2"]
+    scores = verdict_scores(truth, ["allowed", "R1", "R1", "R2", None])
+    assert scores["accuracy"] == pytest.approx(3 / 5) and scores["no_verdict"] == 1
+    assert scores["binary_accuracy"] == pytest.approx(3 / 5)  # a missing verdict is never right
+    assert scores["per_class"]["R1"] == {"precision": 0.5, "recall": 1.0, "support": 1}
+    assert scores["per_class"]["R2"] == {"precision": 1.0, "recall": 0.5, "support": 2}
+    assert scores["per_class"]["allowed"]["recall"] == 0.5

@@ -1,0 +1,377 @@
+"""The moderation bot, end to end: a teacher writes QA pairs about labelled posts, a QLoRA student learns them, and
+teacher, base student and tuned student are scored side by side.
+
+    python -m alpaca_qlora.teacher.moderation --config experiments/moderation/moderation.yaml
+
+    1 prepare   the templates with the policy in them; the image posts drawn with PIL (when the config asks for images)
+    2 teacher   python -m alpaca_qlora.teacher                     -> run_dir/qa (pairs, filter report)
+    3 student   training_script.py on qa/train.jsonl             -> run_dir/student
+    4 answers   inference.py: base and tuned student on qa/heldout.jsonl (whole held-out posts)
+    5 scores    evaluate_metrics.py: the students' answers against the teacher's (BLEU, ROUGE-L, BERTScore, paired)
+    6 verdicts  the verdict question's answers (allowed / remove, rule) of teacher, base and tuned student against
+                the posts' labels: accuracy, and precision/recall per class
+    -> results_dir: report.md, verdicts.json, filter_report.md, metrics/ (evaluate_metrics.py's report)
+
+Every step runs the project's own command as a subprocess (as a user would) and is skipped or resumed by that
+command itself when the experiment is started again. Paths in the config are relative to the config file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..cli import fail, read_config_file
+from ..files import atomic_write_json, atomic_write_text
+from ..jsonl import read_objects, write_jsonl
+from ..run_folder import RunFolder
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+POLICY_MARKER = "<<POLICY>>"
+VERDICT_QUESTION_SUFFIX = "/f0"  # the first fixed question of the templates: the verdict
+CLASSES = ("allowed", "R1", "R2", "R3", "R4")
+SYSTEMS = ("teacher", "base", "tuned")
+
+
+@dataclass
+class ModerationConfig:
+    name: str
+    policy: str
+    posts: str
+    templates: str
+    teacher: str
+    student: str
+    run_dir: str
+    results_dir: str
+    teacher_options: dict = field(default_factory=dict)  # more `python -m alpaca_qlora.teacher` options
+    training: dict = field(default_factory=dict)  # more training_script.py options
+    max_new_tokens: int = 80
+    generation_batch_size: int = 8
+    bertscore_model: str = "minilm"
+    bootstrap: int = 1000
+    images: int = 0  # image posts drawn with PIL and given to the teacher (needs an image-text teacher and student)
+    side_by_side: int = 4
+    gpu_note: str = ""
+
+
+PATH_KEYS = ("policy", "posts", "templates", "run_dir", "results_dir")
+
+
+def load_config(path: str) -> ModerationConfig:
+    values = read_config_file(path)
+    folder = Path(path).resolve().parent
+    for key in PATH_KEYS:
+        if isinstance(values.get(key), str):
+            values[key] = str((folder / values[key]).resolve())
+    for key in ("teacher", "student"):
+        value = values.get(key)
+        if isinstance(value, str) and value.startswith(("./", "../")):
+            values[key] = str((folder / value).resolve())
+    try:
+        config = ModerationConfig(**values)
+    except TypeError as error:
+        fail(f"--config {path}: {error}")
+    for key in ("policy", "posts", "templates"):
+        if not Path(getattr(config, key)).is_file():
+            fail(f"--config {path}: {key} {getattr(config, key)}: no such file")
+    return config
+
+
+# ---------------------------------------------------------------------------------------------
+# Steps
+# ---------------------------------------------------------------------------------------------
+def run_step(title: str, command: list[str], timings: dict) -> None:
+    print(f"[run] {title}\n      {' '.join(command)}", flush=True)
+    started = time.time()
+    result = subprocess.run([sys.executable, *command], cwd=REPO_ROOT)
+    if result.returncode != 0:
+        fail(f"{title} failed (exit code {result.returncode}); run the same command again to resume")
+    timings[title] = round(time.time() - started, 1)
+
+
+def flags(options: dict) -> list[str]:
+    argv = []
+    for name, value in options.items():
+        argv += [f"--{name}", ",".join(map(str, value)) if isinstance(value, list) else str(value)]
+    return argv
+
+
+def labels(config: ModerationConfig) -> dict[str, str]:
+    """post id -> its class (allowed, or the rule it breaks)."""
+    rows = read_objects(config.posts)
+    if config.images:
+        rows += read_objects(Path(config.run_dir) / "images.jsonl")
+    return {str(row["id"]): row["rule"] if row["label"] == "remove" else "allowed" for row in rows}
+
+
+IMAGE_POSTS = (  # (text drawn on the card, label, rule)
+    ("Garden club: seed swap on Saturday at the hall", "allowed", None),
+    ("WATCHES 80% OFF - message me for the link", "remove", "R2"),
+    ("Lost dog: brown, answers to Pip", "allowed", None),
+    ("Her number: 555 0199 - call her and complain", "remove", "R3"),
+    ("Slash their tyres tonight", "remove", "R4"),
+    ("Everyone on Oak Road is a fool", "remove", "R1"),
+)
+
+
+def draw_image_posts(folder: Path, count: int) -> list[dict]:
+    """Posts as pictures: the text on a coloured card, drawn with PIL (PIL's default font)."""
+    from PIL import Image, ImageDraw
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for index in range(count):
+        text, label, rule = IMAGE_POSTS[index % len(IMAGE_POSTS)]
+        image = Image.new("RGB", (336, 336), (235, 225, 200) if label == "allowed" else (240, 200, 200))
+        draw = ImageDraw.Draw(image)
+        for number, line in enumerate(textwrap.wrap(text, 26)):
+            draw.text((24, 40 + 28 * number), line, fill=(20, 20, 20))
+        path = folder / f"image-post-{index}.png"
+        image.save(path)
+        rows.append({"id": f"image-post-{index}", "image": str(path), "text": "", "label": label, "rule": rule})
+    return rows
+
+
+def prepare(config: ModerationConfig) -> Path:
+    """The templates with the policy written in (run_dir/templates.yaml); the image posts when asked for."""
+    run_dir = Path(config.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    policy = Path(config.policy).read_text(encoding="utf-8").strip()
+    templates = Path(config.templates).read_text(encoding="utf-8")
+    if POLICY_MARKER not in templates:
+        fail(f"{config.templates}: holds no {POLICY_MARKER} marker where the policy goes")
+    # the policy sits inside YAML block scalars: indent each of its lines as the marker is indented
+    indented = re.sub(rf"^([ \t]*){re.escape(POLICY_MARKER)}",
+                      lambda m: "\n".join(m.group(1) + line for line in policy.splitlines()), templates, flags=re.M)
+    atomic_write_text(run_dir / "templates.yaml", indented)
+    if config.images:
+        write_jsonl(run_dir / "images.jsonl", draw_image_posts(run_dir / "images", config.images))
+    return run_dir / "templates.yaml"
+
+
+def teacher_step(config: ModerationConfig, templates: Path, timings: dict) -> Path:
+    output = Path(config.run_dir) / "qa"
+    argv = ["-m", "alpaca_qlora.teacher", "--teacher", config.teacher, "--documents", config.posts, "--templates", str(templates),
+            "--output_dir", str(output), "--max_new_tokens", str(config.max_new_tokens),
+            "--batch_size", str(config.generation_batch_size), *flags(config.teacher_options)]
+    if config.images:
+        argv += ["--images", str(Path(config.run_dir) / "images.jsonl")]
+    run_step("teacher", argv, timings)
+    return output
+
+
+def student_step(config: ModerationConfig, qa: Path, timings: dict) -> Path:
+    folder = RunFolder(Path(config.run_dir) / "student")
+    if folder.finished_step() is not None:
+        print(f"[skip] student: {folder.path} finished at step {folder.finished_step()}")
+        return folder.path
+    argv = ["training_script.py", "--base_model", config.student, "--data_path", str(qa / "train.jsonl"),
+            "--output_dir", str(folder.path), *flags(config.training)]
+    if folder.path.is_dir() and folder.last_checkpoint() is not None:
+        argv += ["--resume_from_checkpoint", "true"]
+    elif folder.path.is_dir() and any(folder.path.iterdir()):
+        argv += ["--overwrite_output_dir", "true"]  # a run killed before its first checkpoint starts again
+    run_step("student", argv, timings)
+    return folder.path
+
+
+def answers_step(config: ModerationConfig, qa: Path, student: Path, timings: dict) -> dict[str, Path]:
+    folder = Path(config.run_dir) / "generations"
+    quantization = str(config.training.get("quantization", "nf4"))
+    template = str(config.training.get("prompt_template", "alpaca"))
+    models = {"base": ["--base_model", config.student, "--quantization", quantization, "--prompt_template", template],
+              "tuned": ["--adapter", str(student)]}
+    files = {}
+    for name, model in models.items():
+        files[name] = folder / f"{name}.jsonl"
+        run_step(f"answers ({name})", ["inference.py", *model, "--prompts_file", str(qa / "heldout.jsonl"),
+                                       "--output_file", str(files[name]), "--max_new_tokens", str(config.max_new_tokens),
+                                       "--batch_size", str(config.generation_batch_size)], timings)
+    return files
+
+
+def scores_step(config: ModerationConfig, files: dict[str, Path], timings: dict) -> Path:
+    output = Path(config.results_dir) / "metrics"
+    run_step("scores", ["evaluate_metrics.py", str(files["base"]), str(files["tuned"]), "--output_dir", str(output),
+                        "--bertscore_model", config.bertscore_model, "--bootstrap", str(config.bootstrap), "--overwrite",
+                        "--no_progress"], timings)
+    return output
+
+
+# ---------------------------------------------------------------------------------------------
+# Verdicts
+# ---------------------------------------------------------------------------------------------
+VERDICT = re.compile(r"verdict\s*[:\-]?\s*\**\s*(allowed|allow|remove|removed)", re.IGNORECASE)
+LOOSE = re.compile(r"\b(allowed|remove|removed|breaks?|violat\w*|does not break|doesn't break|is not breaking)\b", re.IGNORECASE)
+RULE = re.compile(r"\bR\s?([1-4])\b|\brule\s*(?:R\s?)?#?([1-4])\b", re.IGNORECASE)
+
+
+def parse_verdict(answer: str) -> str | None:
+    """allowed, R1..R4, `remove` (a removal without a rule named), or None when the answer gives no verdict.
+
+    `Verdict: allowed|remove` is what the template asks for; otherwise the first verdict word is read
+    (allowed / does not break -> allowed; remove / breaks / violates -> remove), then the first rule named."""
+    match = VERDICT.search(answer or "")
+    if match:
+        decision = "allowed" if match.group(1).lower().startswith("allow") else "remove"
+    else:
+        loose = LOOSE.search(answer or "")
+        if not loose:
+            return None
+        word = loose.group(1).lower()
+        decision = "allowed" if word == "allowed" or "not" in word or "n't" in word else "remove"
+    if decision == "allowed":
+        return "allowed"
+    rule = RULE.search(answer)
+    return f"R{rule.group(1) or rule.group(2)}" if rule else "remove"
+
+
+def verdict_scores(truth: list[str], predicted: list[str | None]) -> dict:
+    """Accuracy (exact class; and allowed-vs-remove), and precision/recall per class (scikit-learn)."""
+    from sklearn.metrics import precision_recall_fscore_support
+
+    n = len(truth)
+    shown = [p if p is not None else "no verdict" for p in predicted]
+    exact = sum(t == p for t, p in zip(truth, shown))
+    binary = sum((t == "allowed") == (p == "allowed") for t, p in zip(truth, shown) if p != "no verdict")
+    precision, recall, _, support = precision_recall_fscore_support(truth, shown, labels=list(CLASSES), zero_division=0)
+    return {
+        "n": n, "accuracy": exact / n if n else None, "binary_accuracy": binary / n if n else None,
+        "no_verdict": sum(p is None for p in predicted),
+        "per_class": {c: {"precision": float(precision[i]), "recall": float(recall[i]), "support": int(support[i])}
+                      for i, c in enumerate(CLASSES)},
+        "predicted": dict(sorted({p: shown.count(p) for p in set(shown)}.items())),
+    }
+
+
+def verdicts_step(config: ModerationConfig, qa: Path, files: dict[str, Path]) -> dict:
+    truth_by_post = labels(config)
+    heldout = [r for r in read_objects(qa / "heldout.jsonl") if str(r["id"]).endswith(VERDICT_QUESTION_SUFFIX)]
+    answers = {name: {str(row["id"]): row["prediction"] for row in read_objects(path)} for name, path in files.items()}
+    rows = []
+    for record in heldout:
+        rows.append({"id": record["id"], "post": record["source_id"], "truth": truth_by_post[str(record["source_id"])],
+                     "teacher": parse_verdict(record["output"]), "base": parse_verdict(answers["base"][str(record["id"])]),
+                     "tuned": parse_verdict(answers["tuned"][str(record["id"])]),
+                     "answers": {"teacher": record["output"], "base": answers["base"][str(record["id"])],
+                                 "tuned": answers["tuned"][str(record["id"])]}})
+    truth = [row["truth"] for row in rows]
+    scores = {name: verdict_scores(truth, [row[name] for row in rows]) for name in SYSTEMS}
+    # the teacher's verdicts on the training posts too: how good the labels the student learns from are
+    train_verdicts = [r for r in read_objects(qa / "train.jsonl") if str(r["id"]).endswith(VERDICT_QUESTION_SUFFIX)]
+    teacher_train = verdict_scores([truth_by_post[str(r["source_id"])] for r in train_verdicts],
+                                   [parse_verdict(r["output"]) for r in train_verdicts])
+    return {"heldout": scores, "teacher_on_training_posts": teacher_train, "rows": rows}
+
+
+# ---------------------------------------------------------------------------------------------
+# The report
+# ---------------------------------------------------------------------------------------------
+def percent(value) -> str:
+    return "n/a" if value is None else f"{value:.0%}"
+
+
+def verdict_table(scores: dict) -> list[str]:
+    lines = ["| | " + " | ".join(SYSTEMS) + " |", "|---|" + "---|" * len(SYSTEMS)]
+    lines.append("| accuracy (class: allowed or the rule) | " + " | ".join(percent(scores[s]["accuracy"]) for s in SYSTEMS) + " |")
+    lines.append("| accuracy (allowed vs remove) | " + " | ".join(percent(scores[s]["binary_accuracy"]) for s in SYSTEMS) + " |")
+    lines.append("| answers without a verdict | " + " | ".join(str(scores[s]["no_verdict"]) for s in SYSTEMS) + " |")
+    for cls in CLASSES:
+        cells = [f"{percent(scores[s]['per_class'][cls]['precision'])} / {percent(scores[s]['per_class'][cls]['recall'])}"
+                 for s in SYSTEMS]
+        lines.append(f"| {cls} precision / recall (n={scores['teacher']['per_class'][cls]['support']}) | " + " | ".join(cells) + " |")
+    return lines
+
+
+def metrics_lines(metrics_dir: Path) -> list[str]:
+    path = metrics_dir / "metrics.md"
+    return path.read_text(encoding="utf-8").strip().splitlines() if path.is_file() else ["(no metrics)"]
+
+
+def write_report(config: ModerationConfig, qa: Path, student: Path, metrics_dir: Path, verdicts: dict, timings: dict) -> Path:
+    results = Path(config.results_dir)
+    results.mkdir(parents=True, exist_ok=True)
+    shutil.copy(qa / "filter_report.md", results / "filter_report.md")
+    shutil.copy(qa / "filter_report.json", results / "filter_report.json")
+    atomic_write_json(results / "verdicts.json", {k: v for k, v in verdicts.items() if k != "rows"})
+    write_jsonl(results / "verdict_rows.jsonl", verdicts["rows"])
+    evaluation = RunFolder(student).eval_results()
+    counts = json.loads((qa / "filter_report.json").read_text())["counts"]
+    held = verdicts["heldout"]
+    examples = []
+    for row in verdicts["rows"][: config.side_by_side]:
+        examples += [f"**{row['post']}** (label: {row['truth']})", ""]
+        examples += [f"- {name} ({row[name] or 'no verdict'}): {' '.join(row['answers'][name].split())[:300]}" for name in SYSTEMS]
+        examples.append("")
+    before = evaluation.get("before_training", {}).get("eval_loss")
+    after = evaluation.get("after_training", {}).get("eval_loss")
+    lines = [
+        f"# Moderation bot: {config.name}", "",
+        f"Teacher `{config.teacher}`, student `{config.student}` (QLoRA, {config.training.get('quantization', 'nf4')}). "
+        f"Policy: `{Path(config.policy).name}` (4 rules); posts: `{Path(config.posts).name}` "
+        f"({len(read_objects(config.posts))} labelled posts written for this project).", "",
+        f"Command: `python -m alpaca_qlora.teacher.moderation --config experiments/moderation/{Path(config.run_dir).name}.yaml` "
+        "(see the README).", "",
+        "## 1. The teacher's QA pairs", "",
+        f"{counts['pairs']} pairs answered about {counts['sources']} posts, {counts['kept']} kept after the filters, "
+        f"{counts['train']} for training and {counts['heldout']} held out ({counts['heldout_sources']} whole posts). "
+        f"Full report: [filter_report.md](filter_report.md).", "",
+        *[line for line in (qa / "filter_report.md").read_text().splitlines()[-len(counts['dropped']) - 2:]], "",
+        "## 2. The student", "",
+        f"Held-out loss of the student on the teacher's answers (training split of train.jsonl): "
+        f"{before if before is None else f'{before:.3f}'} before, {after if after is None else f'{after:.3f}'} after "
+        f"{evaluation.get('finished_at_step')} steps.", "",
+        "## 3. Verdicts on the held-out posts against the labels", "",
+        f"The verdict question (\"{json.loads((qa / 'teacher_config.json').read_text())['templates']['fixed_questions'][0]}\") "
+        f"on {held['teacher']['n']} held-out posts; verdicts read by `parse_verdict`. The teacher sees the policy in its prompt; "
+        "the students see only the question and the post (the tuned one has learned the teacher's answers).", "",
+        *verdict_table(held), "",
+        f"The teacher's verdicts on the {verdicts['teacher_on_training_posts']['n']} training posts (the labels the student "
+        f"learned from): accuracy {percent(verdicts['teacher_on_training_posts']['accuracy'])}, allowed vs remove "
+        f"{percent(verdicts['teacher_on_training_posts']['binary_accuracy'])}.", "",
+        "## 4. The students' answers against the teacher's (all held-out questions)", "",
+        *metrics_lines(metrics_dir), "",
+        "## Side by side", "", *examples,
+        "## Timings (seconds)", "", *[f"- {step}: {seconds}" for step, seconds in timings.items()], "",
+        config.gpu_note, "",
+    ]
+    report = results / "report.md"
+    atomic_write_text(report, "\n".join(lines))
+    return report
+
+
+def run(config: ModerationConfig) -> Path:
+    timings_path = Path(config.run_dir) / "timings.json"
+    timings = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
+    templates = prepare(config)
+    qa = teacher_step(config, templates, timings)
+    student = student_step(config, qa, timings)
+    files = answers_step(config, qa, student, timings)
+    metrics_dir = scores_step(config, files, timings)
+    atomic_write_json(timings_path, timings)
+    verdicts = verdicts_step(config, qa, files)
+    report = write_report(config, qa, student, metrics_dir, verdicts, timings)
+    print(f"report: {report}")
+    return report
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.error = lambda message: fail(message)  # type: ignore[method-assign]
+    parser.add_argument("--config", required=True, help="YAML config (experiments/moderation/*.yaml); its paths are relative to it")
+    args = parser.parse_args(argv)
+    run(load_config(args.config))
+
+
+if __name__ == "__main__":
+    from ..cli import run_cli
+
+    run_cli(main)
