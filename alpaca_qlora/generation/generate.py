@@ -12,10 +12,8 @@ from dataclasses import dataclass
 import torch
 
 from ..data.prompts import build_prompt
-from ..modeling import (
-    attach_adapter, default_device_map, load_base_model, load_tokenizer_or_processor, resolve_compute_dtype, use_packed_cpu_kernel,
-)
-from ..vision import IMAGE_FIELD, is_processor, load_image, text_tokenizer
+from ..modeling import attach_adapter, default_device_map, load_base_model, load_tokenizer, resolve_compute_dtype, use_packed_cpu_kernel
+from ..vision import IMAGE_FIELD, IMAGE_TEXT_TO_TEXT, is_processor, load_image, load_processor, text_tokenizer
 from .settings import SAMPLING_DEFAULTS
 from .source import ModelSource
 
@@ -27,7 +25,10 @@ def load_for_inference(source: ModelSource):
     """Tokenizer (left padding) and model in eval mode: the base, quantized or not, with the adapter on top.
 
     An image-text model comes with its processor in the tokenizer's place (its tokenizer pads on the left too)."""
-    tokenizer = load_tokenizer_or_processor(source.tokenizer_path, source.model_kind, source.trust_remote_code)
+    if source.model_kind == IMAGE_TEXT_TO_TEXT:
+        tokenizer = load_processor(source.tokenizer_path, source.trust_remote_code)
+    else:
+        tokenizer = load_tokenizer(source.tokenizer_path, source.trust_remote_code)
     text_tokenizer(tokenizer).padding_side = "left"
     compute_dtype = resolve_compute_dtype(source.compute_dtype)
     model = load_base_model(
