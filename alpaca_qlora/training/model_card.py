@@ -37,6 +37,9 @@ def model_card(config: TrainingConfig, folder: RunFolder, results: dict) -> str:
     info = folder.info()
     counts = info.get("data", {})
     steps = results.get("finished_at_step")
+    image_text = plan.get("model_kind") == "image_text_to_text"  # LLaVA-style: its processor travels with the adapter
+    model_class = "AutoModelForImageTextToText" if image_text else "AutoModelForCausalLM"
+    tokenizer_class, tokenizer_name = ("AutoProcessor", "processor") if image_text else ("AutoTokenizer", "tokenizer")
     quantization = {"nf4": "4-bit NF4 (QLoRA)", "fp4": "4-bit FP4", "int8": "8-bit", "none": "unquantized"}[model.quantization]
     return "\n".join([
         f"# LoRA adapter: {folder.path.name}",
@@ -72,10 +75,10 @@ def model_card(config: TrainingConfig, folder: RunFolder, results: dict) -> str:
         "",
         "```python",
         "from peft import PeftModel",
-        "from transformers import AutoModelForCausalLM, AutoTokenizer",
-        f"base = AutoModelForCausalLM.from_pretrained(\"{model.base_model}\")",
+        f"from transformers import {model_class}, {tokenizer_class}",
+        f"base = {model_class}.from_pretrained(\"{model.base_model}\")",
         f"model = PeftModel.from_pretrained(base, \"{folder.path}\")",
-        f"tokenizer = AutoTokenizer.from_pretrained(\"{folder.path}\")",
+        f"{tokenizer_name} = {tokenizer_class}.from_pretrained(\"{folder.path}\")",
         "```",
         "",
         f"Prompts must use the `{data.prompt_template}` template it was trained with (`inference.py` does this itself).",
