@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass, field
 
 QUESTION_PREFIX = re.compile(
-    r"^\s*(?:(?:\(?\d{1,3}[.)]|[-*•])\s*)?(?:\*\*)?(?:q(?:uestion)?\s*\d{0,3}\s*[:.)-])?\s*(?:\*\*)?\s*", re.IGNORECASE)
+    r"^\s*(?:\(?\d{1,3}[.)]\s*|[-*•]\s+)?(?:\*\*)?(?:q(?:uestion)?\s*\d{0,3}\s*[:.)-])?\s*(?:\*\*)?\s*", re.IGNORECASE)
 ANSWER_PREFIX = re.compile(r"^\s*(?:\*\*)?(?:a|answer)\s*[:.-]\s*(?:\*\*)?\s*", re.IGNORECASE)
 EXPECTED_QUESTIONS = "one question per line (numbered, bulleted or 'Q:'), each ending with '?', or a JSON list of strings"
 
