@@ -136,7 +136,7 @@ def human_dict(human: PairwiseSummary, bootstrap: dict[str, Any]) -> dict[str, A
             "exact_ml": bt.exact,
             "library": f"choix {importlib.metadata.version('choix')} ilsr_pairwise",
             "note": "log-strengths, mean 0; P(i beats j) = 1 / (1 + exp(s_j - s_i)); a tie is half a win each way"
-                    + ("" if bt.exact else f"; regularised (alpha 0.01): some system never won or never lost"),
+                    + ("" if bt.exact else "; regularised (alpha 0.01): some system never won or never lost"),
         },
         "metric_agreement": {name: {"n": a.n, "n_decisive": a.n_decisive, "pairwise_accuracy": a.pairwise_accuracy,
                                     "metric_ties": a.metric_ties, "kendall_tau": a.kendall_tau}
