@@ -112,19 +112,21 @@ def choose_attention(config: TrainingConfig, device: str) -> tuple[str, str | No
     return "sdpa", None
 
 
-def choose_checkpointing(config: TrainingConfig, model_config, device: str) -> tuple[bool, str | None]:
+def choose_checkpointing(config: TrainingConfig, model_config, device: str, batch_tokens: int | None) -> tuple[bool, str | None]:
+    """`batch_tokens`: the most tokens one batch can hold (its longest examples); else batch size x max_seq_length."""
     if config.chose_checkpointing():
         return bool(getattr(config.train, CHECKPOINTING_FLAG) or config.train.gradient_checkpointing), None
     if device == "cuda":
         return True, "on GPUs memory limits QLoRA"
-    tokens = config.train.per_device_train_batch_size * config.data.max_seq_length
+    tokens = batch_tokens or config.train.per_device_train_batch_size * config.data.max_seq_length
     bytes_per_value = resolve_compute_dtype(config.model.compute_dtype).itemsize
     needed = checkpointing_needed(model_config, tokens, bytes_per_value)
-    return needed, ("a batch's activations would need over a quarter of the free RAM" if needed
-                    else "activations fit easily in memory (it would cost ~25% more compute)")
+    return needed, (f"the largest batch ({tokens:,} tokens) would need over a quarter of the free RAM for activations"
+                    if needed else f"activations of the largest batch ({tokens:,} tokens) fit easily in memory "
+                                   "(checkpointing would cost ~25% more compute)")
 
 
-def make_plan(config: TrainingConfig, model_config, has_heldout: bool) -> TrainingPlan:
+def make_plan(config: TrainingConfig, model_config, has_heldout: bool, batch_tokens: int | None = None) -> TrainingPlan:
     train = config.train
     reasons: list[tuple[str, str]] = []
 
@@ -154,7 +156,7 @@ def make_plan(config: TrainingConfig, model_config, has_heldout: bool) -> Traini
     note("attention", why)
     loss, why = choose_loss(config, model_config, engine)
     note("loss", why)
-    checkpointing, why = choose_checkpointing(config, model_config, device)
+    checkpointing, why = choose_checkpointing(config, model_config, device, batch_tokens)
     note("gradient checkpointing", why)
     kernels, why = liger_plan(train.use_liger_kernel, model_config)
     note("fused kernels", why)

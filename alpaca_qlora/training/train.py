@@ -203,6 +203,12 @@ def attention_keeps_examples_apart(model, token_ids: list[int]) -> bool:
     return float((packed - alone).abs().max()) <= 1e-2 * scale
 
 
+def largest_batch_tokens(data: PreparedData, config: TrainingConfig) -> int:
+    """Tokens in the largest batch the data can form: its longest examples, one batch's worth."""
+    lengths = sorted((len(example["input_ids"]) for example in data.train_examples), reverse=True)
+    return sum(lengths[: config.train.per_device_train_batch_size])
+
+
 def make_collator(plan: TrainingPlan, tokenizer):
     if plan.packing:
         return PackedCollator(pad_token_id=tokenizer.pad_token_id, max_row_length=plan.row_length,
@@ -333,7 +339,7 @@ def train(config: TrainingConfig) -> dict:
     split = load_split(config)
     model_config = load_model_config(config.model.base_model, config.model.trust_remote_code)
     data = tokenize_split(config, split)
-    plan = make_plan(config, model_config, bool(data.val_examples))
+    plan = make_plan(config, model_config, bool(data.val_examples), largest_batch_tokens(data, config))
     model = build_model(config, plan)
     if plan.packing:
         plan = confirm_packing(plan, attention_keeps_examples_apart(model, data.train_examples[0]["input_ids"] * 16), config)
