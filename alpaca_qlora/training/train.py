@@ -363,7 +363,8 @@ def train(config: TrainingConfig) -> dict:
     if plan.evaluation:
         results["after_training"] = trainer.heldout_loss()
     else:
-        results["heldout"] = "none: no held-out records (--val_set_size 0)" if not data.split.val else "off (--eval_strategy no)"
+        results["heldout"] = ("none: no held-out records (--val_set_size 0)" if not data.split.val
+                              else "none: no held-out example is left after tokenization (raise --max_seq_length)")
     results["finished_at_step"] = trainer.state.global_step
     results["peak_memory_gib"] = peak_memory_gib()
     results["adapter_checksum_per_process"] = adapter_checksums(trainer.model, args.world_size)
