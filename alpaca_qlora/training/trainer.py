@@ -124,6 +124,7 @@ class InstructionTrainer(Trainer):
         if self.args.world_size > 1:
             torch.distributed.all_reduce(sums)
         model.train(was_training)
+        self.token_stats.started = time.perf_counter()  # evaluation time is not training time
         nll, tokens = float(sums[0]), int(sums[1])
         mean = nll / max(tokens, 1)
         return {"eval_loss": mean, "eval_perplexity": math.exp(min(mean, 50.0)), "eval_tokens": tokens}
@@ -132,7 +133,6 @@ class InstructionTrainer(Trainer):
         metrics = self.heldout_loss()
         self.log(dict(metrics))
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
-        self.token_stats.started = time.perf_counter()  # evaluation time is not training time
         return metrics
 
     # -- logging ---------------------------------------------------------------------------------
