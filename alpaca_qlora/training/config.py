@@ -122,7 +122,7 @@ class TrainArguments(TrainingArguments):
     def __post_init__(self):
         from .engines import check_deepspeed_source
 
-        check_deepspeed_source(self.deepspeed)  # before transformers/accelerate read DeepSpeed's file
+        check_deepspeed_source(self)  # before transformers/accelerate read DeepSpeed's file
         super().__post_init__()
 
 

@@ -147,11 +147,13 @@ def deepspeed_values(deepspeed_flag) -> tuple[dict, str | None, str]:
     return {"zero_optimization": {"stage": int(stage)}}, None, source
 
 
-def check_deepspeed_source(deepspeed_flag) -> None:
+def check_deepspeed_source(train) -> None:
     """Called as the training arguments are built, before transformers and accelerate read DeepSpeed's file
-    (they would stop with a traceback): the file and its fields, as one line."""
-    if deepspeed_flag or env_flag("ACCELERATE_USE_DEEPSPEED"):
-        deepspeed_values(deepspeed_flag)
+    (they would stop with a traceback, or mid-start): the file, its fields and its batch, as one line."""
+    if train.deepspeed or env_flag("ACCELERATE_USE_DEEPSPEED"):
+        values, path, _ = deepspeed_values(train.deepspeed)
+        check_deepspeed_batch(values, path or "DeepSpeed config", train.per_device_train_batch_size,
+                              train.gradient_accumulation_steps, env_int("WORLD_SIZE", 1))
 
 
 def deepspeed_settings(deepspeed_flag, world_size: int, nodes: int) -> EngineSettings:
@@ -210,27 +212,37 @@ def read_engine(train) -> EngineSettings:
 # ---------------------------------------------------------------------------------------------
 # Combinations
 # ---------------------------------------------------------------------------------------------
-def check_quantization(engine: EngineSettings, quantization: str, quant_storage: str, storage_given: bool,
-                       device: str) -> None:
-    """Quantized bases an engine cannot shard, refused before any weight is read.
+def check_combination(engine: EngineSettings, quantization: str, quant_storage: str, storage_given: bool,
+                      device: str, mixed_precision: str) -> None:
+    """Combinations an engine cannot run, refused before any data or weight is read, naming what runs instead.
 
-    Seen on this project's CPU (torch 2.13, accelerate 1.15, DeepSpeed 0.19.8, bitsandbytes 0.50.2), BENCHMARKS.md:
-    under FSDP2 and ZeRO-3 bitsandbytes' 4-bit weights cannot be sharded on the CPU; on GPUs they are, stored
-    in the compute dtype (bnb_4bit_quant_storage), which is the QLoRA-FSDP / ZeRO-3 recipe.
+    Tried on this project's CPU (torch 2.13, accelerate 1.15, DeepSpeed 0.19.8, bitsandbytes 0.50.2; BENCHMARKS.md):
+    - NF4/FP4 weights stored in the compute dtype ARE sharded by FSDP2 and by ZeRO-3 on the CPU (each process holds
+      half of every 4-bit weight with 2 processes) and train to the single process's losses;
+    - FSDP2 leaves 4-bit weights stored as uint8 whole on every process (accelerate excludes them from sharding);
+    - DeepSpeed cannot run bf16/fp16 on the CPU through the Trainer: transformers allows 16-bit mixed precision on
+      the CPU only with use_cpu, which turns DeepSpeed off;
+    - bitsandbytes' int8 has no CPU kernel at all, and no engine shards 8-bit weights.
     """
+    name = engine.describe().split(" x")[0]
+    if engine.engine == "deepspeed" and device == "cpu" and engine.world_size > 1 and engine.source.startswith("--deepspeed"):
+        fail(f"{engine.source} under torchrun on the CPU: transformers' own DeepSpeed start leaves the CPU's collective "
+             "backend unset and counts one process; what runs: accelerate launch --config_file "
+             f"configs/accelerate/deepspeed_zero{engine.zero_stage}_cpu.yaml training_script.py ... (without --deepspeed)")
+    if engine.engine == "deepspeed" and device == "cpu" and mixed_precision in ("bf16", "fp16"):
+        fail(f"{mixed_precision} under {name} on the CPU: transformers runs 16-bit mixed precision on the CPU only "
+             f"with use_cpu, which turns DeepSpeed off; what runs: --compute_dtype fp32 with {name}, or "
+             f"{mixed_precision} with FSDP (configs/accelerate/fsdp_cpu.yaml) (bench/gpu.sh checks {name} in "
+             f"{mixed_precision} on a GPU)")
     if quantization == "none" or not engine.shards_parameters:
         return
-    name = engine.describe().split(" x")[0]
-    if device == "cpu":
-        fail(f"--quantization {quantization} under {name} on the CPU: bitsandbytes' 4-bit weights cannot be sharded "
-             f"there; what runs: --quantization none with {name} (LoRA on a 16/32-bit base), or --quantization "
-             f"{quantization} with DDP or DeepSpeed ZeRO-2 (bench/gpu.sh checks {name} + {quantization} on a GPU)")
     if quantization == "int8":
-        fail(f"--quantization int8 under {name}: bitsandbytes' 8-bit weights cannot be sharded; use nf4 with "
-             f"--bnb_4bit_quant_storage bf16 (QLoRA-{name.split()[0]}) or --quantization none")
-    if storage_given and quant_storage == "uint8":
-        fail(f"--bnb_4bit_quant_storage uint8 under {name}: 4-bit weights stored as uint8 cannot be sharded with "
-             "the LoRA weights; store them in the compute dtype (--bnb_4bit_quant_storage bf16), or leave the flag out")
+        fail(f"--quantization int8 under {name}: bitsandbytes' 8-bit weights cannot be sharded; what runs: "
+             f"--quantization nf4 with {name} (4-bit weights stored in the compute dtype), or --quantization none")
+    if engine.engine == "fsdp" and storage_given and quant_storage == "uint8":
+        fail(f"--bnb_4bit_quant_storage uint8 under {name}: 4-bit weights stored as uint8 cannot be sharded (accelerate "
+             f"leaves them whole on every process); what runs: --quantization {quantization} with the weights stored "
+             "in the compute dtype (leave --bnb_4bit_quant_storage out, or give bf16/fp32)")
 
 
 def check_wrap_classes(engine: EngineSettings, model) -> None:

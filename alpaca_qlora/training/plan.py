@@ -142,6 +142,22 @@ def choose_checkpointing(config: TrainingConfig, model_config, device: str) -> t
                     else "activations fit easily in memory (it would cost ~25% more compute)")
 
 
+def choose_mixed_precision(config: TrainingConfig, device: str) -> tuple[str, str | None]:
+    train = config.train
+    if {"bf16", "fp16"} & config.given:
+        return ("bf16" if train.bf16 else "fp16" if train.fp16 else "no"), None
+    if device == "cpu":
+        if resolve_compute_dtype(config.model.compute_dtype) == torch.bfloat16:
+            return "bf16", "bf16 autocast on the CPU, as --compute_dtype bf16 asks"
+        return "no", None
+    mixed = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return mixed, f"{mixed}: what this GPU supports"
+
+
+def mixed_precision(config: TrainingConfig) -> str:
+    return choose_mixed_precision(config, plan_device(config.train))[0]
+
+
 def make_plan(config: TrainingConfig, model_config, has_heldout: bool, engine_settings: EngineSettings | None = None) -> TrainingPlan:
     train = config.train
     reasons: list[tuple[str, str]] = []
@@ -155,20 +171,13 @@ def make_plan(config: TrainingConfig, model_config, has_heldout: bool, engine_se
     device = plan_device(train)
     if engine == "deepspeed" and device == "cpu":
         note("device", "DeepSpeed on its CPU accelerator (accelerate's DeepSpeed path needs use_cpu off)")
-    if device == "cpu" and world_size > 1 and engine != "deepspeed" and not train.ddp_backend:
+    if device == "cpu" and world_size > 1 and not train.ddp_backend:
         note("collectives", "gloo, the CPU's backend")
     compute = resolve_compute_dtype(config.model.compute_dtype)
     if config.model.compute_dtype == "auto":
         note("compute dtype", f"auto: {DTYPE_NAMES[compute]} on this {device}")
-    if {"bf16", "fp16"} & config.given:
-        mixed = "bf16" if train.bf16 else "fp16" if train.fp16 else "no"
-    elif device == "cpu":
-        mixed = "bf16" if compute == torch.bfloat16 else "no"
-        if mixed == "bf16":
-            note("mixed precision", "bf16 autocast on the CPU, as --compute_dtype bf16 asks")
-    else:
-        mixed = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        note("mixed precision", f"{mixed}: what this GPU supports")
+    mixed, why = choose_mixed_precision(config, device)
+    note("mixed precision", why)
     optimizer = str(getattr(train.optim, "value", train.optim))
     from_deepspeed = deepspeed_optimizer(engine_settings)
     if from_deepspeed:
@@ -254,8 +263,10 @@ def training_arguments(config: TrainingConfig, plan: TrainingPlan) -> TrainArgum
         # which accelerate's DeepSpeed path reaches only with use_cpu off
         "use_cpu": (train.use_cpu or plan.device == "cpu") and plan.engine != "deepspeed",
     }
-    if plan.device == "cpu" and plan.world_size > 1 and plan.engine != "deepspeed" and not train.ddp_backend:
-        changes["ddp_backend"] = "gloo"  # the CPU's collective backend (accelerate would take MPI where it is built)
+    if plan.device == "cpu" and plan.world_size > 1 and not train.ddp_backend:
+        # the CPU's collective backend: accelerate would take MPI where torch has it, and under DeepSpeed on the
+        # CPU it would leave the backend unset and count one process
+        changes["ddp_backend"] = "gloo"
     if CHECKPOINTING_FLAG != "gradient_checkpointing":
         changes["gradient_checkpointing"] = plan.gradient_checkpointing
     return dataclasses.replace(train, **changes)

@@ -32,12 +32,12 @@ from ..run_folder import (
 )
 from .collators import PackedCollator, PaddedCollator, token_counts
 from .config import TrainingConfig, parse_training_config
-from .engines import EngineSettings, check_deepspeed_batch, check_quantization, check_wrap_classes, read_deepspeed_json, read_engine
+from .engines import EngineSettings, check_combination, check_wrap_classes, read_engine
 from .kernels import apply_liger_kernels
 from .lora_dropout import use_pcg64_dropout
 from .model_card import model_card
 from .packed_attention import register_packed_attention
-from .plan import TrainingPlan, checkpointing_kwargs, confirm_packing, make_plan, plan_device, training_arguments
+from .plan import TrainingPlan, checkpointing_kwargs, confirm_packing, make_plan, mixed_precision, plan_device, training_arguments
 from .trainer import EngineStartCallback, InstructionTrainer, LossProgressCallback, TrainLogCallback
 
 # Options a resumed run may change: how long it trains and how it logs, evaluates and saves. Any other
@@ -310,6 +310,11 @@ def adapter_checksums(model, world_size: int) -> list[float]:
     return per_process(checksum, world_size)
 
 
+def adapter_sharded(plan: TrainingPlan) -> bool:
+    """Whether the engine splits the adapter's weights over the processes (FSDP, ZeRO-3)."""
+    return plan.engine == "fsdp" or (plan.engine == "deepspeed" and plan.zero_stage == 3)
+
+
 def gathered_adapter(trainer, plan: TrainingPlan) -> dict | None:
     """The whole adapter's weights on the main process, where the engine shards them (FSDP, ZeRO-3); None where
     every process holds them whole. A collective: every process calls it.
@@ -363,13 +368,9 @@ def params_partitioned(model) -> bool:
 def check_engine(config: TrainingConfig) -> EngineSettings:
     """The engine as launched, and the combinations it cannot run, before any data or weight is read."""
     engine = read_engine(config.train)
-    check_quantization(engine, config.model.quantization, config.model.bnb_4bit_quant_storage,
-                       "bnb_4bit_quant_storage" in config.given, plan_device(config.train))
-    if engine.deepspeed_config:
-        check_deepspeed_batch(read_deepspeed_json(engine.deepspeed_config, "DeepSpeed config"), engine.deepspeed_config,
-                              config.train.per_device_train_batch_size, config.train.gradient_accumulation_steps,
-                              engine.world_size)
-    return engine
+    check_combination(engine, config.model.quantization, config.model.bnb_4bit_quant_storage,
+                      "bnb_4bit_quant_storage" in config.given, plan_device(config.train), mixed_precision(config))
+    return engine  # DeepSpeed's file and batch were checked as the arguments were built (engines.check_deepspeed_source)
 
 
 def train(config: TrainingConfig) -> dict:
@@ -433,8 +434,9 @@ def train(config: TrainingConfig) -> dict:
     results["finished_at_step"] = trainer.state.global_step
     results["peak_memory_gib"] = peak_memory_gib()
     results["peak_memory_gib_per_process"] = per_process(results["peak_memory_gib"], args.world_size)
-    state_dict = gathered_adapter(trainer, plan)
-    if state_dict is None:
+    sharded = adapter_sharded(plan)
+    state_dict = gathered_adapter(trainer, plan) if sharded else None
+    if not sharded:
         results["adapter_checksum_per_process"] = adapter_checksums(trainer.model, args.world_size)
     elif trainer.is_world_process_zero():  # one copy, gathered from the shards
         results["adapter_checksum"] = sum(float(value.double().sum()) for name, value in state_dict.items() if "lora_" in name)
