@@ -10,7 +10,10 @@ checkpoint and resumed under the same engine. The reference is one process with 
   digit (measured: <= 2e-7 relative); a wrong batch split, a loss averaged per process instead of per token,
   or a lost update would move the 2nd-3rd digit. LoRA dropout is 0: its masks are random per process.
 - the adapter, gathered from the shards and written once by the main process, equals the single process's
-  (atol 1e-5 on weights of size ~1e-2; measured differences ~1e-8) and loads with inference.py.
+  within 1e-4 (absolute, on LoRA weights up to ~0.13) and loads with inference.py. Why not closer: AdamW's step
+  m/sqrt(v) does not scale with the gradient, so where a gradient entry is near zero a 1e-7 rounding difference
+  can change that entry's step by up to the learning rate (3e-3); measured after 4 steps: at most 4.3e-5 (ZeRO-3,
+  LoRA on the fp32 base). A lost, doubled or mis-gathered update would differ by ~1e-3 (one step) or more.
 - run_info.json names the engine and the world size; eval_results.json holds the held-out loss summed over
   both processes' shares (equal to the single process's).
 Learning rate constant: the killed run is asked for more steps than the resumed one, so that it cannot finish
@@ -42,7 +45,7 @@ STEPS = 4
 COMMON = ("--max_steps", str(STEPS), "--logging_steps", "1", "--lora_dropout", "0", "--lr_scheduler_type", "constant",
           "--val_set_size", "16", "--max_seq_length", "128", "--seed", "5", "--lora_r", "8")
 LOSS_RTOL = 1e-4
-ADAPTER_ATOL = 1e-5
+ADAPTER_ATOL = 1e-4
 # (test id, accelerate config, quantization, engine and ZeRO stage expected in run_info.json)
 ENGINES = [
     ("ddp", "ddp_cpu.yaml", "nf4", ("ddp", None)),
@@ -177,7 +180,8 @@ def test_engine_two_processes_kill_resume_equal_single(name, config, quantizatio
 
     # one standard PEFT adapter, gathered, equal to the single process's after a kill and resume
     expected_weights, weights = adapter(reference), adapter(run)
-    assert weights.keys() == expected_weights.keys() and any("lora_B" in key for key in weights)
+    assert weights.keys() == expected_weights.keys()
+    assert max(float(value.abs().max()) for key, value in weights.items() if "lora_B" in key) > 1e-3  # it trained
     for key in weights:
         assert torch.allclose(weights[key].float(), expected_weights[key].float(), atol=ADAPTER_ATOL, rtol=0), key
     assert len(list(run.glob("adapter_model.safetensors"))) == 1
