@@ -295,6 +295,31 @@ def peak_memory_gib() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)  # kilobytes on Linux
 
 
+def held_bytes(tensor) -> int:
+    """Bytes of `tensor` this process holds: its ZeRO-3 partition, its FSDP2 shard, or the whole tensor."""
+    if hasattr(tensor, "ds_tensor"):
+        tensor = tensor.ds_tensor
+    elif hasattr(tensor, "to_local"):
+        tensor = tensor.to_local()
+    return tensor.numel() * tensor.element_size()
+
+
+def memory_held(trainer) -> dict[str, float]:
+    """What this process holds of the model's weights and of the optimizer's states (MiB): the engines' sharding,
+    counted tensor by tensor (the resident set also counts the runtime, the activations and the allocator's cache)."""
+    model = trainer.model_wrapped if trainer.model_wrapped is not None else trainer.model
+    parameters = list(model.parameters())
+    optimizer = trainer.optimizer
+    while getattr(optimizer, "optimizer", None) is not None and optimizer.optimizer is not optimizer:
+        optimizer = optimizer.optimizer  # accelerate's wrapper -> DeepSpeed's ZeRO optimizer -> torch's AdamW
+    states = [value for state in getattr(optimizer, "state", {}).values() for value in state.values()
+              if torch.is_tensor(value) and value.dim() > 0]
+    mib = 2**20
+    return {"parameters_mib": round(sum(held_bytes(p) for p in parameters) / mib, 3),
+            "trainable_parameters_mib": round(sum(held_bytes(p) for p in parameters if p.requires_grad) / mib, 3),
+            "optimizer_states_mib": round(sum(held_bytes(v) for v in states) / mib, 3)}
+
+
 def per_process(value, world_size: int) -> list:
     """`value` from every process, in rank order (a collective: every process calls it)."""
     if world_size <= 1:
@@ -434,6 +459,7 @@ def train(config: TrainingConfig) -> dict:
     results["finished_at_step"] = trainer.state.global_step
     results["peak_memory_gib"] = peak_memory_gib()
     results["peak_memory_gib_per_process"] = per_process(results["peak_memory_gib"], args.world_size)
+    results["memory_held_per_process"] = per_process(memory_held(trainer), args.world_size)
     sharded = adapter_sharded(plan)
     state_dict = gathered_adapter(trainer, plan) if sharded else None
     if not sharded:
