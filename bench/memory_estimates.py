@@ -12,6 +12,9 @@ Estimates, not measurements (no GPU machine has run them yet). Per GPU, with N G
   gathered FSDP / ZeRO-3 gather a unit's full weights for its forward and backward: two decoder layers at a time
            (the one running and the one prefetched).
   runtime  CUDA context and allocator slack: 1.5 GB.
+  at load  a 4-bit base is quantized whole on each process's GPU before FSDP2 / DeepSpeed shard it (accelerate
+           1.15 and transformers 5.24 do not shard bitsandbytes weights while loading): base + runtime, a peak
+           before training; a 16-bit base under ZeRO-3 is partitioned as it loads (zero.Init), no such peak.
 
   DDP          base + adapter + work
   FSDP2        base/N + adapter/N + gathered + work            (QLoRA: 4-bit stored in bf16, sharded)
@@ -59,6 +62,7 @@ def estimate(name: str, gpus: int, tokens: int) -> dict[str, float]:
         "ZeRO-2 QLoRA": (base4 + lora * 4 + lora * 12 / gpus + work) / GB,
         "ZeRO-3 QLoRA": (base4 / gpus + adapter / gpus + 2 * layer4 + work) / GB,
         "ZeRO-3 LoRA 16-bit": (base16 / gpus + adapter / gpus + 2 * layer16 + work) / GB,
+        "QLoRA load peak (FSDP2/ZeRO-3)": (base4 + RUNTIME) / GB,
         "DDP LoRA 16-bit": (base16 + adapter + work) / GB,
     }
 

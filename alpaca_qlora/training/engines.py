@@ -16,6 +16,7 @@ DDP) and ignores its FSDP plugin there, although torch's FSDP2 (`fully_shard`) r
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass
@@ -245,17 +246,22 @@ def check_combination(engine: EngineSettings, quantization: str, quant_storage: 
              "in the compute dtype (leave --bnb_4bit_quant_storage out, or give bf16/fp32)")
 
 
-def check_wrap_classes(engine: EngineSettings, model) -> None:
-    """The decoder-layer classes FSDP's auto-wrap policy names must exist in this model."""
-    if engine.engine != "fsdp" or not engine.fsdp_wrap_classes:
-        return
+def check_wrap_classes(engine: EngineSettings, model) -> EngineSettings:
+    """The decoder-layer classes FSDP's auto-wrap policy names must exist in this model; none named: the model's
+    own no-split layers, which accelerate wraps (recorded, so that run_info.json says what was wrapped)."""
+    if engine.engine != "fsdp":
+        return engine
     present = {type(module).__name__ for module in model.modules()}
+    if not engine.fsdp_wrap_classes:
+        own = tuple(name for name in (getattr(model, "_no_split_modules", None) or ()) if name in present)
+        return dataclasses.replace(engine, fsdp_wrap_classes=own)
     missing = [name for name in engine.fsdp_wrap_classes if name not in present]
     if missing:
         layers = sorted(name for name in present if name.endswith(("DecoderLayer", "Block", "Layer")))
         fail(f"accelerate config fsdp_config.fsdp_transformer_layer_cls_to_wrap {','.join(missing)}: no such module in "
              f"this model (its layers: {', '.join(layers[:4]) or 'none found'}); leave it out to wrap the model's "
              "own no-split layers")
+    return engine
 
 
 # ---------------------------------------------------------------------------------------------

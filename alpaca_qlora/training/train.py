@@ -179,7 +179,7 @@ def build_model(config: TrainingConfig, plan: TrainingPlan):
     model = load_base_model(
         resolve_model_path(config.model.base_model), config.model.quantization, DTYPES[plan.compute_dtype],
         config.model.double_quant, plan.quant_storage, loaded_attention, config.model.trust_remote_code,
-        device_map=device_map(plan),
+        device_map=device_map(plan, config.model.quantization),
     )
     model.config.use_cache = False  # a KV cache hides packing from the attention mask (field notes)
     if loaded_attention != plan.attention:
@@ -191,9 +191,11 @@ def build_model(config: TrainingConfig, plan: TrainingPlan):
     return model
 
 
-def device_map(plan: TrainingPlan):
-    """Each process's model on its own GPU (DDP); None on the CPU and under FSDP/DeepSpeed (they place shards)."""
-    if plan.device != "cuda" or plan.engine in ("fsdp", "deepspeed"):
+def device_map(plan: TrainingPlan, quantization: str = "none"):
+    """Where the weights load. On GPUs each process's own GPU (LOCAL_RANK), also under FSDP/ZeRO-3 for a quantized
+    base, which bitsandbytes quantizes on the GPU it lands on (FSDP2 / DeepSpeed then shard it); None on the CPU and
+    for a 16/32-bit base under FSDP/DeepSpeed, which place it themselves (ZeRO-3 partitions it as it loads)."""
+    if plan.device != "cuda" or (plan.engine in ("fsdp", "deepspeed") and quantization == "none"):
         return None
     import os
 
@@ -419,7 +421,7 @@ def train(config: TrainingConfig) -> dict:
     data = tokenize_split(config, split)
     plan = make_plan(config, model_config, bool(data.val_examples), engine)
     model = build_model(config, plan)
-    check_wrap_classes(engine, model)
+    engine = check_wrap_classes(engine, model)
     packing_probe = data.train_examples[0]["input_ids"] * 16
     deferred_packing_check = plan.packing and params_partitioned(model)
     if plan.packing and not deferred_packing_check:
