@@ -67,9 +67,10 @@ def env(**extra) -> dict:
             **extra}
 
 
-def launch(config: str, args: list[str], port: int | None = None, launcher: tuple[str, ...] = ()) -> subprocess.Popen:
-    """accelerate launch with a shipped config, in its own process group (so that a kill reaches every process)."""
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIGS / config),
+def launch(config: str, args: list[str], port: int | None = None, launcher: tuple[str, ...] = (),
+           module: str = "accelerate.commands.launch") -> subprocess.Popen:
+    """accelerate launch (or alpaca_qlora.launch: the same, its config checked first) with a shipped config."""
+    command = [sys.executable, "-m", module, "--config_file", str(CONFIGS / config),
                "--main_process_port", str(port or free_port()), *launcher, *args]
     process = subprocess.Popen(command, cwd=REPO_ROOT, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                text=True, start_new_session=True)
@@ -157,8 +158,11 @@ def test_engine_two_processes_kill_resume_equal_single(name, config, quantizatio
     args = training_args(model_dir, small_data, run, *COMMON, "--quantization", quantization,
                          "--per_device_train_batch_size", "2", "--save_strategy", "steps", "--save_steps", "2")
     # Killed (SIGKILL to every process) as soon as its first checkpoint is whole (trainer_state.json is written last,
-    # after every process's shards); asked for 2000 steps so that it cannot finish first.
-    process = launch(config, [*args, "--max_steps", "2000"])
+    # after every process's shards); asked for 2000 steps so that it cannot finish first. DDP goes through
+    # python -m alpaca_qlora.launch (accelerate's launch_command after checking the config), the others through
+    # accelerate launch itself.
+    module = "alpaca_qlora.launch" if name == "ddp" else "accelerate.commands.launch"
+    process = launch(config, [*args, "--max_steps", "2000"], module=module)
     try:
         deadline = time.time() + 240
         while not (run / "checkpoint-2" / "trainer_state.json").exists():
@@ -169,7 +173,7 @@ def test_engine_two_processes_kill_resume_equal_single(name, config, quantizatio
         kill_all(process)
     assert not (run / "adapter_model.safetensors").exists(), "killed too late: the run had finished"
 
-    output = finish(launch(config, [*args, "--resume_from_checkpoint", "true"]))
+    output = finish(launch(config, [*args, "--resume_from_checkpoint", "true"], module=module))
     assert (run / "adapter_model.safetensors").is_file(), output[-4000:]
 
     # the same losses as one process with the same global batch, before and after the kill
@@ -261,7 +265,7 @@ BAD = [
     ("fsdp-state-dict", {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2", "FSDP_STATE_DICT_TYPE": "LOCAL_STATE_DICT"}, [],
      "accelerate config fsdp_config.fsdp_state_dict_type LOCAL_STATE_DICT"),
     ("fsdp-wrap-class", {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2", "FSDP_AUTO_WRAP_POLICY": "TRANSFORMER_BASED_WRAP",
-                         "FSDP_TRANSFORMER_CLS_TO_WRAP": "GPTBlock"}, [],
+                         "FSDP_TRANSFORMER_CLS_TO_WRAP": "GPTBlock"}, ["--val_set_size", "0", "--quantization", "none"],
      "accelerate config fsdp_config.fsdp_transformer_layer_cls_to_wrap GPTBlock: no such module in this model"),
     ("fsdp-uint8", {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2"}, ["--bnb_4bit_quant_storage", "uint8"],
      "--bnb_4bit_quant_storage uint8 under FSDP2: 4-bit weights stored as uint8 cannot be sharded"),
@@ -311,3 +315,42 @@ def test_a_mistake_stops_every_process_without_a_hang(tiny_model, tiny_data, tmp
     assert "exitcode  : 2" in result.stderr  # the launcher's summary: the processes exited 2 (no traceback from them)
     assert "[rank0]: Traceback" not in result.stderr and "[rank1]: Traceback" not in result.stderr
     assert not output_dir.exists()
+
+
+LAUNCH_BAD = [
+    # (id, config file text or None for a missing file, extra launcher flags, the one line's words)
+    ("missing", None, [], "--config_file {config}: no such file"),
+    ("malformed", "distributed_type: FSDP\nnum_processes: [\n", [], "--config_file {config}: cannot parse it as YAML"),
+    ("type", "distributed_type: MULTI_TPU_POD\n", [], "--config_file {config}: distributed_type 'MULTI_TPU_POD' does not exist"),
+    ("machines", "distributed_type: MULTI_GPU\nnum_processes: 3\nnum_machines: 2\n", [],
+     "--config_file {config}: num_processes 3 is not divisible by num_machines 2"),
+    ("flag-machines", "distributed_type: MULTI_GPU\nnum_processes: 4\n", ["--num_machines", "3"],
+     "--config_file {config}: num_processes 4 is not divisible by num_machines 3"),
+    ("fsdp1", "distributed_type: FSDP\nfsdp_config:\n  fsdp_version: 1\n", [],
+     "--config_file {config}: fsdp_config.fsdp_version 1: this toolkit runs FSDP2"),
+    ("fsdp-state", "distributed_type: FSDP\nfsdp_config:\n  fsdp_version: 2\n  fsdp_state_dict_type: LOCAL_STATE_DICT\n", [],
+     "--config_file {config}: fsdp_config.fsdp_state_dict_type LOCAL_STATE_DICT: FSDP2 saves"),
+    ("ds-json", "distributed_type: DEEPSPEED\ndeepspeed_config:\n  deepspeed_config_file: {tmp}/none.json\n", [],
+     "--config_file {config}: deepspeed_config.deepspeed_config_file {tmp}/none.json: no such file"),
+    ("ds-stage-in-json", "distributed_type: DEEPSPEED\ndeepspeed_config:\n  deepspeed_config_file: {tmp}/ds.json\n", [],
+     "{tmp}/ds.json: zero_optimization.stage 5 does not exist"),
+    ("ds-stage", "distributed_type: DEEPSPEED\ndeepspeed_config:\n  zero_stage: 9\n", [],
+     "--config_file {config}: deepspeed_config.zero_stage 9 does not exist"),
+]
+
+
+@pytest.mark.parametrize("case,text,flags,words", LAUNCH_BAD, ids=[case[0] for case in LAUNCH_BAD])
+def test_launcher_config_mistakes_are_one_line(case, text, flags, words, tmp_path, capsys):
+    from alpaca_qlora.launch import main as launch_main
+
+    deepspeed_json(tmp_path, stage=5)
+    config = tmp_path / "accelerate.yaml"
+    if text is not None:
+        config.write_text(text.format(tmp=tmp_path))
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(lambda: launch_main(["--config_file", str(config), *flags, "training_script.py", "--output_dir",
+                                     str(tmp_path / "run")]))
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert exit_info.value.code == 2 and len(lines) == 1
+    assert words.format(config=config, tmp=tmp_path) in lines[0], lines
+    assert not (tmp_path / "run").exists()
