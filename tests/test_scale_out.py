@@ -152,7 +152,7 @@ def single_runs(tmp_path_factory, model_dir, small_data):
 
 @pytest.mark.parametrize("name,config,quantization,expected", ENGINES, ids=[engine[0] for engine in ENGINES])
 def test_engine_two_processes_kill_resume_equal_single(name, config, quantization, expected, single_runs, model_dir,
-                                                       small_data, tmp_path):
+                                                       small_data, tmp_path, capsys):
     reference = single_runs(quantization)
     run = tmp_path / name
     args = training_args(model_dir, small_data, run, *COMMON, "--quantization", quantization,
@@ -206,6 +206,14 @@ def test_engine_two_processes_kill_resume_equal_single(name, config, quantizatio
                         env=ENV)
     assert answer.returncode == 0, answer.stderr[-2000:]
     assert f"+ adapter {run}" in answer.stderr
+
+    # its checkpoints resume under the same engine and number of processes only: one process is refused
+    before = sorted(p.name for p in run.iterdir())
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(lambda: train_main([*args[1:], "--resume_from_checkpoint", "true"]))
+    assert exit_info.value.code == 2
+    assert "; resume with the same engine and number of processes (now: one process)" in capsys.readouterr().err
+    assert sorted(p.name for p in run.iterdir()) == before
 
 
 def test_two_nodes_on_one_machine(model_dir, small_data, tmp_path):

@@ -50,8 +50,9 @@ class EngineSettings:
         return self.engine == "fsdp" or (self.engine == "deepspeed" and self.zero_stage == 3)
 
     def describe(self) -> str:
-        name = {"single": "one process", "ddp": "DDP", "fsdp": f"FSDP{self.fsdp_version or ''}",
-                "deepspeed": f"DeepSpeed ZeRO-{self.zero_stage}"}[self.engine]
+        if self.engine == "single":
+            return "one process"
+        name = {"ddp": "DDP", "fsdp": f"FSDP{self.fsdp_version or ''}", "deepspeed": f"DeepSpeed ZeRO-{self.zero_stage}"}[self.engine]
         return f"{name} x{self.world_size}" + (f" on {self.nodes} nodes" if self.nodes > 1 else "")
 
     def to_dict(self) -> dict:
@@ -205,9 +206,9 @@ def read_engine(train) -> EngineSettings:
         return deepspeed_settings(train.deepspeed, world_size, nodes)
     if train.fsdp or env_flag("ACCELERATE_USE_FSDP"):
         return fsdp_settings(train, world_size, nodes)
-    return EngineSettings("ddp" if world_size > 1 else "single", world_size, nodes,
-                          "accelerate launch" if env_flag("ACCELERATE_MIXED_PRECISION") or "ACCELERATE_MIXED_PRECISION" in os.environ
-                          else ("torchrun" if world_size > 1 else "one process"))
+    launcher = ("accelerate launch" if "ACCELERATE_MIXED_PRECISION" in os.environ  # set by every accelerate launch
+                else "torchrun" if world_size > 1 else "one process")
+    return EngineSettings("ddp" if world_size > 1 else "single", world_size, nodes, launcher)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -93,7 +93,8 @@ def check_resume_engine(folder: RunFolder, engine: EngineSettings) -> None:
         saved = {"engine": "single", "world_size": 1, "zero_stage": None}  # runs from before engines were recorded
     same = (saved.get("engine"), saved.get("world_size"), saved.get("zero_stage")) == (engine.engine, engine.world_size, engine.zero_stage)
     if not same:
-        then = (f"{saved.get('engine')}" + (f" ZeRO-{saved.get('zero_stage')}" if saved.get("zero_stage") is not None else "")
+        then = ("one process" if saved.get("engine") == "single" else
+                f"{saved.get('engine')}" + (f" ZeRO-{saved.get('zero_stage')}" if saved.get("zero_stage") is not None else "")
                 + f" x{saved.get('world_size')}")
         fail(f"--resume_from_checkpoint: {folder.file('run_info.json')} was trained with {then}; resume with the same "
              f"engine and number of processes (now: {engine.describe()})")
