@@ -28,6 +28,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -72,10 +73,17 @@ def launch(config: str, args: list[str], port: int | None = None, launcher: tupl
     """accelerate launch (or alpaca_qlora.launch: the same, its config checked first) with a shipped config."""
     command = [sys.executable, "-m", module, "--config_file", str(CONFIGS / config),
                "--main_process_port", str(port or free_port()), *launcher, *args]
-    process = subprocess.Popen(command, cwd=REPO_ROOT, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True, start_new_session=True)
+    log = tempfile.TemporaryFile(mode="w+")  # a file, not a pipe: a full pipe would stall a process nobody reads yet
+    process = subprocess.Popen(command, cwd=REPO_ROOT, env=env(), stdout=log, stderr=subprocess.STDOUT, text=True,
+                               start_new_session=True)
+    process.log = log
     LAUNCHED.append(process)
     return process
+
+
+def output_of(process: subprocess.Popen) -> str:
+    process.log.seek(0)
+    return process.log.read()
 
 
 LAUNCHED: list[subprocess.Popen] = []
@@ -94,11 +102,11 @@ def no_process_left():
 
 def finish(process: subprocess.Popen, timeout: int = 300) -> str:
     try:
-        output, _ = process.communicate(timeout=timeout)
+        process.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         kill_all(process)
-        pytest.fail(f"timed out:\n{process.communicate()[0][-3000:]}")
-    return output
+        pytest.fail(f"timed out:\n{output_of(process)[-3000:]}")
+    return output_of(process)
 
 
 def kill_all(process: subprocess.Popen) -> None:
@@ -120,7 +128,7 @@ def kill_all(process: subprocess.Popen) -> None:
     except ProcessLookupError:
         pass
     psutil.wait_procs(children, timeout=30)
-    process.communicate()
+    process.wait()
 
 
 def logged_losses(run: Path) -> list[tuple[int, float]]:
@@ -166,7 +174,7 @@ def test_engine_two_processes_kill_resume_equal_single(name, config, quantizatio
     try:
         deadline = time.time() + 240
         while not (run / "checkpoint-2" / "trainer_state.json").exists():
-            assert process.poll() is None, f"ended before its first checkpoint:\n{process.communicate()[0][-3000:]}"
+            assert process.poll() is None, f"ended before its first checkpoint:\n{output_of(process)[-3000:]}"
             assert time.time() < deadline, "no checkpoint in 240 s"
             time.sleep(0.02)
     finally:
@@ -232,7 +240,6 @@ def test_two_nodes_on_one_machine(model_dir, small_data, tmp_path):
             if node.poll() is None:
                 kill_all(node)
     assert all(node.returncode == 0 for node in nodes), outputs[0][-3000:] + outputs[1][-3000:]
-    assert "--nnodes 2" in " ".join(outputs) or all("nnodes" not in o for o in outputs)  # torchrun's own echo varies
     info = json.loads((run / "run_info.json").read_text())
     assert info["engine"] == {**info["engine"], "engine": "fsdp", "world_size": 2, "nodes": 2}
     assert "plan: fsdp x2 (2 nodes)" in outputs[0]
