@@ -14,6 +14,17 @@ class _NoHubKernelWarning(_logging.Filter):
 
 
 _logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_NoHubKernelWarning())
+
+
+class _NoCpuAcceleratorWarning(_logging.Filter):
+    """DeepSpeed (imported by accelerate and transformers when installed) warns at import on every machine
+    without a GPU that it falls back to the CPU; with no GPU that is the only choice, so it is noise."""
+
+    def filter(self, record: _logging.LogRecord) -> bool:
+        return "Setting accelerator to CPU" not in record.getMessage()
+
+
+_logging.getLogger("DeepSpeed").addFilter(_NoCpuAcceleratorWarning())
 # peft asks transformers for `is_gradient_checkpointing`, which transformers 5.2x renamed: the warning is about
 # their code, not the user's.
 _warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)

@@ -112,6 +112,13 @@ def append_line(handle, row: Any) -> None:
     handle.flush()
 
 
+def append_synced(path: str | os.PathLike, row: Any) -> None:
+    """Append one line and fsync it: a rating or an answer reported saved survives a killed process or machine."""
+    with Path(path).open("a", encoding="utf-8") as handle:
+        append_line(handle, row)
+        os.fsync(handle.fileno())
+
+
 def write_jsonl(path: str | os.PathLike, rows: Iterable[Any]) -> None:
     """The whole file at once, atomically."""
     atomic_write_text(path, "".join(dumps(row) + "\n" for row in rows))

@@ -30,7 +30,7 @@ from alpaca_qlora.generation import generate  # noqa: E402
 from alpaca_qlora.generation.batch import plan_batches  # noqa: E402
 from alpaca_qlora.generation.settings import GenerationSettings, resolve_settings  # noqa: E402
 from alpaca_qlora.generation.source import InferenceModelArguments, resolve_model_source  # noqa: E402
-from alpaca_qlora.run_folder import library_versions  # noqa: E402
+from alpaca_qlora.run_folder import cpu_name, library_versions  # noqa: E402
 
 SHARED = REPO.parent / "shared"
 
@@ -49,16 +49,6 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--cpu_kernels", action="store_true",
                         help="instead: batched generation with bitsandbytes' packed AVX512-BF16 kernel forbidden, then allowed")
     return parser.parse_args()
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def timed(function):

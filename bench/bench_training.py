@@ -16,8 +16,9 @@ sequence cap and batch size):
   qlora_style    stock with gradient checkpointing and no grouping (what qlora / alpaca-lora users run)
   ours           training_script.py itself, run as a user runs it, with its defaults
   ours_bf16      training_script.py --compute_dtype bf16 (bf16 dequantization and autocast)
-Speed: real (non-padding) tokens per second, median over the timed steps after warm-up; peak resident memory
-(CPU) or peak allocated memory (GPU). --check_gradients: the loss and LoRA gradients of one fixed batch through
+Speed: every variant trains one epoch over the same batch_size x steps records (one optimizer step per batch);
+real (non-padding) tokens per second over the whole epoch (first step included: the same work for all); peak
+resident memory (CPU) or peak allocated memory (GPU). --check_gradients: the loss and LoRA gradients of one fixed batch through
 our path (packed rows, chunked loss) and the stock path (padded, the model's loss), from the same LoRA weights,
 dropout off. --learning: one epoch over the same records per variant and seed, then the held-out loss of every
 adapter on the same unseen records by one evaluator (the fp32 base plus the adapter).
@@ -31,7 +32,6 @@ import math
 import os
 import platform
 import resource
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -56,8 +56,7 @@ def parse_args(argv=None):
     parser.add_argument("--data", default=str(REPO_ROOT.parent / "shared/data/alpaca_data.json"))
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--max_seq_length", type=int, default=512)
-    parser.add_argument("--steps", type=int, default=12, help="timed steps after warm-up")
-    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=12, help="optimizer steps: every variant trains one epoch over this many batches")
     parser.add_argument("--variants", default="stock,qlora_style,ours")
     parser.add_argument("--check_gradients", action="store_true")
     parser.add_argument("--learning", action="store_true", help="one epoch per variant and seed, then the held-out loss")
@@ -84,7 +83,7 @@ def ours_options(args, output_dir: str, records: int, heldout: int, seed: int, s
                "--gradient_accumulation_steps", str(args.accumulation), "--learning_rate", str(args.learning_rate),
                "--seed", str(seed), "--save_strategy", "no", "--logging_steps", "1", "--disable_tqdm", "true",
                "--eval_strategy", "no", "--report_to", "none"]
-    return options + (["--max_steps", str(steps)] if steps else ["--num_train_epochs", "1"])
+    return options + ["--num_train_epochs", "1"]
 
 
 def prepared(args, records: int, heldout: int, seed: int):
@@ -155,7 +154,7 @@ def run_stock(args, name: str, seed: int, steps: int | None, output_dir: str | N
     from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments, set_seed
 
     spec = STOCK[name]
-    records = args.batch_size * args.accumulation * (args.warmup + args.steps) if steps else args.epoch_records
+    records = args.batch_size * args.accumulation * args.steps if steps else args.epoch_records
     _, data = prepared(args, records, args.heldout_records if not steps else 0, seed)
     set_seed(seed)
     model = stock_model(args, spec["bf16"], spec["checkpointing"])
@@ -169,7 +168,7 @@ def run_stock(args, name: str, seed: int, steps: int | None, output_dir: str | N
             gradient_checkpointing=spec["checkpointing"], train_sampling_strategy="group_by_length" if spec["group"] else "random",
             logging_steps=1000, save_strategy="no", report_to="none", remove_unused_columns=False, disable_tqdm=True,
             optim="paged_adamw_8bit" if on_gpu else "adamw_torch", bf16=on_gpu or spec["bf16"], seed=seed,
-            dataloader_pin_memory=on_gpu, use_cpu=not on_gpu, **({"max_steps": steps} if steps else {"num_train_epochs": 1}),
+            dataloader_pin_memory=on_gpu, use_cpu=not on_gpu, num_train_epochs=1,
         )
         trainer = Trainer(model=model, args=training, train_dataset=data.train_examples, data_collator=collator, callbacks=[timer])
         trainer.train()
@@ -179,19 +178,15 @@ def run_stock(args, name: str, seed: int, steps: int | None, output_dir: str | N
 
 
 def speed(counts, ends, args) -> dict:
-    """Median real tokens/s over the timed optimizer steps (each counts its accumulated batches)."""
+    """Real and trained tokens per second over the whole epoch."""
     import torch
 
-    durations = [b - a for a, b in zip(ends, ends[1:])]
-    per_step = [counts[i * args.accumulation : (i + 1) * args.accumulation] for i in range(len(durations))]
-    timed = list(range(args.warmup, len(durations)))
-    real = [sum(c[0] for c in per_step[i]) for i in timed]
-    trained = [sum(c[1] for c in per_step[i]) for i in timed]
+    seconds = ends[-1] - ends[0]
     result = {
-        "real_tokens_per_s": statistics.median(r / durations[i] for r, i in zip(real, timed)),
-        "trained_tokens_per_s": statistics.median(t / durations[i] for t, i in zip(trained, timed)),
-        "seconds_per_step": statistics.median(durations[i] for i in timed),
-        "steps_timed": len(timed),
+        "real_tokens_per_s": sum(c[0] for c in counts) / seconds,
+        "trained_tokens_per_s": sum(c[1] for c in counts) / seconds,
+        "seconds_per_step": seconds / (len(ends) - 1),
+        "steps_timed": len(ends) - 1,
     }
     result["peak_memory_gib"] = (torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available()
                                  else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
@@ -202,7 +197,7 @@ def speed(counts, ends, args) -> dict:
 # Ours: training_script.py itself (child process)
 # ------------------------------------------------------------------------------------------------
 def run_ours(args, name: str, seed: int, steps: int | None, output_dir: str) -> dict:
-    records = args.batch_size * args.accumulation * (args.warmup + args.steps) if steps else args.epoch_records
+    records = args.batch_size * args.accumulation * args.steps if steps else args.epoch_records
     heldout = 0 if steps else args.heldout_records
     command = [sys.executable, str(REPO_ROOT / "training_script.py"), *ours_options(args, output_dir, records, heldout, seed, steps),
                *OURS[name]]
@@ -212,12 +207,12 @@ def run_ours(args, name: str, seed: int, steps: int | None, output_dir: str) -> 
     if not steps:
         return {}
     log = [json.loads(line) for line in (Path(output_dir) / "train_log.jsonl").read_text().splitlines()]
-    rows = [row for row in log if "tokens_per_second" in row][args.warmup:]
+    rows = [row for row in log if "tokens_per_second" in row]
+    seconds = sum(row["tokens"] / row["tokens_per_second"] for row in rows)
+    trained = sum(row["trained_tokens_per_second"] * row["tokens"] / row["tokens_per_second"] for row in rows)
     results = json.loads((Path(output_dir) / "eval_results.json").read_text())
-    return {"real_tokens_per_s": statistics.median(row["tokens_per_second"] for row in rows),
-            "trained_tokens_per_s": statistics.median(row["trained_tokens_per_second"] for row in rows),
-            "seconds_per_step": statistics.median(row["tokens"] / row["tokens_per_second"] for row in rows),
-            "steps_timed": len(rows), "peak_memory_gib": results["peak_memory_gib"],
+    return {"real_tokens_per_s": sum(row["tokens"] for row in rows) / seconds, "trained_tokens_per_s": trained / seconds,
+            "seconds_per_step": seconds / len(rows), "steps_timed": len(rows), "peak_memory_gib": results["peak_memory_gib"],
             "grad_norm_step_1": log[0].get("grad_norm"), "plan": json.loads((Path(output_dir) / "run_info.json").read_text())["plan"]}
 
 
@@ -293,7 +288,7 @@ def heldout_loss(args, adapter: str, seed: int) -> float:
 def child(args) -> dict:
     name, _, seed = args.child.partition(":")
     seed = int(seed or 1)
-    steps = None if args.learning else args.warmup + args.steps
+    steps = None if args.learning else args.steps
     output_dir = args.output_dir or tempfile.mkdtemp()
     if name == "check_gradients":
         return check_gradients(args, bf16=False)

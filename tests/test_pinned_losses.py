@@ -23,15 +23,17 @@ PATHS = {"packed": [], "padded": ["--packing", "false"], "full_logits": ["--loss
 # Re-pinned once (2026-12-01) when the held-out evaluation stopped drawing from the global random stream (a DataLoader
 # did), which had shifted LoRA dropout masks and the length-grouped order of the training that followed; with that
 # evaluation off, the old and the new code gave identical losses and gradient norms.
+# Re-pinned again (2026-12-01) when LoRA dropout masks came from NumPy's PCG64 (--lora_dropout_rng pcg64, the CPU
+# default): other masks from the same distribution; with --lora_dropout_rng torch the old pins are reproduced exactly.
 TINY = {
-    "packed": ([6.232499, 6.206306, 6.118290, 6.119232], 6.221527, 6.101959),
-    "padded": ([6.234566, 6.207508, 6.115596, 6.133563], 6.221526, 6.108348),
-    "full_logits": ([6.232499, 6.206306, 6.118290, 6.119232], 6.221527, 6.101959),
+    "packed": ([6.232499, 6.205957, 6.117032, 6.116848], 6.221527, 6.102694),
+    "padded": ([6.234566, 6.207219, 6.114711, 6.133618], 6.221526, 6.108505),
+    "full_logits": ([6.232499, 6.205957, 6.117032, 6.116848], 6.221527, 6.102694),
 }
 STORIES260K = {
-    "packed": ([4.657625, 4.090103, 3.594708, 3.422717], 4.055287, 3.465440),
-    "padded": ([4.524585, 5.231401, 3.427967, 3.793329], 4.055287, 3.477680),
-    "full_logits": ([4.657625, 4.090102, 3.594707, 3.422717], 4.055286, 3.465441),
+    "packed": ([4.657625, 4.087949, 3.593152, 3.432645], 4.055287, 3.465276),
+    "padded": ([4.524585, 5.241955, 3.413492, 3.791684], 4.055287, 3.477001),
+    "full_logits": ([4.657625, 4.087950, 3.593152, 3.432645], 4.055286, 3.465276),
 }
 
 

@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -76,19 +77,35 @@ def wait_for(driver, css: str, timeout: float = 60):
     return WebDriverWait(driver, timeout).until(EC.presence_of_element_located((By.CSS_SELECTOR, css)))
 
 
+def settled(action, timeout: float = 30):
+    """`action()`, again while the node it found belongs to a page being replaced (a reload or a navigation that
+    had not finished): Chromium then answers "stale element" or "Node ... does not belong to the document"."""
+    from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return action()
+        except (StaleElementReferenceException, WebDriverException) as error:
+            replaced = isinstance(error, StaleElementReferenceException) or "does not belong to the document" in str(error)
+            if not replaced or time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
 def click_to_next_page(driver, css: str, timeout: float = 60) -> None:
     """Click a link or submit button and wait until the page it leads to has replaced this one."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as EC
     from selenium.webdriver.support.ui import WebDriverWait
 
-    page = driver.find_element(By.TAG_NAME, "html")
-    wait_for(driver, css).click()
+    page = settled(lambda: driver.find_element(By.TAG_NAME, "html"))
+    settled(lambda: wait_for(driver, css).click())
     WebDriverWait(driver, timeout).until(EC.staleness_of(page))
 
 
 def text(driver, css: str) -> str:
-    return wait_for(driver, css).text
+    return settled(lambda: wait_for(driver, css).text)
 
 
 def shown_pair(driver) -> tuple[str, str, str]:

@@ -6,7 +6,6 @@ session in any way (Ctrl-D, Ctrl-C, /quit, a closed terminal) loses none of them
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from dataclasses import dataclass, replace
@@ -15,7 +14,7 @@ from pathlib import Path
 from transformers import TextStreamer
 
 from ..cli import UserError
-from ..jsonl import append_line, drop_torn_tail, read_appendable
+from ..jsonl import append_synced, drop_torn_tail, read_appendable
 from .generate import generate_answers, prompt_for, seed_everything
 from .settings import GenerationSettings, parse_setting_value, resolve_settings, settings_label
 from .source import ModelSource
@@ -78,9 +77,7 @@ class RatingsFile:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.saved == 0:
             drop_torn_tail(self.existing)
-        with self.path.open("a", encoding="utf-8") as handle:
-            append_line(handle, row)
-            os.fsync(handle.fileno())
+        append_synced(self.path, row)
         self.saved += 1
 
 

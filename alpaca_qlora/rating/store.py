@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ..cli import fail
-from ..jsonl import append_line, drop_torn_tail, read_appendable, read_jsonl
+from ..jsonl import append_synced, drop_torn_tail, read_appendable, read_jsonl
 
 KIND = "pairwise"
 CHOICES = ("A", "B", "tie", "both_bad")
@@ -144,9 +144,7 @@ class RatingsStore:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             if self.saved == 0:
                 drop_torn_tail(self.existing)
-            with self.path.open("a", encoding="utf-8") as handle:
-                append_line(handle, row)
-                os.fsync(handle.fileno())
+            append_synced(self.path, row)
             self.saved += 1
             self.ratings.append(rating)
             self.rated.setdefault(rating.annotator, set()).add(rating.pair_key)

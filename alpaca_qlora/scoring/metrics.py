@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections import defaultdict
 import importlib.metadata
 import json
 import sys
@@ -345,11 +346,69 @@ def bertscore_f1(scorers: Scorers, predictions: Sequence[str], references: Seque
     scores = np.zeros(len(predictions), dtype=np.float64)
     keep = [i for i, (p, r) in enumerate(zip(predictions, references)) if p.strip() and r.strip()]
     if keep:
-        with contextlib.redirect_stdout(sys.stderr):
-            _, _, f1 = scorers.bertscore.score([predictions[i] for i in keep], [references[i] for i in keep],
-                                               verbose=progress, batch_size=scorers.config.bertscore_batch_size)
+        f1 = bertscore_pairs(scorers.bertscore, [predictions[i] for i in keep], [references[i] for i in keep],
+                             scorers.config.bertscore_batch_size, progress)
         scores[keep] = f1.double().numpy()
     return scores
+
+
+# Tokens per backbone batch (padding included) when embedding sentences sorted by token length.
+EMBEDDING_BATCH_TOKENS = 4096
+
+
+def bertscore_pairs(scorer: Any, cands: list[str], refs: list[str], batch_size: int, progress: bool = False):
+    """F1 of each (candidate, reference) pair, as `BERTScorer.score(cands, refs)` computes it.
+
+    Why not call `score`: it sorts sentences by their number of words and embeds them 64 at a time, padded to the
+    longest, so batches mix token lengths. Here the same embeddings come from bert-score's own `get_bert_embedding`,
+    in batches of sentences sorted by token length and sized by a token budget (less padding, fewer FLOPs); the
+    greedy matching, idf weights and baseline rescaling are bert-score's own (`greedy_cos_idf`). Values equal
+    `score`'s (tests/test_metrics.py)."""
+    import torch
+    from bert_score.utils import get_bert_embedding, greedy_cos_idf, sent_encode
+    from torch.nn.utils.rnn import pad_sequence
+    from tqdm import tqdm
+
+    tokenizer, device = scorer._tokenizer, scorer.device
+    if scorer.idf:
+        idf_dict = scorer._idf_dict
+    else:
+        idf_dict = defaultdict(lambda: 1.0)
+        idf_dict[tokenizer.sep_token_id] = 0
+        idf_dict[tokenizer.cls_token_id] = 0
+    unique = list(dict.fromkeys(refs + cands))
+    lengths = {sentence: len(sent_encode(tokenizer, sentence)) for sentence in unique}
+    order = sorted(unique, key=lambda sentence: -lengths[sentence])
+    stats, start = {}, 0
+    bar = tqdm(total=len(order), desc="BERTScore", disable=not progress, file=sys.stderr)
+    with torch.inference_mode():
+        while start < len(order):
+            batch = order[start : start + max(1, EMBEDDING_BATCH_TOKENS // lengths[order[start]])]
+            embeddings, masks, idf = get_bert_embedding(batch, scorer._model, tokenizer, idf_dict, device=device,
+                                                        all_layers=scorer.all_layers)
+            for i, sentence in enumerate(batch):
+                n = int(masks[i].sum())
+                stats[sentence] = (embeddings[i, :n], idf[i, :n])
+            start += len(batch)
+            bar.update(len(batch))
+        bar.close()
+
+        def padded(sentences):  # as bert-score's own pad_batch_stats
+            embeddings, idf = zip(*(stats[s] for s in sentences))
+            lengths = torch.tensor([e.size(0) for e in embeddings])
+            mask = torch.arange(int(lengths.max())).expand(len(lengths), -1) < lengths.unsqueeze(1)
+            return (pad_sequence([e.clone() for e in embeddings], batch_first=True, padding_value=2.0), mask.to(device),
+                    pad_sequence(list(idf), batch_first=True))
+
+        predictions = []
+        for begin in range(0, len(refs), batch_size):
+            P, R, F1 = greedy_cos_idf(*padded(refs[begin : begin + batch_size]), *padded(cands[begin : begin + batch_size]),
+                                      scorer.all_layers)
+            predictions.append(torch.stack((P, R, F1), dim=-1).cpu())
+    scores = torch.cat(predictions, dim=0)
+    if scorer.rescale_with_baseline:
+        scores = (scores - scorer.baseline_vals) / (1 - scorer.baseline_vals)
+    return scores[..., 2]
 
 
 def bertscore_by_group(scorers: Scorers, groups: list[Group], progress: bool) -> list[np.ndarray]:

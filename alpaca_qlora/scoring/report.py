@@ -106,7 +106,7 @@ def to_json(report: Report) -> dict[str, Any]:
                                      "note": "ratings of answers that are not among the scored rows"}
     if report.human is not None:
         data["human_pairwise"] = human_dict(report.human, report.settings["bootstrap"])
-    return _finite(data)
+    return finite(data)
 
 
 def human_dict(human: PairwiseSummary, bootstrap: dict[str, Any]) -> dict[str, Any]:
@@ -136,7 +136,7 @@ def human_dict(human: PairwiseSummary, bootstrap: dict[str, Any]) -> dict[str, A
             "exact_ml": bt.exact,
             "library": f"choix {importlib.metadata.version('choix')} ilsr_pairwise",
             "note": "log-strengths, mean 0; P(i beats j) = 1 / (1 + exp(s_j - s_i)); a tie is half a win each way"
-                    + ("" if bt.exact else f"; regularised (alpha 0.01): some system never won or never lost"),
+                    + ("" if bt.exact else "; regularised (alpha 0.01): some system never won or never lost"),
         },
         "metric_agreement": {name: {"n": a.n, "n_decisive": a.n_decisive, "pairwise_accuracy": a.pairwise_accuracy,
                                     "metric_ties": a.metric_ties, "kendall_tau": a.kendall_tau}
@@ -205,14 +205,14 @@ def _differences(comparison: Comparison) -> list[tuple[str, Difference]]:
             ("bertscore_f1", comparison.bertscore_f1)]
 
 
-def _finite(value: Any) -> Any:
+def finite(value: Any) -> Any:
     """NaN/inf are not JSON: they become null."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
+        return {k: finite(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
+        return [finite(v) for v in value]
     return value
 
 
@@ -417,7 +417,7 @@ def to_scores_jsonl(report: Report) -> str:
             if record.ratings:
                 row["rating"] = record.rating
                 row["ratings"] = record.ratings
-            lines.append(json.dumps(_finite(row), ensure_ascii=False))
+            lines.append(json.dumps(finite(row), ensure_ascii=False))
     return "\n".join(lines) + "\n"
 
 

@@ -7,7 +7,6 @@ out or truncated), held-out examples and tokens behind each held-out loss, recor
 from __future__ import annotations
 
 import json
-import math
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +15,7 @@ from ..files import atomic_write_text
 from ..plots import plt, save_figure
 from ..run_folder import RunFolder, library_versions, machine_info
 from ..scoring.metrics import Comparison, Difference, Estimate, GroupScores
-from ..scoring.report import SMALL_SAMPLE, Report
+from ..scoring.report import SMALL_SAMPLE, Report, finite
 from .config import StudyConfig
 
 METRICS = (("bleu", "BLEU", 0.01), ("rouge_l_f1", "ROUGE-L F1", 1.0), ("bertscore_f1", "BERTScore F1", 1.0))
@@ -297,16 +296,6 @@ def summary(data: StudyData) -> dict:
                   for r in data.sweep.groups],
         "timings_seconds": data.timings,
     }
-
-
-def finite(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [finite(v) for v in value]
-    return value
 
 
 def write_study_report(data: StudyData, sweep_png: Path) -> Path:

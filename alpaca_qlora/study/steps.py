@@ -78,6 +78,8 @@ def train(config: StudyConfig, quantization: str, timings: Timings) -> RunFolder
         arguments += [f"--{name}", ",".join(map(str, value)) if isinstance(value, list) else str(value)]
     if folder.path.is_dir() and folder.last_checkpoint() is not None:
         arguments += ["--resume_from_checkpoint", "true"]
+    elif folder.path.is_dir() and folder.is_run_folder():  # killed before its first checkpoint: start it again
+        arguments += ["--overwrite_output_dir"]
     run_script(title, "training_script.py", arguments, timings)
     return folder
 

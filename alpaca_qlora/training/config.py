@@ -119,6 +119,12 @@ class TrainArguments(TrainingArguments):
     remove_unused_columns: bool = False
     prediction_loss_only: bool = True
 
+    def __post_init__(self):
+        from .engines import check_deepspeed_source
+
+        check_deepspeed_source(self)  # before transformers/accelerate read DeepSpeed's file
+        super().__post_init__()
+
 
 ARGUMENT_CLASSES = (BaseModelArguments, DataArguments, LoraArguments, RunArguments, TrainArguments)
 

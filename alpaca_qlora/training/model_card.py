@@ -12,6 +12,16 @@ from ..run_folder import RunFolder
 from .config import TrainingConfig
 
 
+def engine_line(plan: dict) -> str:
+    """' x 2 processes (FSDP)' where the run was spread over processes; nothing for one process."""
+    world = plan.get("world_size", 1)
+    if world <= 1:
+        return ""
+    engine = {"ddp": "DDP", "fsdp": "FSDP2", "deepspeed": f"DeepSpeed ZeRO-{plan.get('zero_stage')}"}.get(plan.get("engine"), plan.get("engine"))
+    nodes = f" on {plan['nodes']} machines" if plan.get("nodes", 1) > 1 else ""
+    return f" x {world} processes ({engine}{nodes})"
+
+
 def data_line(config: TrainingConfig) -> str:
     path = config.data.data_path
     if Path(path).name == Path(DEFAULT_DATA_PATH).name:
@@ -56,8 +66,8 @@ def model_card(config: TrainingConfig, folder: RunFolder, results: dict) -> str:
         f"- LoRA: r {lora.lora_r}, alpha {lora.lora_alpha}, dropout {lora.lora_dropout}, target modules "
         f"`{lora.lora_target_modules}`.",
         f"- Optimisation: {steps} optimizer steps, learning rate {train.learning_rate} ({train.lr_scheduler_type}), "
-        f"batch {train.per_device_train_batch_size} per device x {train.gradient_accumulation_steps} accumulation, "
-        f"seed {train.seed}.",
+        f"batch {train.per_device_train_batch_size} per device x {train.gradient_accumulation_steps} accumulation"
+        f"{engine_line(plan)}, seed {train.seed}.",
         "",
         "## Results",
         "",

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import os
 from dataclasses import dataclass
 
 import torch
@@ -20,6 +19,7 @@ from ..run_folder import PACKED_SDPA, PACKED_VARLEN, TRAINING_ONLY_ATTENTIONS
 from ..vision import CAUSAL_LM, IMAGE_TEXT_TO_TEXT, model_kind
 from ..vision import model_class as kind_class
 from .config import CHECKPOINTING_FLAG, TrainArguments, TrainingConfig
+from .engines import EngineSettings, read_deepspeed_json, read_engine
 from .kernels import liger_plan
 from .memory import checkpointing_needed
 
@@ -44,6 +44,10 @@ class TrainingPlan:
     lora_dropout_rng: str  # torch | pcg64 (the CPU's faster masks, lora_dropout.py)
     evaluation: bool  # held-out loss before and after training (and during it, as --eval_strategy says)
     sampling: str  # random | group_by_length
+    nodes: int = 1  # machines the processes run on (WORLD_SIZE / LOCAL_WORLD_SIZE)
+    zero_stage: int | None = None  # DeepSpeed's ZeRO stage
+    engine_config: str | None = None  # the DeepSpeed JSON file the engine reads, when there is one
+    quant_storage: str = "uint8"  # storage dtype of 4-bit weights: the compute dtype when FSDP/ZeRO-3 shard them
     reasons: tuple[tuple[str, str], ...] = ()  # (choice, why) for every choice not given by the user
     model_kind: str = CAUSAL_LM  # causal_lm | image_text_to_text (vision.py): decided from config.json
 
@@ -53,7 +57,9 @@ class TrainingPlan:
         return values
 
     def describe(self) -> str:
-        lines = [f"plan: {self.engine} x{self.world_size} on {self.device}, {self.compute_dtype} compute, "
+        engine = self.engine + (f" ZeRO-{self.zero_stage}" if self.zero_stage is not None else "")
+        nodes = f" ({self.nodes} nodes)" if self.nodes > 1 else ""
+        lines = [f"plan: {engine} x{self.world_size}{nodes} on {self.device}, {self.compute_dtype} compute, "
                  f"mixed precision {self.mixed_precision}, optimizer {self.optimizer}",
                  f"      packing {'on' if self.packing else 'off'}"
                  + (f" ({'one row per batch' if self.row_length is None else f'rows of {self.row_length} tokens'})" if self.packing else "")
@@ -69,13 +75,25 @@ class TrainingPlan:
 
 
 def launch_engine(train: TrainArguments) -> tuple[str, int]:
-    """How the run was launched: one process, DDP, FSDP or DeepSpeed (torchrun / accelerate launch), and how many processes."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if train.deepspeed or os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":
-        return "deepspeed", world_size
-    if train.fsdp or os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true":
-        return "fsdp", world_size
-    return ("ddp" if world_size > 1 else "single"), world_size
+    """How the run was launched: one process, DDP, FSDP or DeepSpeed (torchrun / accelerate launch), and how many
+    processes (engines.read_engine has the details and checks them)."""
+    engine = read_engine(train)
+    return engine.engine, engine.world_size
+
+
+def plan_device(train: TrainArguments) -> str:
+    return "cuda" if torch.cuda.is_available() and not train.use_cpu else "cpu"
+
+
+def deepspeed_optimizer(engine: EngineSettings) -> str | None:
+    """The optimizer a DeepSpeed config names (it replaces the Trainer's): e.g. AdamW(torch_adam)."""
+    if engine.engine != "deepspeed" or not engine.deepspeed_config:
+        return None
+    optimizer = read_deepspeed_json(engine.deepspeed_config, "DeepSpeed config").get("optimizer")
+    if not optimizer:
+        return None
+    flags = [name for name, value in (optimizer.get("params") or {}).items() if value is True]
+    return f"deepspeed:{optimizer['type']}" + (f"({','.join(flags)})" if flags else "")
 
 
 def model_class(model_config):
@@ -117,19 +135,38 @@ def choose_attention(config: TrainingConfig, device: str) -> tuple[str, str | No
     return "sdpa", None
 
 
-def choose_checkpointing(config: TrainingConfig, model_config, device: str) -> tuple[bool, str | None]:
+def choose_checkpointing(config: TrainingConfig, model_config, device: str, batch_tokens: int | None) -> tuple[bool, str | None]:
+    """`batch_tokens`: the most tokens one batch can hold (its longest examples); else batch size x max_seq_length."""
     if config.chose_checkpointing():
         return bool(getattr(config.train, CHECKPOINTING_FLAG) or config.train.gradient_checkpointing), None
     if device == "cuda":
         return True, "on GPUs memory limits QLoRA"
-    tokens = config.train.per_device_train_batch_size * config.data.max_seq_length
+    tokens = batch_tokens or config.train.per_device_train_batch_size * config.data.max_seq_length
     bytes_per_value = resolve_compute_dtype(config.model.compute_dtype).itemsize
     needed = checkpointing_needed(model_config, tokens, bytes_per_value)
-    return needed, ("a batch's activations would need over a quarter of the free RAM" if needed
-                    else "activations fit easily in memory (it would cost ~25% more compute)")
+    return needed, (f"the largest batch ({tokens:,} tokens) would need over a quarter of the free RAM for activations"
+                    if needed else f"activations of the largest batch ({tokens:,} tokens) fit easily in memory "
+                                   "(checkpointing would cost ~25% more compute)")
 
 
-def make_plan(config: TrainingConfig, model_config, has_heldout: bool) -> TrainingPlan:
+def choose_mixed_precision(config: TrainingConfig, device: str) -> tuple[str, str | None]:
+    train = config.train
+    if {"bf16", "fp16"} & config.given:
+        return ("bf16" if train.bf16 else "fp16" if train.fp16 else "no"), None
+    if device == "cpu":
+        if resolve_compute_dtype(config.model.compute_dtype) == torch.bfloat16:
+            return "bf16", "bf16 autocast on the CPU, as --compute_dtype bf16 asks"
+        return "no", None
+    mixed = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return mixed, f"{mixed}: what this GPU supports"
+
+
+def mixed_precision(config: TrainingConfig) -> str:
+    return choose_mixed_precision(config, plan_device(config.train))[0]
+
+
+def make_plan(config: TrainingConfig, model_config, has_heldout: bool, engine_settings: EngineSettings | None = None,
+              batch_tokens: int | None = None) -> TrainingPlan:
     train = config.train
     reasons: list[tuple[str, str]] = []
 
@@ -137,24 +174,38 @@ def make_plan(config: TrainingConfig, model_config, has_heldout: bool) -> Traini
         if why:
             reasons.append((choice, why))
 
-    engine, world_size = launch_engine(train)
-    device = "cuda" if torch.cuda.is_available() and not train.use_cpu else "cpu"
+    engine_settings = engine_settings or read_engine(train)
+    engine, world_size = engine_settings.engine, engine_settings.world_size
+    device = plan_device(train)
+    if engine == "deepspeed" and device == "cpu":
+        note("device", "DeepSpeed on its CPU accelerator (accelerate's DeepSpeed path needs use_cpu off)")
+    if device == "cpu" and world_size > 1 and not train.ddp_backend:
+        note("collectives", "gloo, the CPU's backend")
     compute = resolve_compute_dtype(config.model.compute_dtype)
     if config.model.compute_dtype == "auto":
         note("compute dtype", f"auto: {DTYPE_NAMES[compute]} on this {device}")
-    if {"bf16", "fp16"} & config.given:
-        mixed = "bf16" if train.bf16 else "fp16" if train.fp16 else "no"
-    elif device == "cpu":
-        mixed = "bf16" if compute == torch.bfloat16 else "no"
-        if mixed == "bf16":
-            note("mixed precision", "bf16 autocast on the CPU, as --compute_dtype bf16 asks")
-    else:
-        mixed = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        note("mixed precision", f"{mixed}: what this GPU supports")
+    mixed, why = choose_mixed_precision(config, device)
+    note("mixed precision", why)
     optimizer = str(getattr(train.optim, "value", train.optim))
-    if "optim" not in config.given:
-        optimizer = "paged_adamw_8bit" if device == "cuda" else "adamw_torch"
-        note("optimizer", "paged 8-bit AdamW on CUDA (QLoRA's), AdamW on the CPU")
+    from_deepspeed = deepspeed_optimizer(engine_settings)
+    if from_deepspeed:
+        optimizer = from_deepspeed
+        note("optimizer", f"the DeepSpeed config {engine_settings.deepspeed_config} names its optimizer, which replaces "
+                          "the Trainer's (--optim)")
+    elif "optim" not in config.given:
+        if engine in ("fsdp", "deepspeed"):
+            optimizer = "adamw_torch"
+            note("optimizer", f"AdamW: {engine} shards its states (bitsandbytes' paged 8-bit AdamW is QLoRA's choice "
+                              "for one process per GPU)")
+        else:
+            optimizer = "paged_adamw_8bit" if device == "cuda" else "adamw_torch"
+            note("optimizer", "paged 8-bit AdamW on CUDA (QLoRA's), AdamW on the CPU")
+    quant_storage = config.model.bnb_4bit_quant_storage
+    if (engine_settings.shards_parameters and config.model.quantization in ("nf4", "fp4")
+            and "bnb_4bit_quant_storage" not in config.given):
+        quant_storage = DTYPE_NAMES[compute]
+        note("4-bit storage", f"{quant_storage}, the compute dtype: {engine_settings.describe().split(' x')[0]} shards "
+                              "4-bit weights stored in it together with the LoRA weights (QLoRA-FSDP recipe)")
     kind = model_kind(model_config) or CAUSAL_LM
     packing = config.data.packing
     if kind == IMAGE_TEXT_TO_TEXT and packing:
@@ -164,7 +215,7 @@ def make_plan(config: TrainingConfig, model_config, has_heldout: bool) -> Traini
     note("attention", why)
     loss, why = choose_loss(config, model_config, engine)
     note("loss", why)
-    checkpointing, why = choose_checkpointing(config, model_config, device)
+    checkpointing, why = choose_checkpointing(config, model_config, device, batch_tokens)
     note("gradient checkpointing", why)
     kernels, why = liger_plan(train.use_liger_kernel, model_config)
     note("fused kernels", why)
@@ -185,7 +236,9 @@ def make_plan(config: TrainingConfig, model_config, has_heldout: bool) -> Traini
         optimizer=optimizer, packing=packing,
         row_length=None if attention in TRAINING_ONLY_ATTENTIONS else config.data.max_seq_length,
         attention=attention, loss=loss, gradient_checkpointing=checkpointing, fused_kernels=kernels, lora_dropout_rng=dropout_rng,
-        evaluation=evaluation, sampling=sampling, reasons=tuple(reasons), model_kind=kind,
+        evaluation=evaluation, sampling=sampling, nodes=engine_settings.nodes, zero_stage=engine_settings.zero_stage,
+        engine_config=engine_settings.deepspeed_config, quant_storage=quant_storage, reasons=tuple(reasons),
+        model_kind=kind,
     )
 
 
@@ -214,13 +267,19 @@ def training_arguments(config: TrainingConfig, plan: TrainingPlan) -> TrainArgum
         kwargs_name: checkpointing_kwargs(train),
         "eval_strategy": train.eval_strategy if plan.evaluation else "no",
         "train_sampling_strategy": plan.sampling,
-        "optim": plan.optimizer,
+        "optim": "adamw_torch" if plan.optimizer.startswith("deepspeed:") else plan.optimizer,
         "bf16": plan.mixed_precision == "bf16",
         "fp16": plan.mixed_precision == "fp16",
         "use_liger_kernel": False,  # applied to the model by kernels.py, so the Trainer never sees it
         "dataloader_pin_memory": plan.device == "cuda" and train.dataloader_pin_memory,
-        "use_cpu": train.use_cpu or plan.device == "cpu",  # transformers asks for it before it autocasts on the CPU
+        # transformers asks for use_cpu before it autocasts on the CPU; DeepSpeed runs on its own CPU accelerator,
+        # which accelerate's DeepSpeed path reaches only with use_cpu off
+        "use_cpu": (train.use_cpu or plan.device == "cpu") and plan.engine != "deepspeed",
     }
+    if plan.device == "cpu" and plan.world_size > 1 and not train.ddp_backend:
+        # the CPU's collective backend: accelerate would take MPI where torch has it, and under DeepSpeed on the
+        # CPU it would leave the backend unset and count one process
+        changes["ddp_backend"] = "gloo"
     if CHECKPOINTING_FLAG != "gradient_checkpointing":
         changes["gradient_checkpointing"] = plan.gradient_checkpointing
     return dataclasses.replace(train, **changes)

@@ -33,12 +33,13 @@ from ..run_folder import (
 from ..vision import IMAGE_FIELD, IMAGE_TEXT_TO_TEXT, LORA_EXCLUDE_PATTERN, model_kind
 from .collators import ImageCollator, PackedCollator, PaddedCollator, token_counts
 from .config import TrainingConfig, parse_training_config
+from .engines import EngineSettings, check_combination, check_wrap_classes, read_engine
 from .kernels import apply_liger_kernels
 from .lora_dropout import use_pcg64_dropout
 from .model_card import model_card
 from .packed_attention import register_packed_attention
-from .plan import TrainingPlan, checkpointing_kwargs, confirm_packing, make_plan, training_arguments
-from .trainer import InstructionTrainer, LossProgressCallback, TrainLogCallback
+from .plan import TrainingPlan, checkpointing_kwargs, confirm_packing, make_plan, mixed_precision, plan_device, training_arguments
+from .trainer import EngineStartCallback, InstructionTrainer, LossProgressCallback, TrainLogCallback
 
 # Options a resumed run may change: how long it trains and how it logs, evaluates and saves. Any other
 # option differing from the run's own would make the checkpoint meaningless (or fail to load).
@@ -83,6 +84,21 @@ def check_resume_options(config: TrainingConfig, folder: RunFolder) -> None:
             if comparable(saved[section][name]) != comparable(value):
                 fail(f"--resume_from_checkpoint: --{name} is {comparable(value)!r} here but {comparable(saved[section][name])!r} "
                      f"in {folder.file('run_config.json')}; resume with the run's own options (nothing was changed)")
+
+
+def check_resume_engine(folder: RunFolder, engine: EngineSettings) -> None:
+    """A checkpoint resumes under the engine and the number of processes that wrote it (its optimizer state and,
+    under FSDP/ZeRO, its weights are split per process)."""
+    saved = folder.info().get("engine") if folder.file("run_info.json").is_file() else None
+    if not saved:
+        saved = {"engine": "single", "world_size": 1, "zero_stage": None}  # runs from before engines were recorded
+    same = (saved.get("engine"), saved.get("world_size"), saved.get("zero_stage")) == (engine.engine, engine.world_size, engine.zero_stage)
+    if not same:
+        then = ("one process" if saved.get("engine") == "single" else
+                f"{saved.get('engine')}" + (f" ZeRO-{saved.get('zero_stage')}" if saved.get("zero_stage") is not None else "")
+                + f" x{saved.get('world_size')}")
+        fail(f"--resume_from_checkpoint: {folder.file('run_info.json')} was trained with {then}; resume with the same "
+             f"engine and number of processes (now: {engine.describe()})")
 
 
 def finished_and_unchanged(config: TrainingConfig, folder: RunFolder) -> int | None:
@@ -179,8 +195,8 @@ def build_model(config: TrainingConfig, plan: TrainingPlan):
     loaded_attention = "sdpa" if plan.attention in ("packed_sdpa", "packed_varlen") else plan.attention
     model = load_base_model(
         resolve_model_path(config.model.base_model), config.model.quantization, DTYPES[plan.compute_dtype],
-        config.model.double_quant, config.model.bnb_4bit_quant_storage, loaded_attention, config.model.trust_remote_code,
-        device_map=device_map(plan), kind=plan.model_kind,
+        config.model.double_quant, plan.quant_storage, loaded_attention, config.model.trust_remote_code,
+        device_map=device_map(plan, config.model.quantization), kind=plan.model_kind,
     )
     model.config.use_cache = False  # a KV cache hides packing from the attention mask (field notes)
     if loaded_attention != plan.attention:
@@ -192,9 +208,11 @@ def build_model(config: TrainingConfig, plan: TrainingPlan):
     return model
 
 
-def device_map(plan: TrainingPlan):
-    """Each process's model on its own GPU (DDP); None on the CPU and under FSDP/DeepSpeed (they place shards)."""
-    if plan.device != "cuda" or plan.engine in ("fsdp", "deepspeed"):
+def device_map(plan: TrainingPlan, quantization: str = "none"):
+    """Where the weights load. On GPUs each process's own GPU (LOCAL_RANK), also under FSDP/ZeRO-3 for a quantized
+    base, which bitsandbytes quantizes on the GPU it lands on (FSDP2 / DeepSpeed then shard it); None on the CPU and
+    for a 16/32-bit base under FSDP/DeepSpeed, which place it themselves (ZeRO-3 partitions it as it loads)."""
+    if plan.device != "cuda" or (plan.engine in ("fsdp", "deepspeed") and quantization == "none"):
         return None
     import os
 
@@ -217,6 +235,12 @@ def attention_keeps_examples_apart(model, token_ids: list[int]) -> bool:
     model.train(was_training)
     scale = float(alone.abs().max()) + 1.0
     return float((packed - alone).abs().max()) <= 1e-2 * scale
+
+
+def largest_batch_tokens(data: PreparedData, config: TrainingConfig) -> int:
+    """Tokens in the largest batch the data can form: its longest examples, one batch's worth."""
+    lengths = sorted((len(example["input_ids"]) for example in data.train_examples), reverse=True)
+    return sum(lengths[: config.train.per_device_train_batch_size])
 
 
 def make_collator(plan: TrainingPlan, tokenizer):
@@ -243,7 +267,8 @@ def padding_share(collator, examples: list[dict], batch_size: int) -> float:
 # ---------------------------------------------------------------------------------------------
 # The run folder
 # ---------------------------------------------------------------------------------------------
-def start_run_folder(config: TrainingConfig, plan: TrainingPlan, data: PreparedData, share: float, args) -> RunFolder:
+def start_run_folder(config: TrainingConfig, plan: TrainingPlan, data: PreparedData, share: float, args,
+                     engine: EngineSettings) -> RunFolder:
     """A fresh run: the options as given with the plan as resolved, the split, and what the run starts from."""
     folder = RunFolder(Path(args.output_dir))
     if args.process_index != 0:
@@ -266,6 +291,7 @@ def start_run_folder(config: TrainingConfig, plan: TrainingPlan, data: PreparedD
             "tokenization": {name: vars(report) for name, report in data.reports.items()},
             "padding_share": share,
         },
+        "engine": engine.to_dict(),  # the engine, the world size and the nodes, as launched
         "plan": plan.to_dict(),
     })
     return folder
@@ -298,20 +324,71 @@ def peak_memory_gib() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)  # kilobytes on Linux
 
 
-def adapter_checksums(model, world_size: int) -> list[float]:
-    """Sum of every trainable weight, per process: equal values mean the processes agree."""
-    checksum = sum(float(p.detach().double().sum()) for p in model.parameters() if p.requires_grad)
+def held_bytes(tensor) -> int:
+    """Bytes of `tensor` this process holds: its ZeRO-3 partition, its FSDP2 shard, or the whole tensor."""
+    if hasattr(tensor, "ds_tensor"):
+        tensor = tensor.ds_tensor
+    elif hasattr(tensor, "to_local"):
+        tensor = tensor.to_local()
+    return tensor.numel() * tensor.element_size()
+
+
+def memory_held(trainer) -> dict[str, float]:
+    """What this process holds of the model's weights and of the optimizer's states (MiB): the engines' sharding,
+    counted tensor by tensor (the resident set also counts the runtime, the activations and the allocator's cache)."""
+    model = trainer.model_wrapped if trainer.model_wrapped is not None else trainer.model
+    parameters = list(model.parameters())
+    optimizer = trainer.optimizer
+    while getattr(optimizer, "optimizer", None) is not None and optimizer.optimizer is not optimizer:
+        optimizer = optimizer.optimizer  # accelerate's wrapper -> DeepSpeed's ZeRO optimizer -> torch's AdamW
+    states = [value for state in getattr(optimizer, "state", {}).values() for value in state.values()
+              if torch.is_tensor(value) and value.dim() > 0]
+    mib = 2**20
+    return {"parameters_mib": round(sum(held_bytes(p) for p in parameters) / mib, 3),
+            "trainable_parameters_mib": round(sum(held_bytes(p) for p in parameters if p.requires_grad) / mib, 3),
+            "optimizer_states_mib": round(sum(held_bytes(v) for v in states) / mib, 3)}
+
+
+def per_process(value, world_size: int) -> list:
+    """`value` from every process, in rank order (a collective: every process calls it)."""
     if world_size <= 1:
-        return [checksum]
+        return [value]
     gathered = [None] * world_size
-    torch.distributed.all_gather_object(gathered, checksum)
+    torch.distributed.all_gather_object(gathered, value)
     return gathered
 
 
-def save_adapter(model, tokenizer, config: TrainingConfig, results: dict, folder: RunFolder) -> list[str]:
-    """Adapter, tokenizer and model card into the run folder, each file whole (written aside, then renamed)."""
+def adapter_checksums(model, world_size: int) -> list[float]:
+    """Sum of every trainable weight, per process: equal values mean the processes agree (DDP: whole copies)."""
+    checksum = sum(float(p.detach().double().sum()) for p in model.parameters() if p.requires_grad)
+    return per_process(checksum, world_size)
+
+
+def adapter_sharded(plan: TrainingPlan) -> bool:
+    """Whether the engine splits the adapter's weights over the processes (FSDP, ZeRO-3)."""
+    return plan.engine == "fsdp" or (plan.engine == "deepspeed" and plan.zero_stage == 3)
+
+
+def gathered_adapter(trainer, plan: TrainingPlan) -> dict | None:
+    """The whole adapter's weights on the main process, where the engine shards them (FSDP, ZeRO-3); None where
+    every process holds them whole. A collective: every process calls it.
+
+    The engines' own gathers, as Trainer.save_model uses them: DeepSpeed's 16-bit consolidation of the trainable
+    weights only (exclude_frozen_parameters, as the Trainer does for PEFT under ZeRO-3), accelerate's
+    get_state_dict under FSDP2 (a full state dict on rank 0, moved to its CPU)."""
+    if plan.engine == "deepspeed" and plan.zero_stage == 3:
+        return trainer.model_wrapped._zero3_consolidated_16bit_state_dict(exclude_frozen_parameters=True)
+    if plan.engine == "fsdp":
+        return trainer.accelerator.get_state_dict(trainer.model)
+    return None
+
+
+def save_adapter(model, tokenizer, config: TrainingConfig, results: dict, folder: RunFolder, state_dict=None) -> list[str]:
+    """Adapter, tokenizer and model card into the run folder, each file whole (written aside, then renamed).
+
+    `state_dict`: the gathered weights of a sharded engine (PEFT keeps the adapter's own from it)."""
     with staging_folder(folder.path, STAGING_PREFIX) as staging:
-        model.save_pretrained(staging, safe_serialization=True)
+        model.save_pretrained(staging, safe_serialization=True, state_dict=state_dict)
         tokenizer.save_pretrained(staging)
         (staging / MODEL_CARD).write_text(model_card(config, folder, results), encoding="utf-8")
         names = sorted(path.name for path in staging.iterdir())
@@ -320,8 +397,9 @@ def save_adapter(model, tokenizer, config: TrainingConfig, results: dict, folder
     return names
 
 
-def finish_run(trainer, data: PreparedData, config: TrainingConfig, folder: RunFolder, results: dict) -> None:
-    files = save_adapter(trainer.model, data.tokenizer, config, results, folder)
+def finish_run(trainer, data: PreparedData, config: TrainingConfig, folder: RunFolder, results: dict, state_dict=None) -> None:
+    model = trainer.accelerator.unwrap_model(trainer.model) if state_dict is not None else trainer.model
+    files = save_adapter(model, data.tokenizer, config, results, folder, state_dict)
     info = folder.info()
     folder.write_info({**info, "files": sorted(set(info.get("files", [])) | set(files))})
     folder.write_eval_results(results)
@@ -333,16 +411,31 @@ def finish_run(trainer, data: PreparedData, config: TrainingConfig, folder: RunF
     print(f"run folder: {folder.path}")
 
 
+def params_partitioned(model) -> bool:
+    """Whether DeepSpeed ZeRO-3 partitioned the weights as they loaded (zero.Init): no forward before the engine."""
+    return any(hasattr(parameter, "ds_id") for parameter in model.parameters())
+
+
 # ---------------------------------------------------------------------------------------------
 # The job
 # ---------------------------------------------------------------------------------------------
+def check_engine(config: TrainingConfig) -> EngineSettings:
+    """The engine as launched, and the combinations it cannot run, before any data or weight is read."""
+    engine = read_engine(config.train)
+    check_combination(engine, config.model.quantization, config.model.bnb_4bit_quant_storage,
+                      "bnb_4bit_quant_storage" in config.given, plan_device(config.train), mixed_precision(config))
+    return engine  # DeepSpeed's file and batch were checked as the arguments were built (engines.check_deepspeed_source)
+
+
 def train(config: TrainingConfig) -> dict:
+    engine = check_engine(config)
     folder = RunFolder(Path(config.train.output_dir))
     resume = resolve_resume(config)
     check_output_dir(config.train.output_dir, config.run.overwrite_output_dir, resume is not None)
     check_writable_folder(folder.path, "--output_dir")
     if resume is not None:
         check_resume_options(config, folder)
+        check_resume_engine(folder, engine)
         step = finished_and_unchanged(config, folder)
         if step is not None:
             print(f"{folder.path} finished at step {step}; nothing to do (raise --max_steps to train on)")
@@ -354,36 +447,58 @@ def train(config: TrainingConfig) -> dict:
     model_config = load_model_config(config.model.base_model, config.model.trust_remote_code)
     kind = check_model_kind(config, model_config, split)
     data = tokenize_split(config, split, kind)
-    plan = make_plan(config, model_config, bool(data.val_examples))
+    plan = make_plan(config, model_config, bool(data.val_examples), engine, largest_batch_tokens(data, config))
     model = build_model(config, plan)
-    if plan.packing:
-        plan = confirm_packing(plan, attention_keeps_examples_apart(model, data.train_examples[0]["input_ids"] * 16), config)
+    engine = check_wrap_classes(engine, model)
+    packing_probe = data.train_examples[0]["input_ids"] * 16
+    deferred_packing_check = plan.packing and params_partitioned(model)
+    if plan.packing and not deferred_packing_check:
+        plan = confirm_packing(plan, attention_keeps_examples_apart(model, packing_probe), config)
     print(plan.describe())
     args = training_arguments(config, plan)
     collator = make_collator(plan, data.tokenizer)
     share = padding_share(collator, data.train_examples, args.per_device_train_batch_size)
     print(f"padding share of the training batches: {share:.1%} (packing {'on' if plan.packing else 'off'})")
     if resume is None:
-        folder = start_run_folder(config, plan, data, share, args)
+        folder = start_run_folder(config, plan, data, share, args, engine)
     else:
         check_resumed_split(folder, data)
     trainer = build_trainer(args, plan, data, model, collator, folder)
 
     results = {key: value for key, value in folder.eval_results().items() if key == "before_training"} if resume else {}
-    if plan.evaluation and "before_training" not in results:
-        results["before_training"] = trainer.heldout_loss()
-        if trainer.is_world_process_zero():
-            folder.write_eval_results(results)  # kept from the start: a resumed run still knows where it began
+    evaluate_before = plan.evaluation and "before_training" not in results
+
+    def before_training(trainer_) -> None:
+        if evaluate_before:
+            results["before_training"] = trainer_.heldout_loss()
+            if trainer_.is_world_process_zero():
+                folder.write_eval_results(results)  # kept from the start: a resumed run still knows where it began
+        if deferred_packing_check and not attention_keeps_examples_apart(trainer_.model_wrapped, packing_probe):
+            fail(f"attention '{plan.attention}' of this model lets packed examples attend to each other (seen on the "
+                 "ZeRO-3 engine's model, whose weights were partitioned as they loaded); rerun with --packing false")
+
+    if plan.engine in ("fsdp", "deepspeed"):  # on the model as the engine prepared it (sharded, in lockstep)
+        trainer.add_callback(EngineStartCallback(trainer, before_training))
+    else:
+        before_training(trainer)
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     if plan.evaluation:
         results["after_training"] = trainer.heldout_loss()
     else:
-        results["heldout"] = "none: no held-out records (--val_set_size 0)" if not data.split.val else "off (--eval_strategy no)"
+        results["heldout"] = ("none: no held-out records (--val_set_size 0)" if not data.split.val
+                              else "none: no held-out example is left after tokenization (raise --max_seq_length)")
     results["finished_at_step"] = trainer.state.global_step
     results["peak_memory_gib"] = peak_memory_gib()
-    results["adapter_checksum_per_process"] = adapter_checksums(trainer.model, args.world_size)
+    results["peak_memory_gib_per_process"] = per_process(results["peak_memory_gib"], args.world_size)
+    results["memory_held_per_process"] = per_process(memory_held(trainer), args.world_size)
+    sharded = adapter_sharded(plan)
+    state_dict = gathered_adapter(trainer, plan) if sharded else None
+    if not sharded:
+        results["adapter_checksum_per_process"] = adapter_checksums(trainer.model, args.world_size)
+    elif trainer.is_world_process_zero():  # one copy, gathered from the shards
+        results["adapter_checksum"] = sum(float(value.double().sum()) for name, value in state_dict.items() if "lora_" in name)
     if trainer.is_world_process_zero():
-        finish_run(trainer, data, config, folder, results)
+        finish_run(trainer, data, config, folder, results, state_dict)
     return results
 
 

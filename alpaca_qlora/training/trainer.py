@@ -57,8 +57,8 @@ class TokenStats:
 
 class InstructionTrainer(Trainer):
     def __init__(self, *args, plan: TrainingPlan, eval_examples=None, **kwargs):
+        self.plan = plan  # before Trainer.__init__, which builds the accelerator (create_accelerator_and_postprocess)
         super().__init__(*args, **kwargs)
-        self.plan = plan
         self.token_stats = TokenStats()
         self.eval_examples = eval_examples or []
 
@@ -73,6 +73,16 @@ class InstructionTrainer(Trainer):
             return super()._get_train_sampler(*args, **kwargs)
         finally:
             self.processing_class = processor
+
+    def create_accelerator_and_postprocess(self) -> None:
+        """accelerate's Accelerator, as the Trainer builds it; on the CPU, FSDP handed to accelerate's FSDP2 path
+        (engines.enable_fsdp_on_cpu: accelerate 1.15 would otherwise run DDP and ignore the FSDP plugin)."""
+        super().create_accelerator_and_postprocess()
+        if self.plan.engine == "fsdp" and not self.is_fsdp_enabled:
+            from .engines import enable_fsdp_on_cpu
+
+            if enable_fsdp_on_cpu(self.accelerator, self.args.fsdp_plugin_args, self.plan.mixed_precision):
+                self.is_fsdp_enabled = True
 
     # -- the loss --------------------------------------------------------------------------------
     @property
@@ -137,6 +147,7 @@ class InstructionTrainer(Trainer):
         if self.args.world_size > 1:
             torch.distributed.all_reduce(sums)
         model.train(was_training)
+        self.token_stats.started = time.perf_counter()  # evaluation time is not training time
         nll, tokens = float(sums[0]), int(sums[1])
         mean = nll / max(tokens, 1)
         return {"eval_loss": mean, "eval_perplexity": math.exp(min(mean, 50.0)), "eval_tokens": tokens}
@@ -145,7 +156,6 @@ class InstructionTrainer(Trainer):
         metrics = self.heldout_loss()
         self.log(dict(metrics))
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
-        self.token_stats.started = time.perf_counter()  # evaluation time is not training time
         return metrics
 
     # -- logging ---------------------------------------------------------------------------------
@@ -160,6 +170,19 @@ class InstructionTrainer(Trainer):
         tensor = torch.tensor(values, dtype=torch.float64, device=self.args.device)
         torch.distributed.all_reduce(tensor)
         return [int(v) for v in tensor.tolist()]
+
+
+class EngineStartCallback(TrainerCallback):
+    """What must run on the model as the engine prepared it, before the first step (FSDP, DeepSpeed): the
+    held-out loss before training (every process its share of the held-out set, in lockstep), and, where
+    ZeRO-3 partitioned the weights as they loaded, the packing check (train.attention_keeps_examples_apart)."""
+
+    def __init__(self, trainer: "InstructionTrainer", on_start):
+        self.trainer = trainer
+        self.on_start = on_start
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.on_start(self.trainer)
 
 
 class TrainLogCallback(TrainerCallback):
