@@ -85,9 +85,9 @@ def main() -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    from alpaca_qlora import metrics
-    from alpaca_qlora.report import OutputConfig, build_report, write_report
-    from alpaca_qlora.scoring_io import InputConfig, load_groups
+    from alpaca_qlora.scoring import metrics
+    from alpaca_qlora.scoring.report import OutputConfig, build_report, write_report
+    from alpaca_qlora.scoring.inputs import InputConfig, load_groups
 
     config = metrics.MetricConfig(bertscore_model="minilm", bootstrap=args.bootstrap, no_progress=True)
     scorers = metrics.load_scorers(config)
