@@ -264,3 +264,40 @@ def test_verdict_scores_are_accuracy_and_per_class_precision_recall():
     assert scores["per_class"]["R1"] == {"precision": 0.5, "recall": 1.0, "support": 1}
     assert scores["per_class"]["R2"] == {"precision": 1.0, "recall": 0.5, "support": 2}
     assert scores["per_class"]["allowed"]["recall"] == 0.5
+
+
+# ---------------------------------------------------------------------------------------------
+# The moderation bot, end to end on the tiny model (plumbing: a random model's verdicts mean nothing)
+# ---------------------------------------------------------------------------------------------
+def test_moderation_experiment_runs_end_to_end_and_a_rerun_does_nothing_again(tiny_model, tmp_path):
+    shipped = REPO_ROOT / "experiments" / "moderation"
+    config = {
+        "name": "moderation-tiny", "policy": str(shipped / "policy.md"), "posts": str(shipped / "posts.jsonl"),
+        "templates": str(shipped / "templates.yaml"), "teacher": str(tiny_model), "student": str(tiny_model),
+        "run_dir": str(tmp_path / "run"), "results_dir": str(tmp_path / "results"), "max_new_tokens": 8,
+        "generation_batch_size": 20,
+        "teacher_options": {"questions_per_source": 1, "heldout": 0.3, "split_seed": 42, "teacher_prompt_template": "alpaca",
+                            "min_answer_words": 0, "keep_truncated": True},  # a random model's answers: all cut off
+        "training": {"max_steps": 2, "per_device_train_batch_size": 8, "max_seq_length": 512, "val_set_size": 0,
+                     "save_strategy": "no", "eval_strategy": "no"},
+        "bertscore_model": "minilm", "bootstrap": 50, "side_by_side": 1,
+    }
+    path = tmp_path / "moderation.json"
+    path.write_text(json.dumps(config))
+    command = [sys.executable, "-m", "alpaca_qlora.teacher.moderation", "--config", str(path)]
+    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = tmp_path / "results"
+    verdicts = json.loads((results / "verdicts.json").read_text())
+    assert set(verdicts["systems"]) == {"teacher", "base", "tuned"}
+    posts = [json.loads(line) for line in (shipped / "posts.jsonl").read_text().splitlines() if line.strip()]
+    for scores in verdicts["systems"].values():  # every held-out post judged by every system, none dropped
+        assert 0 < scores["n"] < len(posts) and 0.0 <= scores["accuracy"] <= 1.0
+    assert len({scores["n"] for scores in verdicts["systems"].values()}) == 1
+    assert (results / "report.md").is_file() and (results / "filter_report.md").is_file()
+    assert json.loads((results / "metrics" / "metrics.json").read_text())["groups"]
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "run").rglob("*") if p.is_file()}
+    again = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    changed = [p for p, t in before.items() if p.exists() and p.stat().st_mtime_ns != t]
+    assert not [p for p in changed if p.suffix in (".jsonl", ".safetensors")], changed  # nothing generated or trained again

@@ -52,6 +52,8 @@ class FilterArguments:
     max_question_words: int = field(default=60, metadata={"help": "Longest question kept, in words."})
     min_answer_words: int = field(default=1, metadata={"help": "Shortest answer kept, in words."})
     max_answer_words: int = field(default=200, metadata={"help": "Longest answer kept, in words."})
+    keep_truncated: bool = field(default=False, metadata={"help": "Keep answers that used the whole --max_new_tokens budget "
+                                                                  "(dropped as cut off by default)."})
 
     def settings(self) -> FilterSettings:
         return FilterSettings(**vars(self))

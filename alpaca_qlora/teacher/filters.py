@@ -37,6 +37,7 @@ class FilterSettings:
     max_question_words: int = 60
     min_answer_words: int = 1
     max_answer_words: int = 200
+    keep_truncated: bool = False
 
 
 def words(text: str) -> list[str]:
@@ -96,7 +97,7 @@ def first_failure(pair: dict, source_text: str, max_new_tokens: int, settings: F
     answer, question = pair["output"], pair["instruction"]
     if not answer.strip():
         return "empty", "empty answer"
-    if pair["new_tokens"] >= max_new_tokens:
+    if pair["new_tokens"] >= max_new_tokens and not settings.keep_truncated:
         return "truncated", f"the teacher wrote all {max_new_tokens} new tokens without ending its answer"
     if is_refusal(answer):
         return "refusal", "the answer refuses"
