@@ -16,7 +16,7 @@ from conftest import REPO_ROOT, run_script
 
 FAST_STUDY = {
     "name": "tiny-fast",
-    "budgets": [2, 4],
+    "budgets": [2, 5],  # checkpoints every step: the first budget's is the oldest of five, and must be kept
     "training": {"max_samples": 48, "val_set_size": 16, "per_device_train_batch_size": 4, "max_seq_length": 256,
                  "learning_rate": 3.0e-3, "warmup_steps": 0, "logging_steps": 1},
     "quantizations": ["none"],
@@ -59,12 +59,12 @@ def test_fast_study_produces_every_artifact_and_resumes(tiny_model, tiny_data, t
         assert (tmp_path / "configs" / "assets" / f"tiny-fast_{figure}").is_file()
     assert (results / "scores" / "metrics.json").is_file() and (results / "sweep_scores" / "metrics.json").is_file()
     summary = json.loads((results / "metrics.json").read_text())
-    assert set(summary["scores"]) == {"base-nf4", "base-none", "step-2", "step-4", "tuned-none"}
+    assert set(summary["scores"]) == {"base-nf4", "base-none", "step-2", "step-5", "tuned-none"}
     assert all(score["n"] == 12 for score in summary["scores"].values())
     pairs = {(c["a"], c["b"]) for c in summary["comparisons"]}
-    assert pairs == {("base-nf4", "step-2"), ("base-nf4", "step-4"), ("base-none", "tuned-none"), ("base-none", "base-nf4")}
+    assert pairs == {("base-nf4", "step-2"), ("base-nf4", "step-5"), ("base-none", "tuned-none"), ("base-none", "base-nf4")}
     heldout = summary["heldout_at_budgets"]
-    assert sorted(heldout, key=int) == ["0", "2", "4"] and heldout["4"]["eval_loss"] < heldout["0"]["eval_loss"]
+    assert sorted(heldout, key=int) == ["0", "2", "5"] and heldout["5"]["eval_loss"] < heldout["0"]["eval_loss"]
     assert len(summary["sweep"]) == 2 and all(group["n"] == 6 for group in summary["sweep"])
     for text in ("p = ", "Held-out loss", "fewer than 30", "The effect of quantizing the base", "Side by side",
                  "How long each part took", "32 examples trained on"):

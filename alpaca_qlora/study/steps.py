@@ -70,8 +70,13 @@ def train(config: StudyConfig, quantization: str, timings: Timings) -> RunFolder
         skip(title, f"{folder.path} finished at step {folder.finished_step()}")
         return folder
     spacing = step_spacing(config.budgets)
-    options = {"save_strategy": "steps", "save_steps": spacing, "save_total_limit": len(config.budgets) + 1,
-               "eval_strategy": "steps", "eval_steps": spacing, **config.training,
+    # The main run is evaluated at every budget (the learning curve); the other precisions only before and after
+    # training (the plan always does those), which is all the report reads from them.
+    evaluation = ({"eval_strategy": "steps", "eval_steps": spacing} if quantization == config.main_quantization
+                  else {"eval_strategy": "no"})
+    # Every checkpoint is kept (no save_total_limit): the Trainer's limit deletes the oldest first, and with
+    # budgets such as 10/25/50 (checkpoints every 5 steps) those are the budgets' own adapters.
+    options = {"save_strategy": "steps", "save_steps": spacing, **evaluation, **config.training,
                "quantization": quantization, "max_steps": final}
     arguments = ["--base_model", config.base_model, "--data_path", config.data_path, "--output_dir", str(folder.path)]
     for name, value in options.items():
