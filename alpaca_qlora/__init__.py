@@ -28,5 +28,8 @@ _logging.getLogger("DeepSpeed").addFilter(_NoCpuAcceleratorWarning())
 # peft asks transformers for `is_gradient_checkpointing`, which transformers 5.2x renamed: the warning is about
 # their code, not the user's.
 _warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+# peft looks for the base's config.json at its recorded name when it saves an adapter; a GGUF base is recorded as
+# the GGUF (a file, or package:NAME), which has none, so it warns. The vocabulary is never resized here.
+_warnings.filterwarnings("ignore", message=r"Could not find a config file in (package:|.*\.gguf)", category=UserWarning)
 
 __version__ = "0.1.0"
