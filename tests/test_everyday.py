@@ -157,3 +157,15 @@ def test_merge_states_its_precision(tiny_model, tiny_data, tmp_path):
     assert info["trained_with"] == "nf4 base, fp32 compute" and "full-precision base" in info["note"]
     again = run_script("-m", "alpaca_qlora.merge", "--adapter", str(run), "--output_dir", str(tmp_path / "merged"), "--overwrite")
     assert again.returncode == 0, again.stderr[-2000:]
+
+
+@pytest.mark.parametrize("quantization", ["none", "nf4"])
+def test_bf16_compute_trains_on_a_16bit_and_a_4bit_base(quantization, tiny_model, tiny_data, tmp_path):
+    """--compute_dtype bf16 on the CPU: a bf16 base (plain LoRA) and an NF4 base both train and lower the held-out
+    loss (a bf16 output layer once met the fp32 hidden states of the chunked loss, outside autocast)."""
+    run = tmp_path / "run"
+    result = run_script(*training_args(tiny_model, tiny_data, run, "--max_steps", "3", "--val_set_size", "16",
+                                       "--quantization", quantization, "--compute_dtype", "bf16"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((run / "eval_results.json").read_text())
+    assert results["after_training"]["eval_loss"] < results["before_training"]["eval_loss"]

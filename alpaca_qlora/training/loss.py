@@ -27,7 +27,19 @@ def no_positions(device: torch.device) -> torch.Tensor:
 
 
 def _chunk_loss_sum(hidden: torch.Tensor, targets: torch.Tensor, output_layer: nn.Module) -> torch.Tensor:
-    return F.cross_entropy(output_layer(hidden).float(), targets, reduction="sum")
+    return F.cross_entropy(output_layer(_as_output_input(hidden, output_layer)).float(), targets, reduction="sum")
+
+
+def _as_output_input(hidden: torch.Tensor, output_layer: nn.Module) -> torch.Tensor:
+    """The hidden states in the output layer's dtype. Mixed precision autocasts the model's own forward only
+    (accelerate wraps `model.forward`); this runs after it, so a 16-bit output layer (a 16-bit base, as with
+    --quantization none --compute_dtype bf16) meets the fp32 states of upcast norms. Cast as autocast would."""
+    weight = getattr(output_layer, "weight", None)
+    if weight is None or not weight.is_floating_point() or weight.dtype == hidden.dtype:
+        return hidden
+    if torch.is_autocast_enabled(hidden.device.type):
+        return hidden
+    return hidden.to(weight.dtype)
 
 
 def labelled_loss_sum(hidden: torch.Tensor, labels: torch.Tensor, output_layer: nn.Module,
