@@ -129,7 +129,9 @@ def test_scores_keep_integer_ids_and_count_empty_answers(tmp_path):
 
 def test_a_second_process_on_the_same_output_file_is_refused(tiny_model, tiny_records, tmp_path):
     prompts = tmp_path / "prompts.jsonl"
-    prompts.write_text("".join(json.dumps(r) + "\n" for r in tiny_records[:40]))
+    # enough prompts that the first process is still writing when the second has started up (tens of seconds)
+    records = [{**tiny_records[i % len(tiny_records)], "id": i} for i in range(400)]
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in records))
     output = tmp_path / "gens.jsonl"
     command = [sys.executable, "inference.py", "--base_model", str(tiny_model), "--prompts_file", str(prompts),
                "--output_file", str(output), "--max_new_tokens", "48", "--batch_size", "1"]
@@ -140,10 +142,11 @@ def test_a_second_process_on_the_same_output_file_is_refused(tiny_model, tiny_re
         assert first.poll() is None and time.time() < deadline, "the first process ended before it wrote a line"
         time.sleep(0.05)
     second = run_script(*command[1:])
-    first.wait(timeout=300)
+    assert first.poll() is None, "the first process finished before the second started: nothing was tested"
+    first.wait(timeout=600)
     assert second.returncode == 2 and "is being written by another inference.py process" in second.stderr
     lines = [json.loads(line) for line in output.read_text().splitlines()]
-    assert first.returncode == 0 and len(lines) == 40 and len({row["id"] for row in lines}) == 40
+    assert first.returncode == 0 and len(lines) == 400 and len({row["id"] for row in lines}) == 400
     assert not (tmp_path / ".gens.jsonl.lock").exists()
 
 
