@@ -74,10 +74,11 @@ def train(config: StudyConfig, quantization: str, timings: Timings) -> RunFolder
     # training (the plan always does those), which is all the report reads from them.
     evaluation = ({"eval_strategy": "steps", "eval_steps": spacing} if quantization == config.main_quantization
                   else {"eval_strategy": "no"})
-    # Every checkpoint is kept (no save_total_limit): the Trainer's limit deletes the oldest first, and with
-    # budgets such as 10/25/50 (checkpoints every 5 steps) those are the budgets' own adapters.
+    # Every checkpoint is kept (save_total_limit = their number, after the user's training options): the limit
+    # deletes the oldest first, and with budgets such as 10/25/50 (checkpoints every 5 steps) those are the
+    # budgets' own adapters.
     options = {"save_strategy": "steps", "save_steps": spacing, **evaluation, **config.training,
-               "quantization": quantization, "max_steps": final}
+               "save_total_limit": final // spacing, "quantization": quantization, "max_steps": final}
     arguments = ["--base_model", config.base_model, "--data_path", config.data_path, "--output_dir", str(folder.path)]
     for name, value in options.items():
         arguments += [f"--{name}", ",".join(map(str, value)) if isinstance(value, list) else str(value)]
