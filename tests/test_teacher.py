@@ -289,11 +289,11 @@ def test_moderation_experiment_runs_end_to_end_and_a_rerun_does_nothing_again(ti
     assert result.returncode == 0, result.stderr[-3000:]
     results = tmp_path / "results"
     verdicts = json.loads((results / "verdicts.json").read_text())
-    assert set(verdicts["systems"]) == {"teacher", "base", "tuned"}
+    assert set(verdicts["heldout"]) == {"teacher", "base", "tuned"}
     posts = [json.loads(line) for line in (shipped / "posts.jsonl").read_text().splitlines() if line.strip()]
-    for scores in verdicts["systems"].values():  # every held-out post judged by every system, none dropped
+    for scores in verdicts["heldout"].values():  # every held-out post judged by every system, none dropped
         assert 0 < scores["n"] < len(posts) and 0.0 <= scores["accuracy"] <= 1.0
-    assert len({scores["n"] for scores in verdicts["systems"].values()}) == 1
+    assert len({scores["n"] for scores in verdicts["heldout"].values()}) == 1
     assert (results / "report.md").is_file() and (results / "filter_report.md").is_file()
     assert json.loads((results / "metrics" / "metrics.json").read_text())["groups"]
     before = {p: p.stat().st_mtime_ns for p in (tmp_path / "run").rglob("*") if p.is_file()}
