@@ -62,11 +62,13 @@ def test_fast_study_produces_every_artifact_and_resumes(tiny_model, tiny_data, t
     assert set(summary["scores"]) == {"base-nf4", "base-none", "step-2", "step-5", "tuned-none"}
     assert all(score["n"] == 12 for score in summary["scores"].values())
     pairs = {(c["a"], c["b"]) for c in summary["comparisons"]}
-    assert pairs == {("base-nf4", "step-2"), ("base-nf4", "step-5"), ("base-none", "tuned-none"), ("base-none", "base-nf4")}
+    assert pairs == {("base-nf4", "step-2"), ("base-nf4", "step-5"), ("base-none", "tuned-none"), ("base-none", "base-nf4"),
+                     ("tuned-none", "step-5")}  # the same budget tuned on NF4 against tuned on the full-precision base
     heldout = summary["heldout_at_budgets"]
     assert sorted(heldout, key=int) == ["0", "2", "5"] and heldout["5"]["eval_loss"] < heldout["0"]["eval_loss"]
     assert len(summary["sweep"]) == 2 and all(group["n"] == 6 for group in summary["sweep"])
-    for text in ("p = ", "Held-out loss", "fewer than 30", "The effect of quantizing the base", "Side by side",
+    for text in ("p = ", "Held-out loss", "fewer than 30", "The effect of quantizing the base", "on the tuned model (same budget)",
+                 "Side by side",
                  "How long each part took", "32 examples trained on"):
         assert text in report, text
     assert set(summary["timings_seconds"]) >= {"train (nf4)", "train (none)", "generate (base-nf4)", "generate (sweep)", "score"}

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ..cli import fail
 from .config import StudyConfig, load_study_config
-from .report import StudyData, write_study_report
+from .report import StudyData, trained_precisions, tuned_name, write_study_report
 from .scores import make_scorers, score_files, score_sweep
 from .steps import (
     Timings, adapter_at, base_model_arguments, generate, prompt_files, train, train_folder,
@@ -49,6 +49,9 @@ def run_study(config: StudyConfig) -> Path:
     pairs = [(f"base-{main}", f"step-{step}") for step in config.budgets]
     pairs += [(f"base-{precision}", f"tuned-{precision}") for precision in config.quantizations]
     pairs += [("base-none", f"base-{precision}") for precision in config.precisions() if precision != "none"]
+    if "none" in trained_precisions(config):  # the same budget tuned on a quantized base against the full-precision one
+        pairs += [(tuned_name(config, "none"), tuned_name(config, precision))
+                  for precision in trained_precisions(config) if precision != "none"]
     print("[score] every generation file, in this process", flush=True)
     started = time.time()
     scorers = make_scorers(config.bertscore_model, config.bootstrap)

@@ -150,7 +150,7 @@ def caution(comparisons: list[Comparison]) -> list[str]:
 
 def quantization_section(data: StudyData) -> list[str]:
     config = data.config
-    precisions = [config.main_quantization, *config.quantizations]
+    precisions = trained_precisions(config)
     if len(precisions) < 2 and "none" not in data.runs:
         lines = []
     else:
@@ -173,15 +173,39 @@ def quantization_section(data: StudyData) -> list[str]:
     lines += ["### The effect of quantizing the base (no training)", "",
               "Each quantized base against the same base in full precision, on the same records (quantized - full).", "",
               "| base | held-out loss | BLEU | ROUGE-L F1 | BERTScore F1 |", "|---|---|---|---|---|"]
-    full_loss = data.runs["none"].eval_results().get("before_training") if "none" in data.runs else None
-    for precision in [p for p in config.precisions() if p != "none"]:
-        comparison = data.comparisons[("base-none", f"base-{precision}")]
-        loss = data.runs[precision].eval_results().get("before_training")
+    lines += precision_rows(data, [p for p in config.precisions() if p != "none"], lambda p: f"base-{p}", "before_training")
+    return lines + [""] + tuned_quantization_lines(data)
+
+
+def tuned_quantization_lines(data: StudyData) -> list[str]:
+    """Tuned on each quantized base against tuned on the full-precision base, same budget, same records."""
+    config = data.config
+    if "none" not in trained_precisions(config):
+        return []
+    return ["### The effect of quantizing the base on the tuned model (same budget)", "",
+            f"Tuned for {config.budgets[-1]} steps on each quantized base against the same training on the full-precision "
+            "base, on the same records (quantized - full).", "",
+            "| base | held-out loss after training | BLEU | ROUGE-L F1 | BERTScore F1 |", "|---|---|---|---|---|",
+            *precision_rows(data, [p for p in trained_precisions(config) if p != "none"],
+                            lambda p: tuned_name(config, p), "after_training"), ""]
+
+
+def precision_rows(data: StudyData, precisions: list[str], name_of, loss_key: str) -> list[str]:
+    """One row per quantized precision: its held-out loss and paired score differences against full precision."""
+    full_loss = data.runs["none"].eval_results().get(loss_key) if "none" in data.runs else None
+    rows = []
+    for precision in precisions:
+        comparison = data.comparisons[(name_of("none"), name_of(precision))]
+        loss = data.runs[precision].eval_results().get(loss_key)
         loss_text = (f"{loss['eval_loss'] - full_loss['eval_loss']:+.4f} ({fmt_loss(full_loss)} -> {fmt_loss(loss)})"
                      if loss and full_loss else "not measured (no full-precision run)")
-        lines.append(f"| {PRECISION_NAMES[precision]} | {loss_text} | "
-                     + " | ".join(fmt_difference(getattr(comparison, key), 1.0, 2 if key == 'bleu' else 4) for key, _, _ in METRICS) + " |")
-    return lines + [""]
+        rows.append(f"| {PRECISION_NAMES[precision]} | {loss_text} | "
+                    + " | ".join(fmt_difference(getattr(comparison, key), 1.0, 2 if key == 'bleu' else 4) for key, _, _ in METRICS) + " |")
+    return rows
+
+
+def trained_precisions(config: StudyConfig) -> list[str]:
+    return [config.main_quantization, *config.quantizations]
 
 
 def tuned_name(config: StudyConfig, precision: str) -> str:
