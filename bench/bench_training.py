@@ -13,9 +13,11 @@ sequence cap and batch size):
                  (the best stock configuration on the CPU), fp32 compute on the CPU, bf16 on GPUs
   stock_bf16     the same with bf16 autocast and bf16 dequantization (TrainingArguments(bf16=True)): CPUs with
                  AVX512-BF16/AMX only
+  stock_bf16_matmul  the same with bf16 dequantization (bnb_4bit_compute_dtype=bf16) and no autocast
   qlora_style    stock with gradient checkpointing and no grouping (what qlora / alpaca-lora users run)
-  ours           training_script.py itself, run as a user runs it, with its defaults
-  ours_bf16      training_script.py --compute_dtype bf16 (bf16 dequantization and autocast)
+  ours           training_script.py itself, run as a user runs it, with its defaults (on a CPU with AVX512-BF16/AMX:
+                 bf16 4-bit layers, everything else fp32; elsewhere fp32)
+  ours_fp32      --compute_dtype fp32; ours_bf16: --compute_dtype bf16; ours_bf16_autocast: bf16 with autocast
 Speed: every variant trains one epoch over the same batch_size x steps records (one optimizer step per batch);
 real (non-padding) tokens per second over the whole epoch (first step included: the same work for all); peak
 resident memory (CPU) or peak allocated memory (GPU). --check_gradients: the loss and LoRA gradients of one fixed batch through
@@ -42,12 +44,18 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
 H100_BF16_DENSE_TFLOPS = 989.4
-OURS = {"ours": [], "ours_bf16": ["--compute_dtype", "bf16"], "ours_no_pcg64": ["--lora_dropout_rng", "torch"],
+OURS = {"ours": [], "ours_bf16": ["--compute_dtype", "bf16"], "ours_bf16_autocast": ["--compute_dtype", "bf16", "--bf16", "true", "--use_cpu", "true"],  # CPU
+        "ours_bf16_matmul": ["--compute_dtype", "bf16", "--bf16", "false"], "ours_fp32": ["--compute_dtype", "fp32"],
+        "ours_no_pcg64": ["--lora_dropout_rng", "torch"],
         "ours_compile": ["--torch_compile", "true"], "ours_varlen": ["--attn_implementation", "packed_varlen"],
         "ours_liger": ["--use_liger_kernel", "true"], "ours_checkpointing": ["--gradient_checkpointing", "true"]}
-STOCK = {"stock": {"bf16": False, "checkpointing": False, "group": True},
-         "stock_bf16": {"bf16": True, "checkpointing": False, "group": True},
-         "qlora_style": {"bf16": False, "checkpointing": True, "group": False}}
+# compute: what the 4-bit layers dequantize to (bnb_4bit_compute_dtype); autocast: TrainingArguments(bf16=True)
+STOCK = {"stock": {"compute": "fp32", "autocast": False, "checkpointing": False, "group": True},
+         "stock_bf16": {"compute": "bf16", "autocast": True, "checkpointing": False, "group": True},
+         "stock_bf16_matmul": {"compute": "bf16", "autocast": False, "checkpointing": False, "group": True},
+         "qlora_style": {"compute": "fp32", "autocast": False, "checkpointing": True, "group": False}}
+CHECKS = {"check_gradients": [], "check_gradients_fp32": ["--compute_dtype", "fp32"], "check_gradients_bf16_autocast": ["--compute_dtype", "bf16", "--bf16", "true", "--use_cpu", "true"],
+          "check_gradients_bf16_matmul": ["--compute_dtype", "bf16", "--bf16", "false"]}
 
 
 def parse_args(argv=None):
@@ -131,6 +139,7 @@ def step_timer():
 
 
 def stock_model(args, bf16: bool, checkpointing: bool, lora_dropout: float = 0.05):
+    """`bf16`: the 4-bit layers dequantize to bf16 and the model loads in bf16 (then peft upcasts what it trains)."""
     import torch
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
@@ -157,7 +166,7 @@ def run_stock(args, name: str, seed: int, steps: int | None, output_dir: str | N
     records = args.batch_size * args.accumulation * args.steps if steps else args.epoch_records
     _, data = prepared(args, records, args.heldout_records if not steps else 0, seed)
     set_seed(seed)
-    model = stock_model(args, spec["bf16"], spec["checkpointing"])
+    model = stock_model(args, spec["compute"] == "bf16", spec["checkpointing"])
     on_gpu = torch.cuda.is_available()
     collator = Counting(DataCollatorForSeq2Seq(data.tokenizer, padding="longest", label_pad_token_id=-100))
     timer = step_timer()
@@ -167,7 +176,7 @@ def run_stock(args, name: str, seed: int, steps: int | None, output_dir: str | N
             learning_rate=args.learning_rate, lr_scheduler_type="cosine", warmup_steps=0.03, max_grad_norm=0.3,
             gradient_checkpointing=spec["checkpointing"], train_sampling_strategy="group_by_length" if spec["group"] else "random",
             logging_steps=1000, save_strategy="no", report_to="none", remove_unused_columns=False, disable_tqdm=True,
-            optim="paged_adamw_8bit" if on_gpu else "adamw_torch", bf16=on_gpu or spec["bf16"], seed=seed,
+            optim="paged_adamw_8bit" if on_gpu else "adamw_torch", bf16=on_gpu or spec["autocast"], seed=seed,
             dataloader_pin_memory=on_gpu, use_cpu=not on_gpu, num_train_epochs=1,
         )
         trainer = Trainer(model=model, args=training, train_dataset=data.train_examples, data_collator=collator, callbacks=[timer])
@@ -219,7 +228,7 @@ def run_ours(args, name: str, seed: int, steps: int | None, output_dir: str) -> 
 # ------------------------------------------------------------------------------------------------
 # Gradients of one fixed batch: ours against stock, from the same LoRA weights, dropout off
 # ------------------------------------------------------------------------------------------------
-def check_gradients(args, bf16: bool) -> dict:
+def check_gradients(args, extra_options: list[str]) -> dict:
     from transformers import DataCollatorForSeq2Seq
 
     from alpaca_qlora.training.plan import make_plan, training_arguments
@@ -227,7 +236,7 @@ def check_gradients(args, bf16: bool) -> dict:
     from alpaca_qlora.modeling import load_model_config
     from alpaca_qlora.run_folder import RunFolder
 
-    extra = ["--lora_dropout", "0", *(["--compute_dtype", "bf16"] if bf16 else [])]
+    extra = ["--lora_dropout", "0", *extra_options]
     from alpaca_qlora.training.config import parse_training_config
     from alpaca_qlora.training.train import load_split, tokenize_split
 
@@ -240,7 +249,7 @@ def check_gradients(args, bf16: bool) -> dict:
     examples = data.train_examples[: args.batch_size]
     ours.train()
     batch = make_collator(plan, data.tokenizer)(examples)
-    with trainer.compute_loss_context_manager():
+    with trainer.accelerator.autocast():  # what the Trainer wraps the forward in (bf16 autocast when the plan says so)
         loss_ours = trainer.compute_loss(ours, batch)
     loss_ours.backward()
     grads_ours = {n: p.grad.float().clone() for n, p in ours.named_parameters() if p.requires_grad}
@@ -290,10 +299,8 @@ def child(args) -> dict:
     seed = int(seed or 1)
     steps = None if args.learning else args.steps
     output_dir = args.output_dir or tempfile.mkdtemp()
-    if name == "check_gradients":
-        return check_gradients(args, bf16=False)
-    if name == "check_gradients_bf16":
-        return check_gradients(args, bf16=True)
+    if name in CHECKS:
+        return check_gradients(args, CHECKS[name])
     result = run_stock(args, name, seed, steps, output_dir) if name in STOCK else run_ours(args, name, seed, steps, output_dir)
     if args.learning:
         result["heldout_loss"] = heldout_loss(args, output_dir, seed)
@@ -330,7 +337,7 @@ def main() -> None:
     print(json.dumps(environment()), flush=True)
     results: dict = {}
     if args.check_gradients:
-        for name in ("check_gradients", "check_gradients_bf16"):
+        for name in CHECKS:
             results[name] = run_child(args, name)
             print(f"{name}: {json.dumps(results[name])}", flush=True)
     elif args.learning:

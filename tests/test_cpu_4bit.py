@@ -112,3 +112,27 @@ def test_training_is_identical_whatever_the_detection_says(widths, tiny_model, a
         assert torch.equal(with_adapter[name], without_adapter[name]), name
     assert with_eval["after_training"] == without_eval["after_training"]
     assert with_eval["before_training"] == without_eval["before_training"]
+
+
+@pytest.mark.parametrize("native_bf16", [True, False])
+def test_automatic_compute_dtype_follows_the_cpu(native_bf16, tiny_model, monkeypatch):
+    """auto: bf16 4-bit layers where the CPU multiplies bf16 natively, fp32 elsewhere; never autocast on the CPU
+    unless asked; a 16/32-bit base and the sharding engines stay fp32. Decided once, with the reason recorded."""
+    from alpaca_qlora.modeling import load_model_config
+    from alpaca_qlora.training import plan as plan_module
+    from alpaca_qlora.training.config import parse_training_config
+
+    monkeypatch.setattr(plan_module, "cpu_multiplies_bf16", lambda: native_bf16)
+    model_config = load_model_config(str(tiny_model))
+
+    def plan_for(*options: str):
+        return plan_module.make_plan(parse_training_config(["--base_model", str(tiny_model), *options]), model_config,
+                                     has_heldout=False)
+
+    auto = plan_for()
+    assert (auto.compute_dtype, auto.mixed_precision) == (("bf16" if native_bf16 else "fp32"), "no")
+    assert ("natively" if native_bf16 else "no AVX512-BF16") in dict(auto.reasons)["compute dtype"]
+    assert plan_for("--quantization", "none").compute_dtype == "fp32"
+    assert (plan_for("--compute_dtype", "fp32").compute_dtype, plan_for("--compute_dtype", "bf16").compute_dtype) == ("fp32", "bf16")
+    assert plan_for("--compute_dtype", "bf16").mixed_precision == "no"
+    assert plan_for("--compute_dtype", "bf16", "--bf16", "true", "--use_cpu", "true").mixed_precision == "bf16"

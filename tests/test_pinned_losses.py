@@ -4,6 +4,8 @@ behaviour change and must say so here.
 4 steps of batch 8 on 80 records (16 held out), NF4, seed 3, learning rate 3e-3 without warm-up. The
 values were recorded on an Intel Xeon with AVX512; forcing torch and oneDNN down to AVX2 moved them by
 at most 2e-6, so the tolerance is 1e-4: far below what a changed batch, mask or loss would move.
+The runs ask for fp32 compute: the automatic choice is bf16 4-bit layers on CPUs that multiply bf16 natively and
+fp32 elsewhere, and the pins must hold on every CPU.
 """
 
 from __future__ import annotations
@@ -39,7 +41,8 @@ STORIES260K = {
 
 def short_run(model, data, output, path: str) -> tuple[list[float], float, float]:
     result = run_script(*training_args(model, data, output, "--max_steps", "4", "--logging_steps", "1",
-                                       "--val_set_size", "16", "--seed", "3", "--max_samples", "96", *PATHS[path]))
+                                       "--val_set_size", "16", "--seed", "3", "--max_samples", "96", "--compute_dtype", "fp32",
+                                       *PATHS[path]))
     assert result.returncode == 0, result.stderr[-3000:]
     log = [json.loads(line) for line in (output / "train_log.jsonl").read_text().splitlines()]
     results = json.loads((output / "eval_results.json").read_text())

@@ -41,7 +41,8 @@ class BaseModelArguments:
     double_quant: bool = field(default=True, metadata={"help": "Quantize the 4-bit quantization constants too (QLoRA)."})
     compute_dtype: str = field(
         default="auto",
-        metadata={"help": "Compute dtype: auto (bf16 on GPUs that have it, fp16 on older GPUs, fp32 on CPU), bf16, fp16, fp32.",
+        metadata={"help": "What the 4-bit layers dequantize to and multiply in: auto (bf16 on GPUs that have it, fp16 on older "
+                          "GPUs; on the CPU bf16 where it multiplies bf16 natively (AVX512-BF16/AMX), else fp32), bf16, fp16, fp32.",
                   "choices": COMPUTE_DTYPES},
     )
     bnb_4bit_quant_storage: str = field(

@@ -55,12 +55,10 @@ def packed_sdpa_attention(module, query, key, value, attention_mask, dropout=0.0
         query, key, value = query.float(), key.float(), value.float()
     rows = []
     for b, spans in enumerate(example_spans(position_ids.expand(query.shape[0], -1))):
+        lengths = [e - s for s, e in spans]  # split, not slices: its backward is one cat, not a zero-filled copy per example
         parts = [
-            F.scaled_dot_product_attention(
-                query[b : b + 1, :, s:e], key[b : b + 1, :, s:e], value[b : b + 1, :, s:e],
-                dropout_p=dropout, is_causal=True, scale=scaling, enable_gqa=gqa,
-            )
-            for s, e in spans
+            F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True, scale=scaling, enable_gqa=gqa)
+            for q, k, v in zip(*(t[b : b + 1].split(lengths, dim=2) for t in (query, key, value)))
         ]
         rows.append(torch.cat(parts, dim=2))
     return torch.cat(rows, dim=0).transpose(1, 2).contiguous().to(output_dtype), None

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..modeling import DTYPE_NAMES, resolve_compute_dtype
+from ..modeling import DTYPE_NAMES, DTYPES, cpu_multiplies_bf16, resolve_compute_dtype
 from ..run_folder import PACKED_SDPA, PACKED_VARLEN, TRAINING_ONLY_ATTENTIONS
 from ..vision import CAUSAL_LM, IMAGE_TEXT_TO_TEXT, model_kind
 from ..vision import model_class as kind_class
@@ -135,34 +135,62 @@ def choose_attention(config: TrainingConfig, device: str) -> tuple[str, str | No
     return "sdpa", None
 
 
-def choose_checkpointing(config: TrainingConfig, model_config, device: str, batch_tokens: int | None) -> tuple[bool, str | None]:
+def choose_compute_dtype(config: TrainingConfig, device: str, engine: str) -> tuple[torch.dtype, str | None]:
+    """What the 4-bit layers dequantize to and multiply in. On the CPU: bf16 where the CPU multiplies bf16 natively and
+    one process or DDP trains a 4-bit base (measured on SmolLM2-135M: 1.6x the fp32 path's tokens/s, BENCHMARKS.md);
+    LoRA, attention and the loss stay in fp32, as no autocast runs on the CPU (choose_mixed_precision)."""
+    name = config.model.compute_dtype
+    if name != "auto":
+        return DTYPES[name], None
+    compute = resolve_compute_dtype(name)
+    if device == "cuda":
+        return compute, f"auto: {DTYPE_NAMES[compute]} on this GPU"
+    if config.model.quantization not in ("nf4", "fp4"):
+        return torch.float32, "auto: fp32 on the CPU for a 16/32-bit or 8-bit base"
+    if engine not in ("single", "ddp"):
+        return torch.float32, f"auto: fp32 on the CPU under {engine}"
+    if not cpu_multiplies_bf16():
+        return torch.float32, "auto: fp32 on this CPU (no AVX512-BF16 or AMX: bf16 products would be emulated, slower)"
+    return torch.bfloat16, ("auto: bf16 for the 4-bit layers, which this CPU multiplies natively (AVX512-BF16/AMX); "
+                            "LoRA, attention and the loss stay fp32 (--compute_dtype fp32 for all-fp32)")
+
+
+def choose_checkpointing(config: TrainingConfig, model_config, device: str, batch_tokens: int | None,
+                         compute: torch.dtype = torch.float32) -> tuple[bool, str | None]:
     """`batch_tokens`: the most tokens one batch can hold (its longest examples); else batch size x max_seq_length."""
     if config.chose_checkpointing():
         return bool(getattr(config.train, CHECKPOINTING_FLAG) or config.train.gradient_checkpointing), None
     if device == "cuda":
         return True, "on GPUs memory limits QLoRA"
     tokens = batch_tokens or config.train.per_device_train_batch_size * config.data.max_seq_length
-    bytes_per_value = resolve_compute_dtype(config.model.compute_dtype).itemsize
+    bytes_per_value = compute.itemsize
     needed = checkpointing_needed(model_config, tokens, bytes_per_value)
     return needed, (f"the largest batch ({tokens:,} tokens) would need over a quarter of the free RAM for activations"
                     if needed else f"activations of the largest batch ({tokens:,} tokens) fit easily in memory "
                                    "(checkpointing would cost ~25% more compute)")
 
 
-def choose_mixed_precision(config: TrainingConfig, device: str) -> tuple[str, str | None]:
+def choose_mixed_precision(config: TrainingConfig, device: str, compute: torch.dtype = torch.float32) -> tuple[str, str | None]:
     train = config.train
     if {"bf16", "fp16"} & config.given:
         return ("bf16" if train.bf16 else "fp16" if train.fp16 else "no"), None
     if device == "cpu":
-        if resolve_compute_dtype(config.model.compute_dtype) == torch.bfloat16:
-            return "bf16", "bf16 autocast on the CPU, as --compute_dtype bf16 asks"
+        if compute != torch.float32:
+            # measured on SmolLM2-135M (BENCHMARKS.md): bf16 autocast on the CPU is slower than bf16 4-bit layers alone
+            # (its casts cost more than its bf16 LoRA, attention and norms save) and no closer to the fp32 gradients
+            return "no", (f"none on the CPU: only the 4-bit layers compute in {DTYPE_NAMES[compute]} (autocast measured "
+                          "slower here; ask for it with --bf16 true --use_cpu true)")
         return "no", None
     mixed = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     return mixed, f"{mixed}: what this GPU supports"
 
 
-def mixed_precision(config: TrainingConfig) -> str:
-    return choose_mixed_precision(config, plan_device(config.train))[0]
+def sixteen_bit(config: TrainingConfig, engine: str) -> str:
+    """bf16 | fp16 | no: the 16-bit dtype a run computes in anywhere (autocast, or the 4-bit layers alone)."""
+    device = plan_device(config.train)
+    compute = choose_compute_dtype(config, device, engine)[0]
+    mixed = choose_mixed_precision(config, device, compute)[0]
+    return mixed if mixed != "no" else {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(compute, "no")
 
 
 def make_plan(config: TrainingConfig, model_config, has_heldout: bool, engine_settings: EngineSettings | None = None,
@@ -181,10 +209,9 @@ def make_plan(config: TrainingConfig, model_config, has_heldout: bool, engine_se
         note("device", "DeepSpeed on its CPU accelerator (accelerate's DeepSpeed path needs use_cpu off)")
     if device == "cpu" and world_size > 1 and not train.ddp_backend:
         note("collectives", "gloo, the CPU's backend")
-    compute = resolve_compute_dtype(config.model.compute_dtype)
-    if config.model.compute_dtype == "auto":
-        note("compute dtype", f"auto: {DTYPE_NAMES[compute]} on this {device}")
-    mixed, why = choose_mixed_precision(config, device)
+    compute, why = choose_compute_dtype(config, device, engine)
+    note("compute dtype", why)
+    mixed, why = choose_mixed_precision(config, device, compute)
     note("mixed precision", why)
     optimizer = str(getattr(train.optim, "value", train.optim))
     from_deepspeed = deepspeed_optimizer(engine_settings)
@@ -215,7 +242,7 @@ def make_plan(config: TrainingConfig, model_config, has_heldout: bool, engine_se
     note("attention", why)
     loss, why = choose_loss(config, model_config, engine)
     note("loss", why)
-    checkpointing, why = choose_checkpointing(config, model_config, device, batch_tokens)
+    checkpointing, why = choose_checkpointing(config, model_config, device, batch_tokens, compute)
     note("gradient checkpointing", why)
     kernels, why = liger_plan(train.use_liger_kernel, model_config)
     note("fused kernels", why)

@@ -38,7 +38,7 @@ from .kernels import apply_liger_kernels
 from .lora_dropout import use_pcg64_dropout
 from .model_card import model_card
 from .packed_attention import register_packed_attention
-from .plan import TrainingPlan, checkpointing_kwargs, confirm_packing, make_plan, mixed_precision, plan_device, training_arguments
+from .plan import TrainingPlan, checkpointing_kwargs, confirm_packing, make_plan, plan_device, sixteen_bit, training_arguments
 from .trainer import EngineStartCallback, InstructionTrainer, LossProgressCallback, TrainLogCallback
 
 # Options a resumed run may change: how long it trains and how it logs, evaluates and saves. Any other
@@ -423,7 +423,7 @@ def check_engine(config: TrainingConfig) -> EngineSettings:
     """The engine as launched, and the combinations it cannot run, before any data or weight is read."""
     engine = read_engine(config.train)
     check_combination(engine, config.model.quantization, config.model.bnb_4bit_quant_storage,
-                      "bnb_4bit_quant_storage" in config.given, plan_device(config.train), mixed_precision(config))
+                      "bnb_4bit_quant_storage" in config.given, plan_device(config.train), sixteen_bit(config, engine.engine))
     return engine  # DeepSpeed's file and batch were checked as the arguments were built (engines.check_deepspeed_source)
 
 
