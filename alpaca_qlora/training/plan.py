@@ -32,7 +32,7 @@ class TrainingPlan:
     device: str  # cuda | cpu
     engine: str  # single | ddp | fsdp | deepspeed
     world_size: int
-    compute_dtype: str  # bf16 | fp16 | fp32: what the 4-bit layers dequantize to and the LoRA layers compute in
+    compute_dtype: str  # bf16 | fp16 | fp32: what the 4-bit layers dequantize to and multiply in (LoRA: fp32 unless autocast)
     mixed_precision: str  # bf16 | fp16 | no: the Trainer's autocast
     optimizer: str
     packing: bool
@@ -137,7 +137,7 @@ def choose_attention(config: TrainingConfig, device: str) -> tuple[str, str | No
 
 def choose_compute_dtype(config: TrainingConfig, device: str, engine: str) -> tuple[torch.dtype, str | None]:
     """What the 4-bit layers dequantize to and multiply in. On the CPU: bf16 where the CPU multiplies bf16 natively and
-    one process or DDP trains a 4-bit base (measured on SmolLM2-135M: 1.6x the fp32 path's tokens/s, BENCHMARKS.md);
+    one process or DDP trains a 4-bit base (measured on SmolLM2-135M: 1.23x the fp32 path's tokens/s, BENCHMARKS.md);
     LoRA, attention and the loss stay in fp32, as no autocast runs on the CPU (choose_mixed_precision)."""
     name = config.model.compute_dtype
     if name != "auto":
