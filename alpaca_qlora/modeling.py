@@ -167,8 +167,6 @@ def resolve_compute_dtype(name: str) -> torch.dtype:
 def cpu_multiplies_bf16() -> bool:
     """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX), as torch itself asks; elsewhere torch emulates
     bf16 matrix products, which are then slower than fp32 ones."""
-    import torch.cpu
-
     checks = (getattr(torch.cpu, "_is_avx512_bf16_supported", None), getattr(torch.cpu, "_is_amx_tile_supported", None))
     return any(bool(check()) for check in checks if check is not None)
 

@@ -17,7 +17,8 @@ sequence cap and batch size):
   qlora_style    stock with gradient checkpointing and no grouping (what qlora / alpaca-lora users run)
   ours           training_script.py itself, run as a user runs it, with its defaults (on a CPU with AVX512-BF16/AMX:
                  bf16 4-bit layers, everything else fp32; elsewhere fp32)
-  ours_fp32      --compute_dtype fp32; ours_bf16: --compute_dtype bf16; ours_bf16_autocast: bf16 with autocast
+  ours_fp32      --compute_dtype fp32; ours_bf16: --compute_dtype bf16 (the 4-bit layers; autocast only on GPUs);
+                 ours_bf16_autocast: bf16 with autocast on the CPU
 Speed: every variant trains one epoch over the same batch_size x steps records (one optimizer step per batch);
 real (non-padding) tokens per second over the whole epoch (first step included: the same work for all); peak
 resident memory (CPU) or peak allocated memory (GPU). --check_gradients: the loss and LoRA gradients of one fixed batch through
@@ -45,7 +46,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 H100_BF16_DENSE_TFLOPS = 989.4
 OURS = {"ours": [], "ours_bf16": ["--compute_dtype", "bf16"], "ours_bf16_autocast": ["--compute_dtype", "bf16", "--bf16", "true", "--use_cpu", "true"],  # CPU
-        "ours_bf16_matmul": ["--compute_dtype", "bf16", "--bf16", "false"], "ours_fp32": ["--compute_dtype", "fp32"],
+        "ours_fp32": ["--compute_dtype", "fp32"],
         "ours_no_pcg64": ["--lora_dropout_rng", "torch"],
         "ours_compile": ["--torch_compile", "true"], "ours_varlen": ["--attn_implementation", "packed_varlen"],
         "ours_liger": ["--use_liger_kernel", "true"], "ours_checkpointing": ["--gradient_checkpointing", "true"]}

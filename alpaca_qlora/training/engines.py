@@ -215,7 +215,7 @@ def read_engine(train) -> EngineSettings:
 # Combinations
 # ---------------------------------------------------------------------------------------------
 def check_combination(engine: EngineSettings, quantization: str, quant_storage: str, storage_given: bool,
-                      device: str, mixed_precision: str) -> None:  # mixed_precision: plan.sixteen_bit
+                      device: str, sixteen_bit: str) -> None:
     """Combinations an engine cannot run, refused before any data or weight is read, naming what runs instead.
 
     Tried on this project's CPU (torch 2.13, accelerate 1.15, DeepSpeed 0.19.8, bitsandbytes 0.50.2; BENCHMARKS.md):
@@ -231,12 +231,12 @@ def check_combination(engine: EngineSettings, quantization: str, quant_storage: 
         fail(f"{engine.source} under torchrun on the CPU: transformers' own DeepSpeed start leaves the CPU's collective "
              "backend unset and counts one process; what runs: accelerate launch --config_file "
              f"configs/accelerate/deepspeed_zero{engine.zero_stage}_cpu.yaml training_script.py ... (without --deepspeed)")
-    if engine.engine == "deepspeed" and device == "cpu" and mixed_precision in ("bf16", "fp16"):
-        fail(f"{mixed_precision} under {name} on the CPU: transformers runs 16-bit mixed precision on the CPU only "
+    if engine.engine == "deepspeed" and device == "cpu" and sixteen_bit in ("bf16", "fp16"):
+        fail(f"{sixteen_bit} under {name} on the CPU: transformers runs 16-bit mixed precision on the CPU only "
              f"with use_cpu, which turns DeepSpeed off, and 16-bit 4-bit layers under DeepSpeed are not tested on the "
              f"CPU; what runs: --compute_dtype fp32 with {name}, or "
-             f"{mixed_precision} with FSDP (configs/accelerate/fsdp_cpu.yaml) (bench/gpu.sh checks {name} in "
-             f"{mixed_precision} on a GPU)")
+             f"{sixteen_bit} with FSDP (configs/accelerate/fsdp_cpu.yaml) (bench/gpu.sh checks {name} in "
+             f"{sixteen_bit} on a GPU)")
     if quantization == "none" or not engine.shards_parameters:
         return
     if quantization == "int8":

@@ -142,8 +142,8 @@ def choose_compute_dtype(config: TrainingConfig, device: str, engine: str) -> tu
     name = config.model.compute_dtype
     if name != "auto":
         return DTYPES[name], None
-    compute = resolve_compute_dtype(name)
     if device == "cuda":
+        compute = resolve_compute_dtype(name)
         return compute, f"auto: {DTYPE_NAMES[compute]} on this GPU"
     if config.model.quantization not in ("nf4", "fp4"):
         return torch.float32, "auto: fp32 on the CPU for a 16/32-bit or 8-bit base"
