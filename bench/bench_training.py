@@ -47,13 +47,14 @@ sys.path.insert(0, str(REPO_ROOT))
 H100_BF16_DENSE_TFLOPS = 989.4
 OURS = {"ours": [], "ours_bf16": ["--compute_dtype", "bf16"], "ours_bf16_autocast": ["--compute_dtype", "bf16", "--bf16", "true", "--use_cpu", "true"],  # CPU
         "ours_fp32": ["--compute_dtype", "fp32"],
-        "ours_no_pcg64": ["--lora_dropout_rng", "torch"],
+        "ours_no_pcg64": ["--lora_dropout_rng", "torch"], "ours_grouped": ["--train_sampling_strategy", "group_by_length"],
         "ours_compile": ["--torch_compile", "true"], "ours_varlen": ["--attn_implementation", "packed_varlen"],
         "ours_liger": ["--use_liger_kernel", "true"], "ours_checkpointing": ["--gradient_checkpointing", "true"]}
 # compute: what the 4-bit layers dequantize to (bnb_4bit_compute_dtype); autocast: TrainingArguments(bf16=True)
 STOCK = {"stock": {"compute": "fp32", "autocast": False, "checkpointing": False, "group": True},
          "stock_bf16": {"compute": "bf16", "autocast": True, "checkpointing": False, "group": True},
          "stock_bf16_matmul": {"compute": "bf16", "autocast": False, "checkpointing": False, "group": True},
+         "stock_random": {"compute": "fp32", "autocast": False, "checkpointing": False, "group": False},
          "qlora_style": {"compute": "fp32", "autocast": False, "checkpointing": True, "group": False}}
 CHECKS = {"check_gradients": [], "check_gradients_fp32": ["--compute_dtype", "fp32"], "check_gradients_bf16_autocast": ["--compute_dtype", "bf16", "--bf16", "true", "--use_cpu", "true"],
           "check_gradients_bf16_matmul": ["--compute_dtype", "bf16", "--bf16", "false"]}
