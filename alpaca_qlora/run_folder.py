@@ -94,6 +94,15 @@ class RunFolder:
         checkpoints = self.checkpoints()
         return checkpoints[-1] if checkpoints else None
 
+    def restart_arguments(self) -> list[str]:
+        """training_script.py flags that pick an unfinished run up again in this folder: resume from its last
+        checkpoint, or start over when it was killed before its first one; none for a new folder."""
+        if self.path.is_dir() and self.last_checkpoint() is not None:
+            return ["--resume_from_checkpoint", "true"]
+        if self.path.is_dir() and self.is_run_folder():
+            return ["--overwrite_output_dir", "true"]
+        return []
+
     def finished_step(self) -> int | None:
         """The optimizer step the run finished at, or None when it has not finished."""
         if not (self.file(ADAPTER_WEIGHTS).is_file() and self.file(EVAL_RESULTS).is_file()):

@@ -148,18 +148,24 @@ def test_packed_cpu_attention_equals_masked_sdpa(tokenizer, tiny_model, tiny_rec
     assert torch.allclose(results[0][1], results[1][1], atol=1e-6)
 
 
-def test_trained_token_loss_equals_the_models_own_loss(tokenizer, tiny_model, tiny_records):
-    """The chunked loss on labelled positions gives the model's own cross-entropy and gradients."""
-    from alpaca_qlora.training.loss import labelled_loss_sum, no_positions
+@pytest.mark.parametrize("output_layer_trained", [True, False])
+def test_trained_token_loss_equals_the_models_own_loss(tokenizer, tiny_model, tiny_records, output_layer_trained):
+    """The chunked loss on labelled positions (LinearCrossEntropy: gradients made chunk by chunk in the forward)
+    gives the model's own cross-entropy and gradients, with the output layer trained (here tied to the
+    embeddings) or frozen (as under LoRA)."""
+    from alpaca_qlora.training.loss import fused_output_weight, labelled_loss_sum, no_positions
 
     records = [dict(r, id=i) for i, r in enumerate(tiny_records[30:40])]
     examples, _ = tokenize_records(records, tokenizer, "alpaca", 512, False)
     batch = PackedCollator(pad_token_id=tokenizer.pad_token_id, max_row_length=512)(examples)
     reference = AutoModelForCausalLM.from_pretrained(str(tiny_model))
+    reference.get_output_embeddings().weight.requires_grad_(output_layer_trained)
     expected = reference(**batch, use_cache=False).loss
     expected.backward()
 
     model = AutoModelForCausalLM.from_pretrained(str(tiny_model))
+    model.get_output_embeddings().weight.requires_grad_(output_layer_trained)
+    assert fused_output_weight(model.get_output_embeddings()) is not None
     inputs = {k: v for k, v in batch.items() if k != "labels"}
     outputs = model(**inputs, use_cache=False, output_hidden_states=True, logits_to_keep=no_positions(torch.device("cpu")))
     assert outputs.logits.shape[1] == 0  # the output layer was skipped
@@ -167,7 +173,9 @@ def test_trained_token_loss_equals_the_models_own_loss(tokenizer, tiny_model, ti
     assert count == int((batch["labels"][:, 1:] != -100).sum()) and count > 60  # several chunks
     (total / count).backward()
     assert abs(float(total / count) - float(expected)) < 1e-5
-    for name in ("model.embed_tokens.weight", "model.layers.1.self_attn.q_proj.weight"):
+    names = ["model.layers.1.self_attn.q_proj.weight"] + (["model.embed_tokens.weight"] if output_layer_trained else [])
+    assert (model.get_parameter("model.embed_tokens.weight").grad is None) is not output_layer_trained
+    for name in names:
         got, want = model.get_parameter(name).grad, reference.get_parameter(name).grad
         assert torch.allclose(got, want, atol=1e-6, rtol=1e-4), name
 

@@ -170,3 +170,21 @@ def test_two_process_ddp_on_cpu(tiny_model, tiny_data, tmp_path):
     checksums = json.loads((output_dir / "eval_results.json").read_text())["adapter_checksum_per_process"]
     assert len(checksums) == 2 and checksums[0] == checksums[1]
     assert len(list(output_dir.rglob("adapter_model.safetensors"))) == 1
+
+
+def test_restart_arguments_resume_a_checkpoint_and_restart_a_run_killed_before_one(tmp_path):
+    """What the study and the teacher's student step pass to training_script.py for a folder they find."""
+    from alpaca_qlora.run_folder import CHECKPOINT_PREFIX, RUN_CONFIG, TRAINER_STATE, RunFolder
+
+    folder = RunFolder(tmp_path / "run")
+    assert folder.restart_arguments() == []  # a new run
+    folder.path.mkdir()
+    (folder.path / "notes.txt").write_text("the user's")
+    assert folder.restart_arguments() == []  # not a run folder: training_script.py refuses it, nothing is overwritten
+    folder.file(RUN_CONFIG).write_text("{}")
+    assert folder.restart_arguments() == ["--overwrite_output_dir", "true"]  # killed before its first checkpoint
+    checkpoint = folder.path / f"{CHECKPOINT_PREFIX}5"
+    checkpoint.mkdir()
+    assert folder.restart_arguments() == ["--overwrite_output_dir", "true"]  # cut short: no trainer state yet
+    (checkpoint / TRAINER_STATE).write_text("{}")
+    assert folder.restart_arguments() == ["--resume_from_checkpoint", "true"]

@@ -82,10 +82,7 @@ def train(config: StudyConfig, quantization: str, timings: Timings) -> RunFolder
     arguments = ["--base_model", config.base_model, "--data_path", config.data_path, "--output_dir", str(folder.path)]
     for name, value in options.items():
         arguments += [f"--{name}", ",".join(map(str, value)) if isinstance(value, list) else str(value)]
-    if folder.path.is_dir() and folder.last_checkpoint() is not None:
-        arguments += ["--resume_from_checkpoint", "true"]
-    elif folder.path.is_dir() and folder.is_run_folder():  # killed before its first checkpoint: start it again
-        arguments += ["--overwrite_output_dir"]
+    arguments += folder.restart_arguments()
     run_script(title, "training_script.py", arguments, timings)
     return folder
 

@@ -174,11 +174,7 @@ def student_step(config: ModerationConfig, qa: Path, timings: dict) -> Path:
         print(f"[skip] student: {folder.path} finished at step {folder.finished_step()}")
         return folder.path
     argv = ["training_script.py", "--base_model", config.student, "--data_path", str(qa / "train.jsonl"),
-            "--output_dir", str(folder.path), *flags(config.training)]
-    if folder.path.is_dir() and folder.last_checkpoint() is not None:
-        argv += ["--resume_from_checkpoint", "true"]
-    elif folder.path.is_dir() and any(folder.path.iterdir()):
-        argv += ["--overwrite_output_dir", "true"]  # a run killed before its first checkpoint starts again
+            "--output_dir", str(folder.path), *flags(config.training), *folder.restart_arguments()]
     run_step("student", argv, timings)
     return folder.path
 
