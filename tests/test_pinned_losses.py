@@ -27,15 +27,17 @@ PATHS = {"packed": [], "padded": ["--packing", "false"], "full_logits": ["--loss
 # evaluation off, the old and the new code gave identical losses and gradient norms.
 # Re-pinned again (2026-12-01) when LoRA dropout masks came from NumPy's PCG64 (--lora_dropout_rng pcg64, the CPU
 # default): other masks from the same distribution; with --lora_dropout_rng torch the old pins are reproduced exactly.
+# Re-pinned a third time (2026-12-02) when the PCG64 masks came from its raw 64-bit outputs read as four 16-bit
+# numbers each (other masks, same distribution); the change to where() alone left every pin unmoved.
 TINY = {
-    "packed": ([6.232499, 6.205957, 6.117032, 6.116848], 6.221527, 6.102694),
-    "padded": ([6.234566, 6.207219, 6.114711, 6.133618], 6.221526, 6.108505),
-    "full_logits": ([6.232499, 6.205957, 6.117032, 6.116848], 6.221527, 6.102694),
+    "packed": ([6.232499, 6.206829, 6.119061, 6.119172], 6.221527, 6.103078),
+    "padded": ([6.234565, 6.210011, 6.115610, 6.132527], 6.221527, 6.109759),
+    "full_logits": ([6.232499, 6.206830, 6.119062, 6.119172], 6.221527, 6.103078),
 }
 STORIES260K = {
-    "packed": ([4.657625, 4.087949, 3.593152, 3.432645], 4.055287, 3.465276),
-    "padded": ([4.524585, 5.241955, 3.413492, 3.791684], 4.055287, 3.477001),
-    "full_logits": ([4.657625, 4.087950, 3.593152, 3.432645], 4.055286, 3.465276),
+    "packed": ([4.657625, 4.086056, 3.593920, 3.426336], 4.055287, 3.464491),
+    "padded": ([4.524585, 5.224419, 3.419551, 3.797503], 4.055287, 3.475306),
+    "full_logits": ([4.657625, 4.086057, 3.593920, 3.426335], 4.055286, 3.464491),
 }
 
 

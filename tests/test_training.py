@@ -188,3 +188,26 @@ def test_restart_arguments_resume_a_checkpoint_and_restart_a_run_killed_before_o
     assert folder.restart_arguments() == ["--overwrite_output_dir", "true"]  # cut short: no trainer state yet
     (checkpoint / TRAINER_STATE).write_text("{}")
     assert folder.restart_arguments() == ["--resume_from_checkpoint", "true"]
+
+
+def test_pcg64_dropout_keeps_1_minus_p_scaled_and_its_gradient_is_the_mask():
+    """LoRA's CPU dropout: each element kept with probability 1 - p and scaled by 1 / (1 - p), the same mask for the
+    same torch seed, and the gradient is the mask times the scale."""
+    from alpaca_qlora.training.lora_dropout import PCG64Dropout
+
+    dropout = PCG64Dropout(0.1).train()
+    x = torch.rand(1000, 1000) + 1.0  # no zeros: a zero in the output is a dropped element
+    x.requires_grad_(True)
+    torch.manual_seed(5)
+    out = dropout(x)
+    kept = out != 0
+    share = float(kept.float().mean())
+    assert abs(share - (1 - round(0.1 * 65536) / 65536)) < 5 * (0.1 * 0.9 / 1e6) ** 0.5  # 5 standard errors
+    assert torch.allclose(out[kept], x[kept] * dropout.scale)
+    out.sum().backward()
+    assert torch.equal(x.grad, kept.float() * dropout.scale)
+    torch.manual_seed(5)
+    assert torch.equal(dropout(x) != 0, kept)
+    # the columns and rows are not correlated: every row and every column keeps about 90%
+    assert kept.float().mean(0).min() > 0.85 and kept.float().mean(1).min() > 0.85
+    assert torch.equal(dropout.eval()(x), x)
