@@ -48,6 +48,18 @@ def _require(path: Path) -> Path:
 # ---------------------------------------------------------------------------------------------
 # The core tier: everything built here
 # ---------------------------------------------------------------------------------------------
+@pytest.fixture(autouse=True)
+def no_deepspeed_config_left_behind():
+    """transformers remembers the last DeepSpeed config built in this process (a weak reference that lives until
+    garbage collection): after an in-process run given --deepspeed, a model built later in the same session was
+    built under ZeRO-3 (seen once: the tiny LLaVA fixture asked for mpi4py). Cleared after each test, before the
+    next one's session fixtures are built."""
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+    yield
+    unset_hf_deepspeed_config()
+
+
 @pytest.fixture(scope="session")
 def tiny_records() -> list[dict]:
     """400 synthetic Alpaca records (4 with an empty output)."""
