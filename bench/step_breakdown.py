@@ -14,12 +14,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_training  # (the records and options of the speed runs, and the environment record)
+
 PASS_THROUGH = "values_pass_through"
 
 
@@ -40,18 +42,14 @@ def values_pass_through(module, query, key, value, attention_mask, **kwargs):
 
 
 def script_model_and_batches(args):
-    """The model, plan and packed batches that training_script.py builds for these options."""
+    """The model, plan and packed batches that training_script.py builds for these options (the records and options
+    of bench_training.py's speed runs)."""
     from alpaca_qlora.modeling import load_model_config
-    from alpaca_qlora.training.config import parse_training_config
-    from alpaca_qlora.training.train import (build_model, check_engine, largest_batch_tokens, load_split, make_collator,
-                                             tokenize_split)
     from alpaca_qlora.training.plan import make_plan
+    from alpaca_qlora.training.train import build_model, check_engine, largest_batch_tokens, make_collator
 
-    records = args.batch_size * (args.steps + 1)
-    config = parse_training_config(["--base_model", args.model, "--data_path", args.data, "--output_dir", tempfile.mkdtemp(),
-                                    "--max_samples", str(records), "--val_set_size", "0", "--split_seed", "42",
-                                    "--per_device_train_batch_size", str(args.batch_size), "--report_to", "none"])
-    data = tokenize_split(config, load_split(config))
+    options = bench_training.parse_args(["--model", args.model, "--data", args.data, "--batch_size", str(args.batch_size)])
+    config, data = bench_training.prepared(options, args.batch_size * (args.steps + 1), 0, 1)
     plan = make_plan(config, load_model_config(args.model, False), False, check_engine(config), largest_batch_tokens(data, config))
     model = build_model(config, plan)
     collate = make_collator(plan, data.tokenizer)
@@ -98,12 +96,9 @@ def seconds_per_step(model, batches, profile_rows: int = 0) -> tuple[float, floa
 def main() -> None:
     from transformers import AttentionInterface
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from bench_training import environment
-
     args = parse_args()
     model, plan, batches = script_model_and_batches(args)
-    results = {"environment": environment(), "args": vars(args), "plan_attention": plan.attention,
+    results = {"environment": bench_training.environment(), "args": vars(args), "plan_attention": plan.attention,
                "compute_dtype": plan.compute_dtype}
     step, rate = seconds_per_step(model, batches, args.profile)
     results["script"] = {"seconds_per_step": step, "real_tokens_per_s": rate}
