@@ -1,4 +1,4 @@
-"""Atomic writes: a reader never sees a half-written file or folder."""
+"""Atomic writes: a reader never sees a half-written file or folder; and what an --overwrite may delete."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 
 def _current_umask() -> int:
@@ -54,3 +54,47 @@ def staging_folder(parent: str | os.PathLike, prefix: str) -> Iterator[Path]:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# --overwrite: a command replaces what it wrote, never anything else
+# ---------------------------------------------------------------------------------------------
+def is_plain_name(name: object) -> bool:
+    """A file or folder name inside a folder (no path: a recorded list of names never reaches outside it)."""
+    return isinstance(name, str) and name not in ("", ".", "..") and "/" not in name and "\\" not in name
+
+
+def remove_written(folder: str | os.PathLike, names: Iterable[str]) -> None:
+    """Delete, in `folder`, the files and folders a command wrote there, named by that command: those only.
+
+    Every --overwrite deletes through here (training, merge, scoring, the teacher): whatever else the folder holds
+    (a user's notes, ratings, another tool's output) stays as it is, byte for byte."""
+    folder = Path(folder)
+    for name in names:
+        if not is_plain_name(name):
+            raise ValueError(f"not a name inside {folder}: {name!r}")
+        path = folder / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+
+
+def remove_stale_staging(parent: str | os.PathLike, prefix: str) -> None:
+    """Delete the aside folders (staging_folder's) that a killed run of the same command left in `parent`."""
+    for stale in Path(parent).glob(f"{prefix}*"):
+        if stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+def move_in(staging: Path, folder: Path, last: str) -> list[str]:
+    """Move everything in `staging` into `folder` (renames: one filesystem), each over the entry of its name, `last`
+    (the file that marks the output complete) last; returns the names moved. Nothing else in `folder` is touched."""
+    names = sorted(p.name for p in staging.iterdir() if p.name != last) + [last]
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        target = folder / name
+        if target.is_dir() and not target.is_symlink():  # a rename replaces a file, not a folder that holds files
+            shutil.rmtree(target)
+        os.replace(staging / name, target)
+    return names

@@ -229,13 +229,12 @@ def load_model_config(name_or_path: str, trust_remote_code: bool = False, flag: 
 
 def base_model_kind(name_or_path: str, trust_remote_code: bool = False, flag: str = "--base_model") -> str:
     """causal_lm or image_text_to_text, from config.json; a model that cannot generate text is a user error."""
-    from .vision import model_kind
+    from .vision import model_kind, not_a_generator
 
     config = load_model_config(name_or_path, trust_remote_code, flag)
     kind = model_kind(config)
     if kind is None:
-        fail(f"{flag} {name_or_path}: a '{config.model_type}' model is not a generator (neither a causal LM nor an "
-             "image-text-to-text model)")
+        fail(f"{flag} {name_or_path}: {not_a_generator(config)}")
     return kind
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import platform
-import shutil
 import subprocess
 from dataclasses import dataclass
 from importlib import metadata
@@ -26,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from .cli import fail
-from .files import atomic_write_json
+from .files import atomic_write_json, remove_written
 from .jsonl import read_objects, write_jsonl
 
 RUN_CONFIG = "run_config.json"
@@ -158,14 +157,9 @@ class RunFolder:
     # -- clearing for --overwrite_output_dir ------------------------------------------------------
     def clear(self) -> None:
         """Delete what training wrote here (only that: foreign files are refused before, see check_output_dir)."""
-        for name in self.info().get("files", []) if self.file(RUN_INFO).is_file() else []:
-            self.file(name).unlink(missing_ok=True)
-        for name in RUN_FILES:
-            self.file(name).unlink(missing_ok=True)
-        for path in self.path.glob(f"{CHECKPOINT_PREFIX}*"):
-            shutil.rmtree(path, ignore_errors=True)
-        for path in self.path.glob(f"{STAGING_PREFIX}*"):
-            shutil.rmtree(path, ignore_errors=True)
+        recorded = self.info().get("files", []) if self.file(RUN_INFO).is_file() else []
+        folders = [p.name for prefix in (CHECKPOINT_PREFIX, STAGING_PREFIX) for p in self.path.glob(f"{prefix}*")]
+        remove_written(self.path, [*recorded, *RUN_FILES, *folders])
 
 
 def check_output_dir(output_dir: str, overwrite: bool, resuming: bool) -> None:

@@ -32,11 +32,40 @@ def model_kind(model_config) -> str | None:
     """causal_lm, image_text_to_text, or None for a model that cannot generate text (an encoder, a classifier)."""
     from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
+    if non_generator_class(model_config) is not None:
+        return None
     if type(model_config) in AutoModelForCausalLM._model_mapping:
         return CAUSAL_LM
     if type(model_config) in AutoModelForImageTextToText._model_mapping:
         return IMAGE_TEXT_TO_TEXT
     return None
+
+
+def non_generator_class(model_config) -> str | None:
+    """The class config.json names when none of the classes it names generates text, else None.
+
+    A model type can have a causal LM class while its checkpoint is an encoder: transformers maps 'bert' to
+    BertLMHeadModel, and a BertForMaskedLM checkpoint would load into it with a new, random head and write noise.
+    Classes of remote code (an auto_map) are not transformers' to judge: those are left to the model type."""
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES,
+    )
+
+    architectures = getattr(model_config, "architectures", None) or []
+    if not architectures or getattr(model_config, "auto_map", None):
+        return None
+    generators = set()
+    for names in [*MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values(), *MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES.values()]:
+        generators.update([names] if isinstance(names, str) else names)
+    return None if any(name in generators for name in architectures) else architectures[0]
+
+
+def not_a_generator(model_config) -> str:
+    """Why a model whose model_kind is None is refused, for the one-line error after the flag and the model's name."""
+    named = non_generator_class(model_config)
+    if named is not None:
+        return f"its config.json names {named}, which does not generate text (a causal LM or an image-text-to-text model does)"
+    return f"a '{model_config.model_type}' model is not a generator (neither a causal LM nor an image-text-to-text model)"
 
 
 def model_class(kind: str):

@@ -124,11 +124,17 @@ def test_near_duplicates_are_judged_by_rouge_l_against_kept_questions():
 # ---------------------------------------------------------------------------------------------
 # Bad input: one line, exit 2, nothing written
 # ---------------------------------------------------------------------------------------------
-def test_bad_inputs_are_one_line_and_write_nothing(tiny_model, tiny_records, sources, tmp_path):
+def test_bad_inputs_are_one_line_and_write_nothing(tiny_model, tiny_llava, tiny_images, sources, tmp_path):
     posts, templates = sources
     not_image = tmp_path / "images" / "fake.png"
     not_image.parent.mkdir()
     not_image.write_text("this is text, not a PNG")
+    truncated = tmp_path / "truncated.png"  # its header reads; its pixels do not
+    truncated.write_bytes(tiny_images[1].read_bytes()[:100])
+    image_listing = tmp_path / "images.jsonl"
+    image_listing.write_text("".join(json.dumps({"id": f"img-{i}", "image": str(path)}) + "\n"
+                                     for i, path in enumerate([tiny_images[0], truncated, tiny_images[2]])))
+    bert = tiny_bert(tiny_model, tmp_path / "bert")
     no_placeholder = tmp_path / "bad_templates.yaml"
     no_placeholder.write_text("question: 'Write questions about the text.'\n")
     encoder = tmp_path / "encoder"
@@ -144,6 +150,16 @@ def test_bad_inputs_are_one_line_and_write_nothing(tiny_model, tiny_records, sou
         "missing source": (["--documents", str(tmp_path / "nope.jsonl")], "nope.jsonl: no such file"),
         "not an image": (["--images", str(not_image.parent)], "fake.png: not an image"),
         "not a generator": (["--teacher", str(encoder), "--documents", str(posts)], "is not a generator"),
+        "BERT: an encoder with a causal LM class": (
+            ["--teacher", str(bert), "--documents", str(posts)],
+            f"--teacher {bert}: its config.json names BertForMaskedLM, which does not generate text (a causal LM or an "
+            "image-text-to-text model does)"),
+        "truncated image": (["--teacher", str(tiny_llava), "--images", str(image_listing)],
+                            f"--images {image_listing}:2: field 'image': {truncated}: not an image (OSError: image file is truncated)"),
+        "held out: every source": (["--documents", str(posts), "--heldout", "1000"],
+                                   "--heldout 1000 holds out all 6 sources; pass a smaller count or fraction"),
+        "held out: a fraction rounding to every source": (["--documents", str(posts), "--heldout", "0.95"],
+                                                          "--heldout 0.95 holds out all 6 sources"),
         "template": (["--documents", str(posts), "--templates", str(no_placeholder)], "lacks the placeholder {source}"),
         "images, text teacher": (["--images", str(tmp_path / "nothing")], "--images"),
     }
@@ -154,6 +170,18 @@ def test_bad_inputs_are_one_line_and_write_nothing(tiny_model, tiny_records, sou
         assert result.returncode == 2, (name, result.stderr[-2000:])
         assert len(result.stderr.strip().splitlines()) == 1 and message in result.stderr, (name, result.stderr)
         assert not out.exists(), name
+
+
+def tiny_bert(tiny_model, path):
+    """A random BERT (an encoder: transformers maps 'bert' to BertLMHeadModel too) with the tiny Llama's tokenizer."""
+    from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=32, max_position_embeddings=512)
+    BertForMaskedLM(config).save_pretrained(path, safe_serialization=True)
+    tokenizer.save_pretrained(path)
+    return path
 
 
 # ---------------------------------------------------------------------------------------------

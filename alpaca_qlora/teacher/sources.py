@@ -1,7 +1,8 @@
 """Source material: text documents (.txt, .md, JSONL) and images (a folder, or JSONL of image paths with optional text).
 
 Every source gets a unique id and is checked on load: a file that is missing or unreadable, a record without its
-text, an image that is not an image is one line naming the file, the record and the field.
+text, an image that is not an image or does not decode (a truncated file) is one line naming the file, the record and
+the field.
 
 - A .txt or .md file is one document, cut at blank lines into chunks of at most --chunk_words words (a paragraph
   is never cut): the id is the file's stem, and `#k` for the k-th chunk when there are several.
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from ..cli import fail
 from ..jsonl import decode_utf8, read_bytes, read_jsonl
-from ..vision import check_image
+from ..vision import load_image
 
 DOCUMENT_SUFFIXES = (".txt", ".md", ".jsonl")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp")
@@ -113,7 +114,7 @@ def load_images(spec: str, text_field: str) -> list[Source]:
         if not files:
             fail(f"--images {spec}: no image files ({', '.join(IMAGE_SUFFIXES)}) in the folder")
         for file in files:
-            check_image(file, f"--images {spec}")
+            load_image(file, f"--images {spec}")  # decoded whole: a truncated file fails here, not mid-run
         return [Source(id=file.name, text="", file=str(path), image=str(file)) for file in files]
     if path.suffix.lower() != ".jsonl":
         fail(f"--images {spec}: expected a folder of images or a .jsonl file of image paths")
@@ -124,7 +125,7 @@ def load_images(spec: str, text_field: str) -> list[Source]:
         if not isinstance(image, str) or not image.strip():
             fail(f"{where}: field 'image' is missing or not a path")
         image_path = (path.parent / Path(image).expanduser()).resolve()
-        check_image(image_path, f"{where}: field 'image'")
+        load_image(image_path, f"{where}: field 'image'")  # decoded whole, as above
         text = row.get(text_field, "")
         if not isinstance(text, str):
             fail(f"{where}: field '{text_field}' must be a string, found {type(text).__name__}")

@@ -6,7 +6,8 @@ An adapter trained on an NF4 base is merged into the base loaded unquantized (me
 would round the update away, qlora#28); the merged model then loads with plain
 AutoModelForCausalLM.from_pretrained and works as `inference.py --base_model`. It answers as the adapter
 on a full-precision base does, not as the adapter on the NF4 base it was trained and evaluated with:
-merge_info.json says so, with the precisions.
+merge_info.json says so, with the precisions, and lists the files the merge wrote: `--overwrite` replaces those
+and keeps anything else in the folder (a user's notes, generations).
 """
 
 from __future__ import annotations
@@ -17,9 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..cli import ArgumentParser, check_writable_folder, fail, parse_dataclasses
-from ..files import atomic_write_json, staging_folder
+from ..files import atomic_write_json, is_plain_name, move_in, remove_stale_staging, remove_written, staging_folder
 from ..modeling import DTYPES, attach_adapter, base_model_kind, load_base_model, load_tokenizer_or_processor
-from ..run_folder import RUN_CONFIG, TOKENIZER_CONFIG, RunFolder, adapter_base_model
+from ..run_folder import RUN_CONFIG, TOKENIZER_CONFIG, RunFolder, adapter_base_model, read_json_object
 
 MERGE_INFO = "merge_info.json"
 
@@ -30,22 +31,38 @@ class MergeArguments:
     output_dir: str = field(metadata={"help": "Where the merged model is written."})
     dtype: str = field(default="bf16", metadata={"help": "Dtype of the merged weights.", "choices": tuple(DTYPES)})
     base_model: str | None = field(default=None, metadata={"help": "Base model; default: the one named in adapter_config.json."})
-    overwrite: bool = field(default=False, metadata={"help": "Replace a merged model this command wrote to --output_dir before."})
+    overwrite: bool = field(default=False, metadata={"help": "Replace a merged model this command wrote to --output_dir before "
+                                                            "(its own files only: others in the folder are kept)."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Run model code from the hub. Off unless you trust it."})
 
 
-def check_output(output: Path, overwrite: bool) -> None:
-    """Write only into a new or empty folder, or (with --overwrite) over a merged model this command wrote."""
+def check_output(output: Path, overwrite: bool) -> list[str]:
+    """Write only into a new or empty folder, or (with --overwrite) over a merged model this command wrote.
+
+    Returns the names of the merged model there (merge_info.json lists them): --overwrite replaces those only."""
     if output.exists() and not output.is_dir():
         fail(f"--output_dir {output} exists and is not a folder")
     check_writable_folder(output, "--output_dir")
     if not output.is_dir() or not any(output.iterdir()):
-        return
-    if not (output / MERGE_INFO).is_file():
+        return []
+    info = output / MERGE_INFO
+    if not info.is_file():
         fail(f"--output_dir {output} is not empty and is not a merged model of this command (no {MERGE_INFO}); "
              "nothing was changed: choose another --output_dir")
     if not overwrite:
         fail(f"--output_dir {output} holds a merged model already; pass --overwrite to replace it")
+    files = read_json_object(info, "the merge's information").get("files")
+    if files is None:
+        fail(f"--overwrite: {info} does not list the files the merge wrote (an older version wrote it); nothing was "
+             "changed: remove the merged model yourself or choose another --output_dir")
+    if not isinstance(files, list) or not all(is_plain_name(name) for name in files):
+        fail(f"{info}: field 'files' must be a list of file names; nothing was changed")
+    return files
+
+
+def staging_prefix(output: Path) -> str:
+    """The aside folder's name, beside --output_dir: the merge is written there, then moved in."""
+    return f".{output.name}.merging-"
 
 
 def trained_precision(adapter: str) -> str:
@@ -58,7 +75,7 @@ def trained_precision(adapter: str) -> str:
 
 def merge_adapter(args: MergeArguments) -> Path:
     output = Path(args.output_dir)
-    check_output(output, args.overwrite)
+    written_before = check_output(output, args.overwrite)
     base_name = args.base_model or adapter_base_model(args.adapter)
     kind = base_model_kind(base_name, args.trust_remote_code)  # an image-text model merges with its processor
     base = load_base_model(base_name, "none", DTYPES[args.dtype], trust_remote_code=args.trust_remote_code, kind=kind)
@@ -66,20 +83,25 @@ def merge_adapter(args: MergeArguments) -> Path:
     tokenizer_source = args.adapter if (Path(args.adapter) / TOKENIZER_CONFIG).is_file() else base_name
     tokenizer = load_tokenizer_or_processor(tokenizer_source, kind, args.trust_remote_code)
 
-    with staging_folder(output.parent, f".{output.name}.") as staging:  # a crash never leaves a half-merged model
+    remove_stale_staging(output.parent, staging_prefix(output))  # left by a merge killed before it moved in
+    with staging_folder(output.parent, staging_prefix(output)) as staging:  # a crash never leaves a half-merged model
         model.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
         if (Path(args.adapter) / RUN_CONFIG).is_file():  # the prompt template travels with the model
             shutil.copy(Path(args.adapter) / RUN_CONFIG, staging / RUN_CONFIG)
+        files = sorted([p.name for p in staging.iterdir()] + [MERGE_INFO])
         atomic_write_json(staging / MERGE_INFO, {
             "base_model": base_name, "adapter": str(Path(args.adapter).resolve()), "dtype": args.dtype,
             "trained_with": trained_precision(args.adapter),
             "note": "merged into the unquantized base: answers are those of the adapter on a full-precision base, "
                     "which can differ from the adapter on the quantized base it was trained and evaluated with",
+            "files": files,  # what --overwrite replaces (and nothing else in the folder)
         })
-        if output.exists():
-            shutil.rmtree(output)
-        staging.rename(output)
+        if output.is_dir() and any(output.iterdir()):  # --overwrite: the earlier merge's files go, the rest stays
+            remove_written(output, sorted(set(written_before) - set(files)))
+            move_in(staging, output, last=MERGE_INFO)
+        else:  # a new (or empty) folder: it appears whole
+            staging.rename(output)
     print(f"wrote {output}: {base_name} with the adapter {args.adapter} merged in, weights in {args.dtype} "
           f"(the base model itself is unchanged; trained with {trained_precision(args.adapter)})")
     return output

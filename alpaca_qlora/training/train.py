@@ -30,7 +30,7 @@ from ..run_folder import (
     CHECKPOINT_PREFIX, MODEL_CARD, STAGING_PREFIX, TRAINER_STATE, RunFolder, check_output_dir,
     git_commit, library_versions, machine_info,
 )
-from ..vision import IMAGE_FIELD, IMAGE_TEXT_TO_TEXT, LORA_EXCLUDE_PATTERN, model_kind
+from ..vision import IMAGE_FIELD, IMAGE_TEXT_TO_TEXT, LORA_EXCLUDE_PATTERN, model_kind, not_a_generator
 from .collators import ImageCollator, PackedCollator, PaddedCollator, token_counts
 from .config import TrainingConfig, parse_training_config
 from .engines import EngineSettings, check_combination, check_wrap_classes, read_engine
@@ -139,8 +139,7 @@ def check_model_kind(config: TrainingConfig, model_config, split: DataSplit) -> 
     """The base must generate text; records with an image need an image-text model."""
     kind = model_kind(model_config)
     if kind is None:
-        fail(f"--base_model {config.model.base_model}: a '{model_config.model_type}' model is not a generator "
-             "(neither a causal LM nor an image-text-to-text model)")
+        fail(f"--base_model {config.model.base_model}: {not_a_generator(model_config)}")
     with_image = next((r for r in split.train + split.val if r.get(IMAGE_FIELD) is not None), None)
     if with_image is not None and kind != IMAGE_TEXT_TO_TEXT:
         fail(f"{config.data.data_path}: record {with_image['id']!r} has an '{IMAGE_FIELD}', but --base_model "
