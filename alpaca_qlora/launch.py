@@ -17,7 +17,9 @@ from pathlib import Path
 import yaml
 
 from .cli import fail, run_cli
-from .training.engines import FSDP2_STATE_DICT_TYPES, FSDP_WRAP_POLICIES, ZERO_STAGES, read_deepspeed_json
+from .training.engines import (
+    FSDP2_STATE_DICT_TYPES, FSDP_WRAP_POLICIES, ZERO_STAGES, check_batch_divides, read_deepspeed_json,
+)
 
 
 def whole_number(path: str, values: dict, field: str, minimum: int) -> int | None:
@@ -75,7 +77,10 @@ def check_accelerate_config(path: str, num_processes: int | None = None, num_mac
             fail(f"--config_file {path}: deepspeed_config must be a mapping")
         json_file = deepspeed.get("deepspeed_config_file")
         if json_file:
-            read_deepspeed_json(str(json_file), f"--config_file {path}: deepspeed_config.deepspeed_config_file")
+            where = f"--config_file {path}: deepspeed_config.deepspeed_config_file"
+            deepspeed_json = read_deepspeed_json(str(json_file), where)
+            if processes:  # each process would refuse it, and the launcher end in a traceback
+                check_batch_divides(deepspeed_json, f"{where} {json_file}", processes)
         else:
             stage = deepspeed.get("zero_stage", 2)
             if stage not in ZERO_STAGES:

@@ -373,3 +373,22 @@ def test_launcher_config_mistakes_are_one_line(case, text, flags, words, tmp_pat
     assert exit_info.value.code == 2 and len(lines) == 1
     assert words.format(config=config, tmp=tmp_path) in lines[0], lines
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("processes_in,flags", [("config", []), ("flag", ["--num_processes", "2"])])
+def test_launcher_refuses_a_deepspeed_batch_the_processes_cannot_divide(processes_in, flags, tmp_path):
+    """3 sequences a step over 2 processes: refused by the launcher itself, before any process starts (each process
+    would refuse it, and the launcher would end in torch elastic's traceback)."""
+    batch_of_3 = deepspeed_json(tmp_path, stage=2, train_batch_size=3)
+    text = (CONFIGS / "deepspeed_zero2_cpu.yaml").read_text().replace("configs/deepspeed/zero2_cpu.json", str(batch_of_3))
+    config = write(tmp_path / "zero2.yaml", text if processes_in == "config" else text.replace("num_processes: 2", "num_processes: 1"))
+    command = [sys.executable, "-m", "alpaca_qlora.launch", "--config_file", str(config), *flags,
+               "training_script.py", "--output_dir", str(tmp_path / "run")]
+    result = subprocess.run(command, cwd=REPO_ROOT, env=env(), capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert result.stderr.splitlines()[-1:] == [
+        f"error: --config_file {config}: deepspeed_config.deepspeed_config_file {batch_of_3}: train_batch_size 3 is not "
+        "divisible by the world size 2"]
+    assert [line for line in result.stderr.splitlines() if line.startswith("error:") or "Traceback" in line] == \
+        result.stderr.splitlines()[-1:]
+    assert not (tmp_path / "run").exists()

@@ -108,6 +108,14 @@ def read_deepspeed_json(path: str, where: str) -> dict:
     return values
 
 
+def check_batch_divides(values: dict, path: str, world_size: int) -> None:
+    """DeepSpeed's train_batch_size, when a number, is split evenly over the processes (the launcher checks this
+    before starting them; every process checks it again)."""
+    total = values.get("train_batch_size", "auto")
+    if total != "auto" and total % world_size:
+        fail(f"{path}: train_batch_size {total} is not divisible by the world size {world_size}")
+
+
 def check_deepspeed_batch(values: dict, path: str, per_device: int, accumulation: int, world_size: int) -> None:
     """Numbers in DeepSpeed's batch fields must agree with the flags and the world size (DeepSpeed would stop
     mid-start otherwise): train_batch_size = micro batch x accumulation x world size."""
@@ -120,9 +128,8 @@ def check_deepspeed_batch(values: dict, path: str, per_device: int, accumulation
     if steps != "auto" and steps != accumulation:
         fail(f"{path}: gradient_accumulation_steps {steps} differs from --gradient_accumulation_steps {accumulation}; "
              "set it to \"auto\"")
+    check_batch_divides(values, path, world_size)
     if total != "auto":
-        if total % world_size:
-            fail(f"{path}: train_batch_size {total} is not divisible by the world size {world_size}")
         if total != per_device * accumulation * world_size:
             fail(f"{path}: train_batch_size {total} != {per_device} per device x {accumulation} accumulation steps x "
                  f"{world_size} processes = {per_device * accumulation * world_size}; set it to \"auto\"")
