@@ -149,3 +149,22 @@ def test_scoring_overwrite_keeps_the_users_files_and_removes_its_stale_aside_fol
     assert_user_files_intact(out)
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.name in written} == written
     assert sorted(p.name for p in out.iterdir()) == sorted([*written, "metrics.png", "my_eval_notes.md", "mine"])
+
+
+def test_study_scoring_always_overwrites_and_keeps_the_users_files(tmp_path):
+    """The study rescores into results/scores on every run (--overwrite, in this process): its own files only."""
+    from alpaca_qlora.scoring.metrics import MetricConfig, load_scorers
+    from alpaca_qlora.study.scores import score_files
+
+    gens = tmp_path / "step-5.jsonl"
+    gens.write_text("".join(json.dumps({"id": i, "instruction": f"Q{i}?", "input": "", "reference": f"the answer is {i}",
+                                        "prediction": f"an answer is {i}", "settings": {"temperature": 0.7},
+                                        "base_model": "m", "adapter": None}) + "\n" for i in range(4)))
+    scorers = load_scorers(MetricConfig(bertscore_model="minilm", bootstrap=20, no_progress=True))
+    out = tmp_path / "results" / "scores"
+    score_files({"step-5": gens}, [], scorers, out)
+    written = {p.name: p.read_bytes() for p in out.iterdir() if p.name != "metrics.png"}
+    add_user_files(out)
+    score_files({"step-5": gens}, [], scorers, out)
+    assert_user_files_intact(out)
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.name in written} == written
