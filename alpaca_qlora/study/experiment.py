@@ -18,11 +18,12 @@ import time
 from pathlib import Path
 
 from ..cli import fail
+from .checks import check_steps_accept
 from .config import StudyConfig, load_study_config
 from .report import StudyData, trained_precisions, tuned_name, write_study_report
 from .scores import make_scorers, score_files, score_sweep
 from .steps import (
-    Timings, adapter_at, base_model_arguments, generate, prompt_files, train, train_folder,
+    Timings, adapter_at, base_model_arguments, generate, prompt_files, sweep_size, train, train_folder,
 )
 
 
@@ -54,7 +55,7 @@ def run_study(config: StudyConfig) -> Path:
                   for precision in trained_precisions(config) if precision != "none"]
     print("[score] every generation file, in this process", flush=True)
     started = time.time()
-    scorers = make_scorers(config.bertscore_model, config.bootstrap)
+    scorers = make_scorers(config)
     results_dir = Path(config.results_dir)
     scored = score_files(files, pairs, scorers, results_dir / "scores")
     sweep = score_sweep(sweep_file, scorers, results_dir / "sweep_scores")
@@ -63,14 +64,6 @@ def run_study(config: StudyConfig) -> Path:
     report = write_study_report(data, results_dir / "sweep_scores" / "metrics.png")
     print(f"report: {report}")
     return report
-
-
-def sweep_size(config: StudyConfig) -> int:
-    """How many distinct decodings the sweep holds (inference.py generates each once)."""
-    from ..generation.batch import expand_grid, parse_sweep
-    from ..generation.settings import GenerationSettings
-
-    return len(expand_grid(GenerationSettings(max_new_tokens=config.max_new_tokens), parse_sweep(config.sweep)))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -82,4 +75,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--assets_dir", help="override the config's assets_dir (relative to this folder)")
     args = parser.parse_args(argv)
     overrides = {"run_dir": args.run_dir, "results_dir": args.results_dir, "assets_dir": args.assets_dir}
-    run_study(load_study_config(args.config, overrides))
+    config = load_study_config(args.config, overrides)
+    check_steps_accept(config, args.config)  # every value a later step would refuse, before the first step
+    run_study(config)

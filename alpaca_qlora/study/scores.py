@@ -13,6 +13,7 @@ from pathlib import Path
 from ..scoring.inputs import Group, InputConfig, load_groups, pair_groups
 from ..scoring.metrics import Comparison, GroupScores, MetricConfig, Scorers, compare, load_scorers, score_groups
 from ..scoring.report import OutputConfig, Report, build_report, write_report
+from .config import StudyConfig
 
 
 @dataclass
@@ -22,8 +23,14 @@ class StudyScores:
     comparisons: dict[tuple[str, str], Comparison]  # (a, b) -> b minus a
 
 
-def make_scorers(bertscore_model: str, bootstrap: int, bertscorer=None) -> Scorers:
-    return load_scorers(MetricConfig(bertscore_model=bertscore_model, bootstrap=bootstrap, no_progress=True), bertscorer)
+def metric_config(config: StudyConfig) -> MetricConfig:
+    """How the study scores (study/checks.py resolves its BERTScore backbone before any step runs)."""
+    return MetricConfig(bertscore_model=config.bertscore_model, bertscore_num_layers=config.bertscore_num_layers,
+                        bootstrap=config.bootstrap, no_progress=True)
+
+
+def make_scorers(config: StudyConfig, bertscorer=None) -> Scorers:
+    return load_scorers(metric_config(config), bertscorer)
 
 
 def score_files(files: dict[str, Path], pairs: list[tuple[str, str]], scorers: Scorers, output_dir: Path) -> StudyScores:

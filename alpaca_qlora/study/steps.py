@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..cli import fail
+from ..cli import USER_ERROR_EXIT_CODE, fail
 from ..files import atomic_write_json
 from ..jsonl import read_appendable, write_jsonl
 from ..run_folder import RunFolder
@@ -42,6 +42,9 @@ def run_script(title: str, script: str, arguments: list[str], timings: Timings) 
     print(f"[run] {title}\n      {' '.join(command[1:])}", flush=True)
     started = time.time()
     result = subprocess.run(command)
+    if result.returncode == USER_ERROR_EXIT_CODE:  # the script refused its input: running it again would refuse it again
+        fail(f"{title} refused the command shown (exit code {result.returncode}, the error above): fix what it names "
+             "(a flag --NAME is the study config's training.NAME or NAME) and run the study again")
     if result.returncode != 0:
         fail(f"{title} failed (exit code {result.returncode}); run the same command again to resume")
     elapsed = time.time() - started
@@ -65,10 +68,17 @@ def train(config: StudyConfig, quantization: str, timings: Timings) -> RunFolder
     """One training run to the last budget, with a checkpoint and a held-out evaluation at every budget."""
     folder = RunFolder(train_folder(config, quantization))
     title = f"train ({quantization})"
-    final = config.budgets[-1]
-    if (folder.finished_step() or 0) >= final:
+    if (folder.finished_step() or 0) >= config.budgets[-1]:
         skip(title, f"{folder.path} finished at step {folder.finished_step()}")
         return folder
+    run_script(title, "training_script.py", [*training_arguments(config, quantization), *folder.restart_arguments()],
+               timings)
+    return folder
+
+
+def training_arguments(config: StudyConfig, quantization: str) -> list[str]:
+    """training_script.py's options for one run (study/checks.py parses them before any step runs)."""
+    final = config.budgets[-1]
     spacing = step_spacing(config.budgets)
     # The main run is evaluated at every budget (the learning curve); the other precisions only before and after
     # training (the plan always does those), which is all the report reads from them.
@@ -79,12 +89,11 @@ def train(config: StudyConfig, quantization: str, timings: Timings) -> RunFolder
     # budgets' own adapters.
     options = {"save_strategy": "steps", "save_steps": spacing, **evaluation, **config.training,
                "save_total_limit": final // spacing, "quantization": quantization, "max_steps": final}
-    arguments = ["--base_model", config.base_model, "--data_path", config.data_path, "--output_dir", str(folder.path)]
+    arguments = ["--base_model", config.base_model, "--data_path", config.data_path,
+                 "--output_dir", str(train_folder(config, quantization))]
     for name, value in options.items():
         arguments += [f"--{name}", ",".join(map(str, value)) if isinstance(value, list) else str(value)]
-    arguments += folder.restart_arguments()
-    run_script(title, "training_script.py", arguments, timings)
-    return folder
+    return arguments
 
 
 def adapter_at(config: StudyConfig, step: int) -> Path:
@@ -128,6 +137,14 @@ def generate(config: StudyConfig, name: str, model: list[str], prompts: Path, ex
                                         "--max_new_tokens", str(config.max_new_tokens),
                                         "--batch_size", str(config.generation_batch_size), *extra], timings)
     return output
+
+
+def sweep_size(config: StudyConfig) -> int:
+    """How many distinct decodings the sweep holds (inference.py parses the sweep so, and generates each once)."""
+    from ..generation.batch import expand_grid, parse_sweep
+    from ..generation.settings import GenerationSettings
+
+    return len(expand_grid(GenerationSettings(max_new_tokens=config.max_new_tokens), parse_sweep(config.sweep)))
 
 
 def base_model_arguments(config: StudyConfig, precision: str) -> list[str]:
