@@ -15,7 +15,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from .cli import fail
 from .files import atomic_write_text
@@ -80,6 +80,20 @@ class AppendableFile:
         """Whether the half-written line begins as this file's lines do (else it is not a line we wrote)."""
         start = prefix.encode("utf-8")
         return self.tail.startswith(start) or start.startswith(self.tail)
+
+    def tail_is_ours(self, line_start: str, is_our_line: Callable[[dict], bool]) -> bool:
+        """Whether `drop_torn_tail` may cut what follows the last newline: nothing, or a line of ours cut short.
+        That text must begin as our lines do, and if it is whole JSON (a user's one-line file without a final
+        newline, say), `is_our_line` must accept it: a file is recognised as ours before anything touches it."""
+        if not self.tail:
+            return True
+        if not self.tail_starts_with(line_start):
+            return False
+        try:
+            row = json.loads(self.tail.decode("utf-8"))
+        except ValueError:  # cut short, as a line is when its writer was killed (UnicodeDecodeError included)
+            return True
+        return isinstance(row, dict) and is_our_line(row)
 
 
 def read_appendable(path: str | os.PathLike) -> AppendableFile:

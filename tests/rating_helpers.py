@@ -7,6 +7,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -87,19 +88,37 @@ class Server:
         self.stop()
 
 
-def request(url: str, data: bytes | None = None, headers: dict | None = None, method: str | None = None):
+def request(url: str, data: bytes | None = None, headers: dict | None = None, method: str | None = None,
+            timeout: float = 120):
     """(status, headers, body) of one HTTP request; an HTTP error status is returned, not raised."""
     req = urllib.request.Request(url, data=data, headers=headers or {}, method=method)
     try:
-        with urllib.request.urlopen(req, timeout=120) as response:
+        with urllib.request.urlopen(req, timeout=timeout) as response:
             return response.status, response.headers, response.read()
     except urllib.error.HTTPError as error:
         return error.code, error.headers, error.read()
 
 
-def post_json(url: str, body, headers: dict | None = None):
+def post_json(url: str, body, headers: dict | None = None, timeout: float = 120):
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    return request(url, data, {"Content-Type": "application/json", **(headers or {})})
+    return request(url, data, {"Content-Type": "application/json", **(headers or {})}, timeout=timeout)
+
+
+def address(url: str) -> tuple[str, int]:
+    """('127.0.0.1', port) of http://127.0.0.1:port."""
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    return host, int(port)
+
+
+def raw_post(url: str, path: str, body: bytes, content_type: str) -> bytes:
+    """The bytes of one POST as a socket sends them (HTTP/1.1, the connection closed after the answer)."""
+    host, port = address(url)
+    return (f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: {content_type}\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode() + body
+
+
+def connect(url: str, timeout: float = 10) -> socket.socket:
+    return socket.create_connection(address(url), timeout=timeout)
 
 
 def read_lines(path: Path) -> list[dict]:

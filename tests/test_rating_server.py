@@ -4,15 +4,20 @@ streamed as NDJSON by the tiny model."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import subprocess
 import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlencode
 
 import pytest
 
-from rating_helpers import BAD, GOOD, ROOT, Server, post_json, read_lines, request, write_generations
+from rating_helpers import (BAD, GOOD, ROOT, Server, address, connect, post_json, raw_post, read_lines, request,
+                            write_generations)
 
 from alpaca_qlora.cli import UserError
 from alpaca_qlora.rating.command import main
@@ -141,6 +146,8 @@ def test_blind_server_answers_malformed_requests_with_errors(tmp_path, files):
             (post({"annotator": "alice", "item": item, "choice": "A"}), 409, "already rated this pair"),
             (post({"annotator": "alice", "item": "99", "choice": "A"}), 400, "field &#x27;item&#x27; must be"),
             (post({"annotator": "alice", "item": "-1", "choice": "A"}), 400, "field &#x27;item&#x27; must be"),
+            (post({"annotator": "alice", "item": "\u00b2", "choice": "A"}), 400, "field &#x27;item&#x27; must be"),
+            (post({"annotator": "alice", "item": "1" * 5000, "choice": "A"}), 400, "field &#x27;item&#x27; must be"),
             (post({"annotator": "alice", "item": "1", "choice": "C"}), 400, "field &#x27;choice&#x27; must be"),
             (post({"annotator": "", "item": "1", "choice": "A"}), 400, "an annotator name is needed"),
             (post({"annotator": "a\x01", "item": "1", "choice": "A"}), 400, "control characters"),
@@ -217,6 +224,8 @@ def test_chat_streams_the_answer_and_refuses_bad_requests(tmp_path, tiny_model):
             (rate({"answer_id": answer_id, "rating": 6}), 400, "from 1 to 5"),
             (rate({"answer_id": answer_id, "rating": True}), 400, "from 1 to 5"),
             (rate({"answer_id": "1", "rating": 3}), 400, "'answer_id' must be an integer"),
+            (rate(b'{"answer_id": ' + b"1" * 5000 + b', "rating": 3}'), 400, "the body is not JSON"),
+            (post_json(server.url + "/chat/generate", {**ask, "settings": {"seed": "\u00b2"}}), 400, "not an integer"),
             (rate({"answer_id": answer_id, "rating": 4}, {"Origin": "http://evil.example"}), 403, "is refused"),
         ]
         for (status, _, body), expected_status, expected_text in cases:
@@ -232,4 +241,154 @@ def test_chat_streams_the_answer_and_refuses_bad_requests(tmp_path, tiny_model):
     [row] = read_lines(ratings)
     assert (row["id"], row["rating"], row["comment"], row["annotator"]) == (answer_id, 4, "fine", "carol")
     assert row["prediction"] == done["text"] and row["settings"] == settings
+    assert "Traceback" not in server.stderr()
+
+
+# ---------------------------------------------------------------- the ratings file is ours before it is touched
+
+
+def run_door(args: list[str]) -> subprocess.CompletedProcess:
+    """The command, which must refuse and exit (a server that starts instead is a timeout)."""
+    return subprocess.run([sys.executable, "-m", "alpaca_qlora.rating", *args, "--port", "0"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+
+
+FOREIGN_ONE_LINERS = {  # a user's files of one line with no newline at its end: never ours to cut
+    "notes.txt": b"buy milk, call Bob",
+    "settings.json": b'{"learning_rate": 0.0002, "epochs": 3}',
+    "record.jsonl": b'{"id": 1, "instruction": "Say hi.", "input": "", "output": "Hi."}',  # begins as a chat rating
+    "pairwise_like.jsonl": b'{"kind": "pairwise", "note": "mine"}',  # begins as a blind rating
+}
+
+
+def test_a_foreign_ratings_file_is_refused_and_left_byte_identical(tmp_path, files, tiny_model):
+    from alpaca_qlora.generation.interactive import RatingsFile
+
+    for name, content in FOREIGN_ONE_LINERS.items():  # both ratings files: the page's blind one, chat's and /rate's
+        path = tmp_path / name
+        path.write_bytes(content)
+        for opens in (RatingsStore, RatingsFile):
+            with pytest.raises(UserError) as error:
+                opens(path)
+            assert str(error.value).startswith(f"--ratings_file {path}: its last line (with no newline at its end) "
+                                               "is not a")
+            assert str(error.value).endswith("choose another --ratings_file") and path.read_bytes() == content
+    for args, name in ((["blind", str(files[0]), str(files[1])], "notes.txt"),  # the door: exit 2, one line
+                       (["chat", "--base_model", str(tiny_model)], "settings.json")):
+        path = tmp_path / name
+        result = run_door([*args, "--ratings_file", str(path)])
+        assert result.returncode == 2 and "rating page:" not in result.stdout, (result.stdout, result.stderr)
+        [line] = result.stderr.splitlines()
+        assert line.startswith(f"error: --ratings_file {path}: its last line (with no newline at its end) is not a")
+        assert path.read_bytes() == FOREIGN_ONE_LINERS[name]
+
+
+def test_a_torn_chat_rating_is_cut_and_a_torn_only_line_is_repaired(tmp_path, files):
+    from alpaca_qlora.generation.interactive import RatingsFile
+
+    whole = json.dumps({"id": 4, "instruction": "x", "input": "", "prediction": "y", "rating": 3}) + "\n"
+    path = tmp_path / "ratings.jsonl"
+    path.write_text(whole + '{"id": 5, "instruction": "Say', encoding="utf-8")  # killed while writing line 2
+    ratings = RatingsFile(path)
+    assert ratings.take_index() == 5  # numbered on from the whole lines
+    ratings.append({"id": 5, "instruction": "z", "input": "", "prediction": "w", "rating": 4})
+    assert [row["id"] for row in read_lines(path)] == [4, 5] and path.read_text().endswith("\n")
+    blind = BlindSet([str(files[0]), str(files[1])])
+    shown = blind.order("alice")[0]
+    sides = {"A": blind.files[shown.a].path, "B": blind.files[shown.b].path}
+    row = rating_row(blind.answer(0, shown.item).prompt_id, blind.pair_files(shown.item), sides, "B", "", "alice")
+    only_torn = tmp_path / "human.jsonl"
+    only_torn.write_text(json.dumps(row)[:50], encoding="utf-8")  # the first rating, cut short: no whole line yet
+    store = RatingsStore(only_torn)
+    assert store.ratings == [] and store.append(row)
+    assert read_lines(only_torn) == [row]
+
+
+def test_a_misspelled_flag_is_named_with_the_closest_one(tmp_path, files):
+    ratings = tmp_path / "r.jsonl"
+    assert refused(["blind", str(files[0]), str(files[1]), "--ratings_flie", str(ratings)]) == (
+        "unknown flag --ratings_flie; did you mean --ratings_file?")
+    assert refused(["blind", str(files[0]), str(files[1])]).startswith("--ratings_file is required")
+    assert not ratings.exists()
+
+
+# ---------------------------------------------------------------- the server's socket and requests
+
+
+def test_the_page_accepts_connections_once_its_address_is_printed(tmp_path, files):
+    args = ["blind", str(files[0]), str(files[1]), "--ratings_file", str(tmp_path / "r.jsonl"), "--port", "0"]
+    process = subprocess.Popen([sys.executable, "-m", "alpaca_qlora.rating", *args], cwd=ROOT, stdout=subprocess.PIPE,
+                               stderr=subprocess.DEVNULL, text=True)
+    try:
+        line = process.stdout.readline()
+        assert line.startswith("rating page: http://127.0.0.1:"), line
+        url = line.split()[2].removesuffix("/blind")
+        with connect(url) as sock:  # the first try: no retry
+            sock.sendall(b"GET /static/style.css HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            assert sock.recv(12) == b"HTTP/1.1 200"
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def test_a_client_that_leaves_stops_its_answer(tmp_path, tiny_model):
+    args = ["chat", "--base_model", str(tiny_model), "--max_new_tokens", "8", "--ratings_file",
+            str(tmp_path / "r.jsonl")]
+    with Server(args, tmp_path / "log", env=CHAT_ENV) as server:
+        ask = {"instruction": "Name three primary colors.", "input": "", "settings": {"max_new_tokens": "100000"}}
+        with connect(server.url) as sock:
+            sock.sendall(raw_post(server.url, "/chat/generate", json.dumps(ask).encode(), "application/json"))
+            received = b""
+            while b'"event": "start"' not in received:  # the headers, then the first event: the answer has started
+                received += sock.recv(4096)
+            time.sleep(1)  # it is being generated
+        started = time.monotonic()  # the client has gone: its answer must stop, and the next one come at once
+        status, _, body = post_json(server.url + "/chat/generate", {**ask, "settings": {}}, timeout=30)
+        events = [json.loads(line) for line in body.decode().splitlines()]
+        assert status == 200 and events[-1]["event"] == "done" and events[-1]["new_tokens"] <= 8
+        assert time.monotonic() - started < 10
+    assert "Traceback" not in server.stderr()
+
+
+def test_200_concurrent_ratings_and_a_sigkill_lose_none(tmp_path, files):
+    """200 ratings at once (50 annotators x 4 pairs), the server SIGKILLed midway: every rating answered as saved
+    is in the file, every line is whole and valid, and a restarted server takes the rest, each pair once."""
+    ratings = tmp_path / "human.jsonl"
+    args = ["blind", str(files[0]), str(files[1]), "--ratings_file", str(ratings)]
+    blind = BlindSet([str(files[0]), str(files[1])])
+    wanted = [(f"annotator {n}", item) for n in range(50) for item in range(4)]
+    saved: set[tuple[str, int]] = set()
+    enough = threading.Event()
+
+    def rate(server: Server, key: tuple[str, int]) -> int | None:
+        host, port = address(server.url)
+        connection = http.client.HTTPConnection(host, port, timeout=60)
+        body = urlencode({"annotator": key[0], "item": key[1], "choice": "A"})
+        try:
+            connection.request("POST", "/blind/rate", body, {"Content-Type": "application/x-www-form-urlencoded"})
+            status = connection.getresponse().status
+        except OSError:  # the server was killed
+            return None
+        finally:
+            connection.close()
+        if status == 303:
+            saved.add(key)
+            if len(saved) >= 60:
+                enough.set()
+        return status
+
+    with Server(args, tmp_path / "log") as server, ThreadPoolExecutor(max_workers=200) as pool:
+        answers = [pool.submit(rate, server, key) for key in wanted]
+        assert enough.wait(timeout=120)
+        server.kill()
+        statuses = [answer.result(timeout=120) for answer in answers]
+    assert set(statuses) <= {303, None} and len(saved) >= 60 and None in statuses  # killed midway
+    on_file = {(r.annotator, r.prompt_id) for r in RatingsStore(ratings).ratings}  # every whole line checked
+    assert {(name, int(blind.items[item].prompt_key)) for name, item in saved} <= on_file
+    with Server(args, tmp_path / "log2") as server, ThreadPoolExecutor(max_workers=50) as pool:
+        statuses = list(pool.map(lambda key: rate(server, key), wanted))
+    assert statuses.count(409) == len(on_file) and set(statuses) <= {303, 409}
+    rows = read_lines(ratings)
+    assert ratings.read_bytes().endswith(b"\n") and len(rows) == 200
+    assert len({(row["annotator"], row["prompt_id"]) for row in rows}) == 200
     assert "Traceback" not in server.stderr()

@@ -106,16 +106,19 @@ def record_images(records: list[dict]) -> list:
 
 
 @torch.no_grad()
-def generate_answers(model, tokenizer, prompts: list[str], resolved: dict, streamer=None, images: list | None = None) -> list[Answer]:
+def generate_answers(model, tokenizer, prompts: list[str], resolved: dict, streamer=None, images: list | None = None,
+                     stopping_criteria=None) -> list[Answer]:
     """Answers to a batch of prompt texts: left-padded, one `generate` call with the KV cache.
 
-    With a processor (image-text models), `images` are the batch's images in the order of the prompts' image tokens."""
+    With a processor (image-text models), `images` are the batch's images in the order of the prompts' image tokens.
+    `stopping_criteria` (transformers' StoppingCriteriaList) can end an answer early, e.g. when its reader has left."""
     if is_processor(tokenizer):
         encoded = tokenizer(text=prompts, images=images or None, return_tensors="pt", padding=True)
     else:
         encoded = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left")
     encoded = encoded.to(model_device(model))
-    output = model.generate(**encoded, **generate_kwargs(resolved, tokenizer, model), use_cache=True, streamer=streamer)
+    output = model.generate(**encoded, **generate_kwargs(resolved, tokenizer, model), use_cache=True, streamer=streamer,
+                            stopping_criteria=stopping_criteria)
     new_ids = output[:, encoded["input_ids"].shape[1] :]
     stops = set(stop_token_ids(tokenizer, model))
     return [extract_answer(row.tolist(), text_tokenizer(tokenizer), stops) for row in new_ids]

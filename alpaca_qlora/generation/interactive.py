@@ -20,6 +20,7 @@ from .settings import GenerationSettings, parse_setting_value, resolve_settings,
 from .source import ModelSource
 
 RATINGS_FILE = "ratings.jsonl"
+LINE_START = '{"id": '  # how every ratings line begins (rating_row's first key): a half-written one too
 TRIPLE_QUOTE = '"""'
 
 HELP = f"""\
@@ -60,11 +61,12 @@ class RatingsFile:
             raise UserError(f"--ratings_file {path} is a folder")
         self.existing = read_appendable(self.path)
         for number, row in self.existing.rows:
-            if not {"rating", "prediction"} <= set(row):
+            if not is_rating_line(row):
                 raise UserError(f"--ratings_file {self.path}:{number}: not a rating (no rating/prediction); "
                                 "choose another --ratings_file")
-        if self.existing.torn_tail and not self.existing.tail_starts_with('{"id": '):
-            raise UserError(f"--ratings_file {self.path}: its last line is not a rating; choose another --ratings_file")
+        if not self.existing.tail_is_ours(LINE_START, is_rating_line):  # a user's one-line file is not cut
+            raise UserError(f"--ratings_file {self.path}: its last line (with no newline at its end) is not a "
+                            "rating; choose another --ratings_file")
         indices = [row.get("id") for _, row in self.existing.rows if isinstance(row.get("id"), int)]
         self.next_index = max(indices, default=0) + 1
         self.saved = 0
@@ -89,6 +91,10 @@ class AnsweredQuestion:
     prediction: str
     settings: dict
     stopped: bool = False  # Ctrl-C stopped the answer: what was written so far is what gets rated
+
+
+def is_rating_line(row: dict) -> bool:
+    return {"rating", "prediction"} <= set(row)
 
 
 def rating_row(answered: AnsweredQuestion, score: int, comment: str, source: ModelSource) -> dict:

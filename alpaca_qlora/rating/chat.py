@@ -2,15 +2,20 @@
 appended to the same ratings file the terminal's /rate writes (evaluate_metrics.py --ratings reads both).
 
 Every answer is seeded with the seed on the page, so an answer is reproduced by its saved settings. One answer is
-generated at a time; a second request waits for the first.
+generated at a time; a second request waits for the first. A client that goes away (a closed tab, a dropped
+connection) stops its answer at the next token, so it holds up no one.
 """
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from dataclasses import replace
-from typing import Any, Iterator
+from typing import Any, AsyncIterator
+
+import torch
+from transformers import AsyncTextIteratorStreamer, StoppingCriteria, StoppingCriteriaList
 
 from ..cli import UserError
 from ..generation.generate import generate_answers, prompt_for, seed_everything
@@ -22,6 +27,16 @@ from .checks import RequestError, annotator_name, bad_request, text_field
 from .store import now
 
 MAX_PROMPT_CHARS = 20_000
+
+
+class UntilCancelled(StoppingCriteria):
+    """Every sequence is done once `cancelled` is set."""
+
+    def __init__(self, cancelled: threading.Event):
+        self.cancelled = cancelled
+
+    def __call__(self, input_ids, scores, **kwargs):
+        return torch.full((input_ids.shape[0],), self.cancelled.is_set(), dtype=torch.bool, device=input_ids.device)
 
 
 class ChatSession:
@@ -60,7 +75,7 @@ class ChatSession:
         except UserError as error:
             raise bad_request(str(error)) from None
 
-    def stream(self, body: Any) -> tuple[int, Iterator[dict]]:
+    def stream(self, body: Any) -> tuple[int, AsyncIterator[dict]]:
         """Check a generate request (errors raise before anything streams); then (answer id, the events)."""
         if not isinstance(body, dict):
             raise bad_request("expected a JSON object with instruction, input and settings")
@@ -71,14 +86,17 @@ class ChatSession:
             index = self.ratings.take_index()
         return index, self._events(index, instruction, context, resolved)
 
-    def _events(self, index: int, instruction: str, context: str, resolved: dict) -> Iterator[dict]:
-        from transformers import TextIteratorStreamer
-
+    async def _events(self, index: int, instruction: str, context: str, resolved: dict) -> AsyncIterator[dict]:
+        """The answer's events. When the server stops iterating them (the client left, so Starlette cancels the
+        stream), the `finally` sets `cancelled` and the generation ends at its next token."""
         record = {"instruction": instruction, "input": context, "output": ""}
         prompt = prompt_for(record, self.source.prompt_template, self.tokenizer)
         # beam search cannot stream (transformers refuses a streamer with beams): its answer comes at the end
-        streamer = (TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        streamer = (AsyncTextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
                     if resolved["num_beams"] == 1 else None)
+        cancelled = threading.Event()
+        loop = asyncio.get_running_loop()
+        finished = asyncio.Event()
         outcome: dict[str, Any] = {}
 
         def work() -> None:
@@ -86,21 +104,28 @@ class ChatSession:
                 try:
                     seed_everything(resolved["seed"])
                     started = time.perf_counter()
-                    [answer] = generate_answers(self.model, self.tokenizer, [prompt], resolved, streamer=streamer)
+                    [answer] = generate_answers(self.model, self.tokenizer, [prompt], resolved, streamer=streamer,
+                                                stopping_criteria=StoppingCriteriaList([UntilCancelled(cancelled)]))
                     outcome["answer"], outcome["seconds"] = answer, time.perf_counter() - started
                 except Exception as error:  # reported to the page; the server goes on
                     outcome["error"] = error
                     if streamer is not None:
                         streamer.end()
+            try:
+                loop.call_soon_threadsafe(finished.set)
+            except RuntimeError:  # the server has stopped meanwhile: no one waits
+                pass
 
-        yield {"event": "start", "answer_id": index, "settings": resolved}
-        worker = threading.Thread(target=work, name=f"generate-{index}", daemon=True)
-        worker.start()
-        if streamer is not None:
-            for text in streamer:
-                if text:
-                    yield {"event": "text", "text": text}
-        worker.join()
+        try:
+            yield {"event": "start", "answer_id": index, "settings": resolved}
+            threading.Thread(target=work, name=f"generate-{index}", daemon=True).start()
+            if streamer is not None:
+                async for text in streamer:
+                    if text:
+                        yield {"event": "text", "text": text}
+            await finished.wait()
+        finally:
+            cancelled.set()  # the answer is over, or its reader has gone: stop generating
         if "error" in outcome:
             yield {"event": "error", "message": f"generation failed: {type(outcome['error']).__name__}: "
                                                 f"{outcome['error']}"}

@@ -32,6 +32,19 @@ def text_field(body: dict[str, Any], name: str, limit: int, required: bool = Fal
     return value
 
 
+def whole_number(text: str, limit: int) -> int | None:
+    """The value of ASCII digits below `limit`, else None. (int() also reads other digits, e.g. '²' passes
+    str.isdigit() and then fails, and refuses numbers of thousands of digits: a request must not reach it.)"""
+    if not (text.isascii() and text.isdigit()) or len(text.lstrip("0")) > len(str(limit)) or int(text) >= limit:
+        return None
+    return int(text)
+
+
+def shown_value(text: str, limit: int = 40) -> str:
+    """A value for an error message, cut short: a request may send a megabyte of it."""
+    return repr(text) if len(text) <= limit else f"{text[:limit]!r}... ({len(text)} characters)"
+
+
 def annotator_name(value: Any, limit: int) -> str:
     """A name as typed, trimmed: 1 to `limit` printable characters."""
     if not isinstance(value, str) or not value.strip():

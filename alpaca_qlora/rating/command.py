@@ -35,8 +35,10 @@ class ServeArguments:
 
 @dataclass
 class BlindArguments:
-    ratings_file: str = field(metadata={"help": "JSONL the choices are appended to: created if missing, resumed "
-                                                "from (and checked) if it exists."})
+    # required, but checked after parsing: argparse's "required" error would come before a misspelled flag's hint
+    ratings_file: str | None = field(default=None, metadata={"help": "Required. JSONL the choices are appended to: "
+                                                                     "created if missing, resumed from (and checked) "
+                                                                     "if it exists."})
     seed: int = field(default=0, metadata={"help": "Seed of every annotator's order and sides (combined with the "
                                                    "annotator's name, so a reload shows the same next pair)."})
 
@@ -57,6 +59,8 @@ def run_blind(argv: list[str]) -> None:
     parser.add_argument("generations", nargs="+", metavar="GENERATIONS",
                         help="JSONL files of inference.py --prompts_file ... --output_file, answering the same prompts.")
     blind_args, serve_args, rest = parse_dataclasses(parser, argv)
+    if not blind_args.ratings_file:
+        fail("--ratings_file is required: the JSONL file the choices are appended to")
     ratings = Path(blind_args.ratings_file)
     for given in rest.generations:
         if Path(given).resolve() == ratings.resolve():

@@ -29,11 +29,12 @@ from starlette.routing import Route
 
 from ..cli import fail
 from . import pages
-from .checks import RequestError, annotator_name, bad_request
+from .checks import RequestError, annotator_name, bad_request, shown_value, whole_number
 from .pairs import BlindSet
 from .store import CHOICES, RatingsStore, rating_row
 
 MAX_BODY_BYTES = 64 * 1024
+LISTEN_BACKLOG = 2048  # uvicorn's default
 STATIC_TYPES = {"style.css": "text/css; charset=utf-8", "chat.js": "text/javascript; charset=utf-8"}
 LOOPBACK_NAMES = ["127.0.0.1", "localhost", "::1", "[::1]"]
 SECURITY_HEADERS = [
@@ -65,7 +66,7 @@ def static_files() -> dict[str, bytes]:
 
 async def read_body(request: Request) -> bytes:
     declared = request.headers.get("content-length")
-    if declared is not None and (not declared.isdigit() or int(declared) > MAX_BODY_BYTES):
+    if declared is not None and whole_number(declared, MAX_BODY_BYTES + 1) is None:
         raise RequestError(413, f"a request body is at most {MAX_BODY_BYTES} bytes")
     body = b""
     async for chunk in request.stream():
@@ -93,8 +94,9 @@ async def json_body(request: Request) -> Any:
     check_content_type(request, "application/json")
     try:
         return json.loads((await read_body(request)).decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise bad_request(f"the body is not JSON ({error})") from None
+    except ValueError as error:  # not UTF-8, not JSON, or a number of more digits than Python converts
+        reason = str(error).split(";")[0]  # what follows ';' in the last one is advice to programmers
+        raise bad_request(f"the body is not JSON ({reason})") from None
 
 
 async def form_body(request: Request) -> dict[str, str]:
@@ -192,13 +194,15 @@ def blind_routes(blind: BlindSet, store: RatingsStore) -> list[Route]:
         form = await form_body(request)
         annotator = annotator_name(form.get("annotator"), pages.MAX_ANNOTATOR)
         item_text, choice, comment = form.get("item", ""), form.get("choice"), form.get("comment", "")
-        if not item_text.isdigit() or int(item_text) >= len(blind.items):
-            raise bad_request(f"field 'item' must be a pair number below {len(blind.items)}, got {item_text!r}")
+        item_number = whole_number(item_text, len(blind.items))
+        if item_number is None:
+            raise bad_request(f"field 'item' must be a pair number below {len(blind.items)}, "
+                              f"got {shown_value(item_text)}")
         if choice not in CHOICES:
             raise bad_request(f"field 'choice' must be one of {', '.join(CHOICES)}, got {choice!r}")
         if len(comment) > pages.MAX_COMMENT:
             raise bad_request(f"field 'comment' is longer than {pages.MAX_COMMENT} characters")
-        shown = blind.shown(annotator, int(item_text))
+        shown = blind.shown(annotator, item_number)
         item = shown.item
         sides = {"A": blind.files[shown.a].path, "B": blind.files[shown.b].path}
         row = rating_row(blind.answer(item.first, item).prompt_id, blind.pair_files(item), sides, choice,
@@ -227,8 +231,12 @@ def chat_routes(session, model_label: str) -> list[Route]:
     async def generate(request: Request) -> Response:
         body = await json_body(request)
         _, events = session.stream(body)  # a bad request fails here, before anything streams
-        lines = (json.dumps(event, ensure_ascii=False) + "\n" for event in events)
-        return StreamingResponse(lines, media_type="application/x-ndjson")
+
+        async def lines():  # a client that leaves cancels this iteration, which stops the answer
+            async for event in events:
+                yield json.dumps(event, ensure_ascii=False) + "\n"
+
+        return StreamingResponse(lines(), media_type="application/x-ndjson")
 
     async def rate(request: Request) -> Response:
         body = await json_body(request)
@@ -246,7 +254,10 @@ def chat_routes(session, model_label: str) -> list[Route]:
 
 
 def bind(host: str, port: int) -> socket.socket:
-    """The listening socket, bound before the server starts: a taken port is a one-line error naming the flag."""
+    """The listening socket, bound before the server starts: a taken port is a one-line error naming the flag.
+
+    It listens at once, so a connection made as soon as the address is printed waits in the backlog until the
+    server accepts it, instead of being refused."""
     if not 0 <= port <= 65535:
         fail(f"--port must be from 0 to 65535, got {port}")
     try:
@@ -257,6 +268,7 @@ def bind(host: str, port: int) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind(address)
+        sock.listen(LISTEN_BACKLOG)
     except OSError as error:
         sock.close()
         fail(f"--host {host} --port {port}: cannot listen there ({error.strerror})")

@@ -22,10 +22,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Optional
 
-from ..cli import fail
+from ..cli import UserError, fail
 from ..jsonl import append_synced, drop_torn_tail, read_appendable, read_jsonl
 
 KIND = "pairwise"
+LINE_START = '{"kind": "pairwise", '  # how every line begins (its first key): a half-written one too
 CHOICES = ("A", "B", "tie", "both_bad")
 DECISIVE = ("A", "B")
 
@@ -99,6 +100,14 @@ def parse_rating(row: dict[str, Any], where: str, line: int = 0) -> PairwiseRati
                           choice=choice, annotator=annotator, comment=comment, time=str(row.get("time", "")), line=line)
 
 
+def is_rating_line(row: dict[str, Any]) -> bool:
+    try:
+        parse_rating(row, "")
+    except UserError:
+        return False
+    return True
+
+
 def read_ratings(path: str | os.PathLike, flag: str) -> list[PairwiseRating]:
     """Every rating of a pairwise ratings file (read, not changed); errors name the flag, file and line."""
     if not Path(path).is_file():
@@ -110,7 +119,9 @@ class RatingsStore:
     """The ratings file the page appends to, and which pairs each annotator has already rated.
 
     Opening it checks every line already there (a file of another kind is refused, before anything is written);
-    a half-written last line left by a killed server is cut off before the first new line is appended."""
+    a half-written last line left by a killed server is cut off before the first new line is appended, and only
+    such a line: a last line without a newline that is not the start of a rating (a user's one-line file) is
+    refused too."""
 
     def __init__(self, path: str | os.PathLike, flag: str = "--ratings_file"):
         self.path = Path(path)
@@ -118,6 +129,9 @@ class RatingsStore:
             fail(f"{flag} {path} is a folder")
         self.existing = read_appendable(self.path)
         self.ratings = [parse_rating(row, f"{flag} {self.path}:{number}", number) for number, row in self.existing.rows]
+        if not self.existing.tail_is_ours(LINE_START, is_rating_line):
+            fail(f"{flag} {self.path}: its last line (with no newline at its end) is not a pairwise rating; blind "
+                 f"ratings come from python -m alpaca_qlora.rating blind: choose another {flag}")
         self.rated: dict[str, set[tuple[str, frozenset[str]]]] = {}
         for rating in self.ratings:
             self.rated.setdefault(rating.annotator, set()).add(rating.pair_key)
