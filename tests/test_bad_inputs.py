@@ -206,6 +206,7 @@ INFERENCE_CASES = [
     ("infer-output-is-prompts", lambda w, t: batch_args(w, t, output=str(t / "same.jsonl"), prompts_path=prompts(t, name="same.jsonl")), "is the --prompts_file"),
     ("infer-output-is-user-data", lambda w, t: batch_args(w, t, output=make(t, "data.json", [GOOD])), "not a generations file of inference.py"),
     ("infer-output-is-notes", lambda w, t: batch_args(w, t, "--overwrite", output=make(t, "notes.txt", "my notes\nline two")), "not a generations file of inference.py"),
+    ("infer-output-is-one-record-no-newline", lambda w, t: batch_args(w, t, output=make(t, "one.jsonl", json.dumps({"id": 7, **GOOD}))), "its last line is not a generation line"),
     ("infer-torn-output-other-settings", lambda w, t: batch_args(w, t, output=torn_generations_with_other_settings(w, t)), "written with the base at another precision"),
     ("infer-output-parent-is-file", lambda w, t: batch_args(w, t, output=str(Path(make(t, "f.txt", "x")) / "g.jsonl")), "is a file, not a folder"),
     ("infer-output-is-folder", lambda w, t: batch_args(w, t, output=str(t)), "is a folder"),

@@ -144,7 +144,7 @@ def read_output_file(path: Path) -> AppendableFile:
         if not GENERATION_LINE_KEYS <= set(row) or not isinstance(row["settings"], dict):
             fail(f"--output_file {path}:{number}: not a generation line (no id/settings/base_model/adapter/prediction); "
                  "not a generations file of inference.py: choose another --output_file")
-    if existing.torn_tail and not existing.tail_starts_with(LINE_START):
+    if not existing.tail_is_ours(LINE_START, lambda row: GENERATION_LINE_KEYS <= set(row)):
         fail(f"--output_file {path}: its last line is not a generation line; not a generations file of inference.py: "
              "choose another --output_file")
     return existing
