@@ -32,7 +32,8 @@ class JobArguments:
                                                               "In a --prompts_file, records name theirs in an 'image' field."})
     prompts_file: str | None = field(default=None, metadata={"help": "Batch mode: Alpaca .json/.jsonl records (a run folder's val.jsonl works); the output (reference) field is optional."})
     output_file: str | None = field(default=None, metadata={"help": "Batch mode: JSONL of generations; a rerun of the same command resumes it."})
-    batch_size: int = field(default=16, metadata={"help": "Batch mode: prompts per generate call (left-padded)."})
+    batch_size: int = field(default=64, metadata={"help": "Batch mode: prompts per generate call. 64: the fastest of "
+                                                      "32/64/96 on SmolLM2 on a 2-core CPU (BENCHMARKS.md); lower it if memory runs out."})
     max_prompts: int | None = field(default=None, metadata={"help": "Batch mode: only the first N records of --prompts_file."})
     instruction_field: str = field(default=DEFAULT_FIELDS["instruction"], metadata={"help": "Batch mode: field of a record holding the instruction."})
     input_field: str = field(default=DEFAULT_FIELDS["input"], metadata={"help": "Batch mode: field holding the input (optional)."})

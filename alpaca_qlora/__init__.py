@@ -32,4 +32,8 @@ _warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", cate
 # the GGUF (a file, or package:NAME), which has none, so it warns. The vocabulary is never resized here.
 _warnings.filterwarnings("ignore", message=r"Could not find a config file in (package:|.*\.gguf)", category=UserWarning)
 
+# transformers 5.2x renames `past_key_values` to `cache` (removal announced for 5.40/6.0); the old name is kept here
+# because the lower bound (5.17) may not know the new one. generation/shared_prefix.py passes a prefilled cache.
+_warnings.filterwarnings("ignore", message=r"`past_key_values` is deprecated", category=FutureWarning)
+
 __version__ = "0.1.0"

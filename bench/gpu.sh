@@ -94,9 +94,9 @@ grep -E '^\||^ratio|^failed' "$out/training.log" | tee -a "$out/summary.txt"
 grep -E '^[a-z_]+: \{' "$out/training.log" > "$out/training_partial.log"
 grep -qE '^\|' "$out/training.log" || cat "$out/training_partial.log" >> "$out/summary.txt"  # stopped early: what finished
 
-stage "generation: one prompt at a time vs batch 16"
-timeout 75 python3 bench/bench_generation.py --base_model /tmp/llama-1b --data_path "$data" \
-    --num_prompts 32 --batch_size 16 --max_new_tokens 64 2>&1 | tee "$out/generation.log" \
-    | grep -E '^(model|one at|batch of|speed-up|versions)' | tee -a "$out/summary.txt"
+stage "generation: inference.py vs the plain script (whole process, greedy, answers compared)"
+timeout 150 python3 bench/bench_generation.py --models /tmp/llama-1b --workloads small,study --pairs 1 \
+    --data_path "$data" --output "$out/generation.json" 2>&1 | tee "$out/generation.log" \
+    | grep -E '^(machine|/tmp|  =>)' | tee -a "$out/summary.txt"
 stage "done"
 cat "$out/summary.txt"

@@ -205,6 +205,58 @@ def test_beam_sampling_temperature_changes_the_answers(base):
     assert answers[0.3] != answers[1.5]
 
 
+ALPACA_RECORDS = [
+    {"instruction": "Give three tips for staying healthy.", "input": ""},
+    {"instruction": "Name a colour.", "input": ""},
+    {"instruction": "Tom and his dog went to the park to play with a big red ball. What did they play with?", "input": ""},
+    {"instruction": "Reverse the word.", "input": "apple"},
+    {"instruction": "Add the numbers.", "input": "3 and 4, then 5"},
+]
+
+
+def test_a_shared_preamble_is_computed_once_and_changes_no_answer(base):
+    """Alpaca prompts begin with the same preamble: it is prefilled once per batch (shared_prefix.py), the rows keep
+    their positions, and every greedy answer and next-token distribution equals the left-padded batch's."""
+    from alpaca_qlora.generation.shared_prefix import MIN_SHARED_TOKENS, left_padded, prefix_shared_inputs, shared_length
+
+    model, tokenizer, source = base
+    for records in (ALPACA_RECORDS[:3], ALPACA_RECORDS[3:]):  # without and with an input: two preambles
+        prompts = [generate.prompt_for(r, "alpaca", tokenizer) for r in records]
+        token_ids = tokenizer(prompts)["input_ids"]
+        shared = shared_length(token_ids)
+        assert shared >= MIN_SHARED_TOKENS and all(ids[:shared] == token_ids[0][:shared] for ids in token_ids)
+        pad = tokenizer.pad_token_id
+        with torch.no_grad():
+            inputs = prefix_shared_inputs(model, token_ids, pad, num_beams=1)
+            assert inputs["past_key_values"].get_seq_length() == shared
+            assert inputs["input_ids"].shape[1] == shared + max(len(ids) for ids in token_ids) - shared
+            positions = (inputs["attention_mask"].cumsum(-1) - 1).clamp(min=0)  # as generate derives them
+            with_prefix = model(input_ids=inputs["input_ids"][:, shared:], attention_mask=inputs["attention_mask"],
+                                position_ids=positions[:, shared:], past_key_values=inputs["past_key_values"]).logits[:, -1]
+            padded = left_padded(token_ids, pad, "cpu")
+            padded = model(**padded, position_ids=(padded["attention_mask"].cumsum(-1) - 1).clamp(min=0)).logits[:, -1]
+        torch.testing.assert_close(with_prefix, padded, rtol=0, atol=1e-5)
+        settings = greedy(max_new_tokens=40)
+        alone = [generate.generate_answers(model, tokenizer, [p], settings)[0] for p in prompts]
+        assert generate.generate_answers(model, tokenizer, prompts, settings) == alone
+    assert prefix_shared_inputs(model, token_ids, pad, num_beams=2).keys() == {"input_ids", "attention_mask"}
+
+
+def test_a_sampled_answer_is_the_same_in_any_batch(MODEL, prompts_file, tmp_path):
+    """Batch mode seeds each sampled answer from the seed and the record's id: batch size 1 or 5, same answers;
+    another seed, other answers."""
+    argv = ["--base_model", MODEL, "--prompts_file", str(prompts_file), "--max_prompts", "10", "--max_new_tokens", "24",
+            "--temperature", "1.0", "--top_k", "40"]
+    outputs = {}
+    for name, extra in (("one", ["--batch_size", "1"]), ("five", ["--batch_size", "5"]),
+                        ("other_seed", ["--batch_size", "5", "--seed", "43"])):
+        inference.main(argv + extra + ["--output_file", str(tmp_path / f"{name}.jsonl")])
+        outputs[name] = {row["id"]: row["prediction"] for row in read_lines(tmp_path / f"{name}.jsonl")}
+    assert len(outputs["one"]) == 10
+    assert outputs["one"] == outputs["five"]
+    assert sum(outputs["one"][i] != outputs["other_seed"][i] for i in outputs["one"]) >= 5
+
+
 # ---------------------------------------------------------------------------------------------
 # Flag checks: one line, exit code 2, before anything is loaded
 # ---------------------------------------------------------------------------------------------

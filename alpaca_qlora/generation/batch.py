@@ -2,9 +2,10 @@
 
 Lines are appended and flushed one by one. Started again with the same command, a run reads what is
 already there, skips it and writes only what is missing: an interrupted run neither loses nor
-duplicates a line. Batches are fixed by the prompts and --batch_size alone (records sorted by prompt
-length, longest first) and each batch is seeded from the setting's seed and the batch's index, so a
-resumed run writes the same lines an uninterrupted one would have.
+duplicates a line. Batches are fixed by the prompts and --batch_size alone (records grouped by their first
+tokens, then sorted by prompt length, longest first). A sampled answer is drawn with a generator seeded from the
+setting's seed and the record's id (sampling.py), so it is the same in any batch, resumed or not; beam sampling
+draws across a row's beams inside `generate` and is seeded per batch (the setting's seed and the batch's index).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from ..data.records import load_records
 from ..jsonl import AppendableFile, append_line, drop_torn_tail, read_appendable
 from ..vision import IMAGE_FIELD, IMAGE_TEXT_TO_TEXT, text_tokenizer
 from .generate import batch_seed, context_length, generate_answers, prompt_for, record_images, seed_everything
+from .sampling import answer_seed
 from .settings import SETTING_NAMES, GenerationSettings, parse_setting_value, resolve_settings, settings_key, settings_label
 from .source import ModelSource
 
@@ -114,10 +116,16 @@ def load_prompt_records(path: str, max_prompts: int | None, fields: dict[str, st
     return records
 
 
-def plan_batches(prompt_lengths: list[int], batch_size: int) -> list[list[int]]:
-    """Record indices per batch: sorted by prompt length, longest first (little padding; memory limits show at once)."""
-    order = sorted(range(len(prompt_lengths)), key=lambda i: (-prompt_lengths[i], i))
+def plan_batches(prompt_lengths: list[int], batch_size: int, beginnings: list | None = None) -> list[list[int]]:
+    """Record indices per batch: prompts that begin alike together (`beginnings`, e.g. their first tokens: the
+    template's preamble is then computed once per batch, shared_prefix.py), then by prompt length, longest first
+    (little padding; memory limits show at once)."""
+    beginnings = beginnings or [()] * len(prompt_lengths)
+    order = sorted(range(len(prompt_lengths)), key=lambda i: (beginnings[i], -prompt_lengths[i], i))
     return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+
+
+BEGINNING_TOKENS = 16  # prompts are grouped by this many first tokens (the two Alpaca preambles differ within 12)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -245,9 +253,10 @@ class BatchResult:
 def run_batch_job(job: BatchJob, done: set, model, tokenizer) -> BatchResult:
     """Generate every missing (setting, record) line."""
     prompts = [prompt_for(record, job.source.prompt_template, tokenizer) for record in job.records]
-    lengths = [len(ids) for ids in text_tokenizer(tokenizer)(prompts)["input_ids"]]
+    token_ids = text_tokenizer(tokenizer)(prompts)["input_ids"]
+    lengths = [len(ids) for ids in token_ids]
     warn_long_prompts(lengths, job.settings, model)
-    batches = plan_batches(lengths, job.batch_size)
+    batches = plan_batches(lengths, job.batch_size, [tuple(ids[:BEGINNING_TOKENS]) for ids in token_ids])
     total = len(job.settings) * len(job.records)
     print(f"{len(job.settings)} setting(s) x {len(job.records)} prompts = {total} lines; {len(done)} already in {job.output_file}")
     job.output_file.parent.mkdir(parents=True, exist_ok=True)
@@ -266,7 +275,8 @@ def run_batch_job(job: BatchJob, done: set, model, tokenizer) -> BatchResult:
                 seed_everything(batch_seed(setting["seed"], batch_index))
                 started = time.perf_counter()
                 images = record_images([job.records[i] for i in batch])
-                answers = generate_batch(model, tokenizer, [prompts[i] for i in batch], setting, job.batch_size, images)
+                seeds = [answer_seed(setting["seed"], job.records[i]["id"]) for i in batch]
+                answers = generate_batch(model, tokenizer, [prompts[i] for i in batch], setting, job.batch_size, images, seeds)
                 seconds = (time.perf_counter() - started) / len(batch)
                 for i, answer in zip(batch, answers):
                     if i in missing:
@@ -301,9 +311,10 @@ def output_lock(output_file: str):
         handle.close()
 
 
-def generate_batch(model, tokenizer, prompts: list[str], setting: dict, batch_size: int, images: list | None = None):
+def generate_batch(model, tokenizer, prompts: list[str], setting: dict, batch_size: int, images: list | None = None,
+                   answer_seeds: list[int] | None = None):
     try:
-        return generate_answers(model, tokenizer, prompts, setting, images=images or None)
+        return generate_answers(model, tokenizer, prompts, setting, images=images or None, answer_seeds=answer_seeds)
     except torch.cuda.OutOfMemoryError:
         fail(f"out of GPU memory at --batch_size {batch_size}; run again with a smaller one (the lines written so far are kept)")
 

@@ -10,11 +10,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from transformers import LogitsProcessorList
 
 from ..data.prompts import build_prompt
 from ..modeling import attach_adapter, default_device_map, load_base_model, load_tokenizer, resolve_compute_dtype, use_packed_cpu_kernel
 from ..vision import IMAGE_FIELD, IMAGE_TEXT_TO_TEXT, is_processor, load_image, load_processor, text_tokenizer
+from .sampling import RowSeededSampling, samples_per_row
 from .settings import SAMPLING_DEFAULTS
+from .shared_prefix import prefix_shared_inputs
 from .source import ModelSource
 
 
@@ -107,19 +110,27 @@ def record_images(records: list[dict]) -> list:
 
 @torch.no_grad()
 def generate_answers(model, tokenizer, prompts: list[str], resolved: dict, streamer=None, images: list | None = None,
-                     stopping_criteria=None) -> list[Answer]:
-    """Answers to a batch of prompt texts: left-padded, one `generate` call with the KV cache.
+                     stopping_criteria=None, answer_seeds: list[int] | None = None) -> list[Answer]:
+    """Answers to a batch of prompt texts: one `generate` call with the KV cache.
 
     With a processor (image-text models), `images` are the batch's images in the order of the prompts' image tokens.
-    `stopping_criteria` (transformers' StoppingCriteriaList) can end an answer early, e.g. when its reader has left."""
+    `stopping_criteria` (transformers' StoppingCriteriaList) can end an answer early, e.g. when its reader has left.
+    `answer_seeds` (one per prompt) make each sampled answer depend on its own seed only (sampling.py), not on the
+    batch it is in. Text prompts that begin alike (a template's preamble) share one forward pass over their common
+    tokens (shared_prefix.py); the others are left-padded."""
+    kwargs = generate_kwargs(resolved, tokenizer, model)
+    processors = LogitsProcessorList()
+    if answer_seeds is not None and samples_per_row(resolved):
+        processors.append(RowSeededSampling(answer_seeds, model_device(model)))
     if is_processor(tokenizer):
         encoded = tokenizer(text=prompts, images=images or None, return_tensors="pt", padding=True)
+        inputs = dict(encoded.to(model_device(model)))
     else:
-        encoded = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left")
-    encoded = encoded.to(model_device(model))
-    output = model.generate(**encoded, **generate_kwargs(resolved, tokenizer, model), use_cache=True, streamer=streamer,
-                            stopping_criteria=stopping_criteria)
-    new_ids = output[:, encoded["input_ids"].shape[1] :]
+        token_ids = tokenizer(prompts)["input_ids"]
+        inputs = prefix_shared_inputs(model, token_ids, kwargs["pad_token_id"], resolved["num_beams"])
+    output = model.generate(**inputs, **kwargs, use_cache=True, streamer=streamer, stopping_criteria=stopping_criteria,
+                            logits_processor=processors)
+    new_ids = output[:, inputs["input_ids"].shape[1] :]
     stops = set(stop_token_ids(tokenizer, model))
     return [extract_answer(row.tolist(), text_tokenizer(tokenizer), stops) for row in new_ids]
 
