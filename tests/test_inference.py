@@ -242,6 +242,49 @@ def test_a_shared_preamble_is_computed_once_and_changes_no_answer(base):
     assert prefix_shared_inputs(model, token_ids, pad, num_beams=2).keys() == {"input_ids", "attention_mask"}
 
 
+@pytest.mark.parametrize("sampled", [False, True])
+def test_answers_generated_in_segments_equal_one_generate_call(base, sampled):
+    """segments.py drops finished rows between segments of 16 tokens: every row's tokens equal those of one
+    `generate` call over the whole batch (greedy; sampled with each row's own generator), rows ending at different
+    steps (a token the first row writes early is made a stop token as well)."""
+    from transformers import LogitsProcessorList
+
+    from alpaca_qlora.generation.sampling import RowSeededSampling
+    from alpaca_qlora.generation.segments import SEGMENT_TOKENS, generate_in_segments
+    from alpaca_qlora.generation.shared_prefix import prefix_shared_inputs
+
+    model, tokenizer, _ = base
+    prompts = [generate.prompt_for(r, "alpaca", tokenizer) for r in ALPACA_RECORDS]
+    # the tiny model repeats one token when greedy: the repetition knobs (which read each row's tokens so far, across
+    # segments too) make rows of many tokens
+    knobs = {"temperature": 1.0, "top_k": 40} if sampled else {"repetition_penalty": 1.5, "no_repeat_ngram_size": 2}
+    settings = greedy(max_new_tokens=3 * SEGMENT_TOKENS + 5, **knobs)
+    kwargs = generate.generate_kwargs(settings, tokenizer, model)
+    token_ids = tokenizer(prompts)["input_ids"]
+    sampler = lambda: RowSeededSampling(list(range(len(prompts))), "cpu") if sampled else None  # noqa: E731
+    with torch.no_grad():
+        inputs = prefix_shared_inputs(model, token_ids, kwargs["pad_token_id"], 1)
+        first = model.generate(**inputs, **kwargs, logits_processor=LogitsProcessorList([s for s in [sampler()] if s]))
+    width = inputs["input_ids"].shape[1]
+    row = first[0, width:].tolist()  # row 0 is to end in its second segment: at a token it has not written before
+    extra_stop = next(token for i, token in enumerate(row) if i >= 18 and token not in row[:i])
+    kwargs["eos_token_id"] = kwargs["eos_token_id"] + [extra_stop]
+    stops = set(kwargs["eos_token_id"])
+    with torch.no_grad():
+        whole = model.generate(**prefix_shared_inputs(model, token_ids, kwargs["pad_token_id"], 1), **kwargs,
+                               logits_processor=LogitsProcessorList([s for s in [sampler()] if s]))[:, width:].tolist()
+        segmented = generate_in_segments(model, prefix_shared_inputs(model, token_ids, kwargs["pad_token_id"], 1), kwargs,
+                                         stops, sampler())
+
+    def until_stop(tokens):
+        end = next((i for i, t in enumerate(tokens) if t in stops), len(tokens) - 1)
+        return tokens[: end + 1]
+
+    lengths = [len(until_stop(row)) for row in whole]
+    assert SEGMENT_TOKENS < lengths[0] < max(lengths)  # rows end in different segments
+    assert [until_stop(row) for row in segmented] == [until_stop(row) for row in whole]
+
+
 def test_a_sampled_answer_is_the_same_in_any_batch(MODEL, prompts_file, tmp_path):
     """Batch mode seeds each sampled answer from the seed and the record's id: batch size 1 or 5, same answers;
     another seed, other answers."""

@@ -16,6 +16,7 @@ from ..data.prompts import build_prompt
 from ..modeling import attach_adapter, default_device_map, load_base_model, load_tokenizer, resolve_compute_dtype, use_packed_cpu_kernel
 from ..vision import IMAGE_FIELD, IMAGE_TEXT_TO_TEXT, is_processor, load_image, load_processor, text_tokenizer
 from .sampling import RowSeededSampling, samples_per_row
+from .segments import generate_in_segments
 from .settings import SAMPLING_DEFAULTS
 from .shared_prefix import prefix_shared_inputs
 from .source import ModelSource
@@ -117,21 +118,23 @@ def generate_answers(model, tokenizer, prompts: list[str], resolved: dict, strea
     `stopping_criteria` (transformers' StoppingCriteriaList) can end an answer early, e.g. when its reader has left.
     `answer_seeds` (one per prompt) make each sampled answer depend on its own seed only (sampling.py), not on the
     batch it is in. Text prompts that begin alike (a template's preamble) share one forward pass over their common
-    tokens (shared_prefix.py); the others are left-padded."""
+    tokens (shared_prefix.py); the others are left-padded. Two or more text prompts without beams or streamer are
+    generated in segments, finished answers leaving the batch between them (segments.py)."""
     kwargs = generate_kwargs(resolved, tokenizer, model)
-    processors = LogitsProcessorList()
-    if answer_seeds is not None and samples_per_row(resolved):
-        processors.append(RowSeededSampling(answer_seeds, model_device(model)))
+    stops = set(stop_token_ids(tokenizer, model))
+    sampler = RowSeededSampling(answer_seeds, model_device(model)) if answer_seeds and samples_per_row(resolved) else None
     if is_processor(tokenizer):
         encoded = tokenizer(text=prompts, images=images or None, return_tensors="pt", padding=True)
         inputs = dict(encoded.to(model_device(model)))
     else:
         token_ids = tokenizer(prompts)["input_ids"]
         inputs = prefix_shared_inputs(model, token_ids, kwargs["pad_token_id"], resolved["num_beams"])
+        if len(prompts) > 1 and resolved["num_beams"] == 1 and streamer is None:
+            new_ids = generate_in_segments(model, inputs, kwargs, stops, sampler, stopping_criteria)
+            return [extract_answer(row, text_tokenizer(tokenizer), stops) for row in new_ids]
     output = model.generate(**inputs, **kwargs, use_cache=True, streamer=streamer, stopping_criteria=stopping_criteria,
-                            logits_processor=processors)
+                            logits_processor=LogitsProcessorList([sampler] if sampler else []))
     new_ids = output[:, inputs["input_ids"].shape[1] :]
-    stops = set(stop_token_ids(tokenizer, model))
     return [extract_answer(row.tolist(), text_tokenizer(tokenizer), stops) for row in new_ids]
 
 

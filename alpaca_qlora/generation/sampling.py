@@ -40,6 +40,12 @@ class RowSeededSampling(LogitsProcessor):
     def __init__(self, seeds: list[int], device: torch.device):
         self.generators = [torch.Generator(device=device).manual_seed(seed) for seed in seeds]
 
+    def select(self, rows: list[int]) -> "RowSeededSampling":
+        """The same generators, of the given rows only (the others' answers have ended)."""
+        chosen = RowSeededSampling([], torch.device("cpu"))
+        chosen.generators = [self.generators[row] for row in rows]
+        return chosen
+
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         probabilities = torch.softmax(scores.float(), dim=-1)
         tokens = torch.cat([torch.multinomial(row, 1, generator=generator)
