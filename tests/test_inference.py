@@ -261,7 +261,7 @@ def test_answers_generated_in_segments_equal_one_generate_call(base, sampled):
     settings = greedy(max_new_tokens=3 * SEGMENT_TOKENS + 5, **knobs)
     kwargs = generate.generate_kwargs(settings, tokenizer, model)
     token_ids = tokenizer(prompts)["input_ids"]
-    sampler = lambda: RowSeededSampling(list(range(len(prompts))), "cpu") if sampled else None  # noqa: E731
+    sampler = lambda: RowSeededSampling.seeded(list(range(len(prompts))), "cpu") if sampled else None  # noqa: E731
     with torch.no_grad():
         inputs = prefix_shared_inputs(model, token_ids, kwargs["pad_token_id"], 1)
         first = model.generate(**inputs, **kwargs, logits_processor=LogitsProcessorList([s for s in [sampler()] if s]))

@@ -37,14 +37,16 @@ class RowSeededSampling(LogitsProcessor):
     generator and leaves that token as the row's only finite score, so `generate`'s own multinomial draw (which
     uses the global generator) can only pick it."""
 
-    def __init__(self, seeds: list[int], device: torch.device):
-        self.generators = [torch.Generator(device=device).manual_seed(seed) for seed in seeds]
+    def __init__(self, generators: list[torch.Generator]):
+        self.generators = generators
+
+    @classmethod
+    def seeded(cls, seeds: list[int], device) -> "RowSeededSampling":
+        return cls([torch.Generator(device=device).manual_seed(seed) for seed in seeds])
 
     def select(self, rows: list[int]) -> "RowSeededSampling":
         """The same generators, of the given rows only (the others' answers have ended)."""
-        chosen = RowSeededSampling([], torch.device("cpu"))
-        chosen.generators = [self.generators[row] for row in rows]
-        return chosen
+        return RowSeededSampling([self.generators[row] for row in rows])
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         probabilities = torch.softmax(scores.float(), dim=-1)
