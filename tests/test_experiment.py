@@ -16,7 +16,10 @@ from conftest import REPO_ROOT, run_script
 
 FAST_STUDY = {
     "name": "tiny-fast",
-    "budgets": [2, 5],  # checkpoints every step: the first budget's is the oldest of five, and must be kept
+    "budgets": [2, 5],  # each a run of its own; 5 with two seeds (evaluated and saved every 2 steps), 2 with one
+    "seeds": [1, 2],
+    "seeded_budgets": [5],
+    "eval_steps": 2,
     "training": {"max_samples": 48, "val_set_size": 16, "per_device_train_batch_size": 4, "max_seq_length": 256,
                  "learning_rate": 3.0e-3, "warmup_steps": 0, "logging_steps": 1},
     "quantizations": ["none"],
@@ -53,29 +56,53 @@ def test_fast_study_produces_every_artifact_and_resumes(tiny_model, tiny_data, t
 
     results = tmp_path / "configs" / "results"
     report = (results / "report.md").read_text()
-    for figure in ("learning_curve.png", "loss_curve.png", "sweep.png"):
+    for figure in ("learning_curve.png", "sweep.png"):
         assert (results / figure).stat().st_size > 10_000, figure
         assert figure in report
         assert (tmp_path / "configs" / "assets" / f"tiny-fast_{figure}").is_file()
     assert (results / "scores" / "metrics.json").is_file() and (results / "sweep_scores" / "metrics.json").is_file()
     summary = json.loads((results / "metrics.json").read_text())
-    assert set(summary["scores"]) == {"base-nf4", "base-none", "step-2", "step-5", "tuned-none"}
+    runs = ["nf4-2-seed1", "nf4-5-seed1", "nf4-5-seed2", "none-2-seed1"]
+    assert set(summary["scores"]) == {"base-nf4", "base-none", *[f"tuned-{run}" for run in runs]}
     assert all(score["n"] == 12 for score in summary["scores"].values())
     pairs = {(c["a"], c["b"]) for c in summary["comparisons"]}
-    assert pairs == {("base-nf4", "step-2"), ("base-nf4", "step-5"), ("base-none", "tuned-none"), ("base-none", "base-nf4"),
-                     ("tuned-none", "step-5")}  # the same budget tuned on NF4 against tuned on the full-precision base
-    heldout = summary["heldout_at_budgets"]
-    assert sorted(heldout, key=int) == ["0", "2", "5"] and heldout["5"]["eval_loss"] < heldout["0"]["eval_loss"]
+    assert pairs == {("base-nf4", "tuned-nf4-2-seed1"), ("base-nf4", "tuned-nf4-5-seed1"), ("base-nf4", "tuned-nf4-5-seed2"),
+                     ("base-none", "tuned-none-2-seed1"), ("base-none", "base-nf4"),
+                     ("tuned-nf4-2-seed1", "tuned-nf4-5-seed1"),  # budgets compared within a seed
+                     ("tuned-none-2-seed1", "tuned-nf4-2-seed1")}  # the same training on NF4 against full precision
+    curves = summary["heldout_curves"]
+    assert [point["step"] for point in curves["nf4-5-seed2"]] == [0, 2, 4, 5]  # step 0, every 2 steps, the end
+    assert [point["step"] for point in curves["nf4-2-seed1"]] == [0, 2]
+    assert curves["nf4-5-seed1"][-1]["eval_loss"] < curves["nf4-5-seed1"][0]["eval_loss"]
+    assert curves["nf4-5-seed1"][0] == curves["nf4-5-seed2"][0]  # the same held-out records, the same base
+    assert curves["nf4-5-seed1"][-1] != curves["nf4-5-seed2"][-1]  # two seeds, two runs
     assert len(summary["sweep"]) == 2 and all(group["n"] == 6 for group in summary["sweep"])
-    for text in ("p = ", "Held-out loss", "fewer than 30", "The effect of quantizing the base", "on the tuned model (same budget)",
-                 "Side by side",
-                 "How long each part took", "32 examples trained on"):
+    for text in ("Holm-adjusted", "BLEU (mean per record)", "text-davinci-003", "fewer than 30",
+                 "Quantizing the base", "The same training (2 steps) on a quantized base", "Side by side",
+                 "How long each part took", "32 examples (of 32 training records"):
         assert text in report, text
-    assert set(summary["timings_seconds"]) >= {"train (nf4)", "train (none)", "generate (base-nf4)", "generate (sweep)", "score"}
+    assert set(summary["timings_seconds"]) >= {f"train ({run})" for run in runs} | {"generate (base-nf4)", "generate (sweep)", "score"}
+    committed = sorted(path.relative_to(results).as_posix() for path in (results / "generations").iterdir())
+    assert committed == sorted(["generations/base-nf4.jsonl", "generations/base-none.jsonl", "generations/sweep.jsonl",
+                                *[f"generations/tuned-{run}.jsonl" for run in runs]])
+    assert sorted(path.name for path in (results / "runs").iterdir()) == sorted(runs)
+
+    rebuilt = run_script("-m", "alpaca_qlora.study.rebuild", "--config", str(config))
+    assert rebuilt.returncode == 0, rebuilt.stdout[-3000:] + rebuilt.stderr[-3000:]
+    scores = results / "scores" / "scores.jsonl"
+    scores.write_text(scores.read_text().replace('"rougeL_f1": 0.', '"rougeL_f1": 0.9', 1))
+    tampered = run_script("-m", "alpaca_qlora.study.rebuild", "--config", str(config))
+    assert tampered.returncode == 2 and "rougeL_f1 recomputed from the texts" in tampered.stderr
+    scores.write_text(scores.read_text().replace('"rougeL_f1": 0.9', '"rougeL_f1": 0.', 1))
+    report_path = results / "report.md"
+    report_path.write_text(report.replace("Holm-adjusted", "adjusted", 1))
+    changed = run_script("-m", "alpaca_qlora.study.rebuild", "--config", str(config))
+    assert changed.returncode == 1 and "differs from its rebuild" in changed.stderr
+    report_path.write_text(report)
 
     rerun = run_script("-m", "alpaca_qlora.experiment", "--config", str(config), env={"OMP_NUM_THREADS": "1"})
     assert rerun.returncode == 0, rerun.stderr[-3000:]
-    assert "[run]" not in rerun.stdout and rerun.stdout.count("[skip]") == 8
+    assert "[run]" not in rerun.stdout and rerun.stdout.count("[skip]") == 4 + 2 + 4 + 1
     def without_timings(text: str) -> str:  # scoring runs (and is timed) again; everything else is the same
         return "\n".join(line for line in text.splitlines() if not line.startswith(("| score |", "| **all** |")))
 
@@ -84,21 +111,22 @@ def test_fast_study_produces_every_artifact_and_resumes(tiny_model, tiny_data, t
 
 def test_zero_learning_rate_adapter_is_exactly_the_base(tiny_model, tiny_data, tmp_path):
     """Trained with learning rate 0, the adapter is a no-op: at the same precision its answers and scores are the base's."""
-    config = write_config(tmp_path, tiny_model, tiny_data, budgets=[2], quantizations=[], sweep="top_k=1", sweep_records=4,
+    config = write_config(tmp_path, tiny_model, tiny_data, budgets=[2], seeds=[42], seeded_budgets=None,
+                          quantizations=[], sweep="top_k=1", sweep_records=4,
                           training={**FAST_STUDY["training"], "learning_rate": 0.0})
     result = run_script("-m", "alpaca_qlora.experiment", "--config", str(config), env={"OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     generations = tmp_path / "run" / "generations"
     base = [json.loads(line) for line in (generations / "base-nf4.jsonl").read_text().splitlines()]
-    tuned = [json.loads(line) for line in (generations / "step-2.jsonl").read_text().splitlines()]
+    tuned = [json.loads(line) for line in (generations / "tuned-nf4-2-seed42.jsonl").read_text().splitlines()]
     assert [row["prediction"] for row in base] == [row["prediction"] for row in tuned]
     assert {json.dumps(row["precision"], sort_keys=True) for row in base + tuned} == {
         json.dumps(base[0]["precision"], sort_keys=True)}
     summary = json.loads((tmp_path / "results" / "metrics.json").read_text())
-    [comparison] = [c for c in summary["comparisons"] if c["b"] == "step-2"]
-    assert all(comparison[key]["difference"] == 0 for key in ("bleu", "rouge_l_f1", "bertscore_f1"))
-    heldout = summary["heldout_at_budgets"]
-    assert heldout["2"]["eval_loss"] == heldout["0"]["eval_loss"]
+    [comparison] = [c for c in summary["comparisons"] if c["b"] == "tuned-nf4-2-seed42"]
+    assert all(comparison[key]["difference"] == 0 for key in ("bleu", "sentence_bleu", "rouge_l_f1", "bertscore_f1"))
+    [before, after] = summary["heldout_curves"]["nf4-2-seed42"]
+    assert after["eval_loss"] == before["eval_loss"]
 
 
 TRAINING = FAST_STUDY["training"]
@@ -158,7 +186,7 @@ def test_a_step_refusing_its_input_is_not_told_to_resume(tiny_model, tiny_data, 
     assert [line for line in result.stderr.splitlines() if line.startswith("error:")] == [
         "error: --lora_target_modules no_such_proj: Target modules {'no_such_proj'} not found in the base model. "
         "Please check the target modules and try again.",
-        "error: train (nf4) refused the command shown (exit code 2, the error above): fix what it names (a flag --NAME "
+        "error: train (nf4-2-seed1) refused the command shown (exit code 2, the error above): fix what it names (a flag --NAME "
         "is the study config's training.NAME or NAME) and run the study again"]
 
 
@@ -177,6 +205,16 @@ def test_smollm2_fast_study_runs_in_under_five_minutes(alpaca_json, tmp_path):
     elapsed = time.time() - started
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     summary = json.loads((tmp_path / "results" / "metrics.json").read_text())
-    assert set(summary["scores"]) == {"base-nf4", "base-none", "step-2", "step-4"}
-    assert summary["heldout_at_budgets"]["4"]["eval_loss"] < summary["heldout_at_budgets"]["0"]["eval_loss"]
+    assert set(summary["scores"]) == {"base-nf4", "base-none", "tuned-nf4-2-seed42", "tuned-nf4-4-seed42"}
+    curve = summary["heldout_curves"]["nf4-4-seed42"]
+    assert curve[-1]["eval_loss"] < curve[0]["eval_loss"]
     assert elapsed < 300, f"the CI variant took {elapsed:.0f} s"
+
+
+def test_holm_and_the_bootstrap_floor():
+    """Holm's step-down adjustment (checked by hand) and a p-value at the floor 1/(B+1) written as an upper bound."""
+    from alpaca_qlora.study.comparisons import holm, p_text
+
+    assert holm([0.01, 0.04, 0.03, 0.5]) == pytest.approx([0.04, 0.09, 0.09, 0.5])
+    assert holm([0.02, 0.02]) == pytest.approx([0.04, 0.04])
+    assert p_text(1 / 1001, 1 / 1001) == "<= 0.0010" and p_text(0.0123, 1 / 1001) == "0.0123"

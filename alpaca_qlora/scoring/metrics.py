@@ -102,6 +102,7 @@ class GroupScores:
     rouge_l_f1: Estimate
     bertscore_f1: Estimate
     ratings: Optional[RatingSummary] = None
+    sentence_bleu: Optional[Estimate] = None  # mean per-record BLEU: beside corpus BLEU, which weights long answers more
 
 
 @dataclass
@@ -121,6 +122,7 @@ class Comparison:
     bleu: Difference
     rouge_l_f1: Difference
     bertscore_f1: Difference
+    sentence_bleu: Optional[Difference] = None  # mean per-record BLEU
 
 
 # ---------------------------------------------------------------- scorers, loaded once
@@ -188,13 +190,15 @@ def check_config(config: MetricConfig) -> None:
         fail(f"--bertscore_batch_size must be at least 1, got {config.bertscore_batch_size}")
 
 
-def load_scorers(config: MetricConfig, bertscorer: Any = None) -> Scorers:
-    """Build every scorer once; `bertscorer` reuses an already loaded BERTScorer (it must match the config)."""
+def load_scorers(config: MetricConfig, bertscorer: Any = None, with_bertscore: bool = True) -> Scorers:
+    """Build every scorer once; `bertscorer` reuses an already loaded BERTScorer (it must match the config);
+    without BERTScore (`with_bertscore=False`: BLEU and ROUGE-L only, for per-record BERTScore read from a file)
+    no backbone is resolved or loaded."""
     from rouge_score import rouge_scorer
     from sacrebleu.metrics import BLEU
 
     check_config(config)
-    backbone = resolve_backbone(config)
+    backbone = resolve_backbone(config) if with_bertscore else None
     corpus = BLEU(tokenize=config.bleu_tokenize)
     sentence = BLEU(tokenize=config.bleu_tokenize, effective_order=True)
     corpus.corpus_score([""], [[""]])  # sets the reference count (always 1 here) that the signature reports
@@ -203,7 +207,7 @@ def load_scorers(config: MetricConfig, bertscorer: Any = None) -> Scorers:
         bleu=corpus,
         sentence_bleu=sentence,
         rouge=rouge_scorer.RougeScorer(["rougeL"], use_stemmer=not config.no_stemmer),
-        bertscore=bertscorer if bertscorer is not None else load_bertscorer(backbone, config),
+        bertscore=bertscorer if bertscorer is not None or not with_bertscore else load_bertscorer(backbone, config),
         backbone=backbone,
         config=config,
     )
@@ -505,6 +509,7 @@ def summarise(group: Group, samples: SampleScores, scorers: Scorers) -> GroupSco
         rouge_l_f1=mean_estimate(samples.rouge_l_f1, counts),
         bertscore_f1=mean_estimate(samples.bertscore_f1, counts),
         ratings=summarise_ratings(group, samples, scorers.config),
+        sentence_bleu=mean_estimate(samples.sentence_bleu, counts),
     )
 
 
@@ -521,6 +526,7 @@ def compare(pairing: Pairing, a: GroupScores, b: GroupScores, scorers: Scorers) 
         bleu=_difference(bleu_a, bleu_b, boot),
         rouge_l_f1=_mean_difference(a.samples.rouge_l_f1[rows_a], b.samples.rouge_l_f1[rows_b], counts),
         bertscore_f1=_mean_difference(a.samples.bertscore_f1[rows_a], b.samples.bertscore_f1[rows_b], counts),
+        sentence_bleu=_mean_difference(a.samples.sentence_bleu[rows_a], b.samples.sentence_bleu[rows_b], counts),
     )
 
 

@@ -74,9 +74,10 @@ def check_training(config: StudyConfig, path: str) -> None:
             **{name: f"training.{name}" for name in config.training}}
     with refused_as(path, keys):
         with no_trace_of_parsing():
-            main_run = parse_training_config(training_arguments(config, config.main_quantization))
-            for quantization in config.quantizations:
-                parse_training_config(training_arguments(config, quantization))
+            runs = config.runs()
+            main_run = parse_training_config(training_arguments(config, runs[0]))
+            for run in runs[1:]:
+                parse_training_config(training_arguments(config, run))
         check_model_available(config.base_model)
     with refused_as(f"{path}: data_path", keys):
         held_out = load_split(main_run).val

@@ -25,9 +25,12 @@ class StudyConfig:
     data_path: str
     run_dir: str  # training runs, prompts, generations and timings (large; not committed)
     results_dir: str  # the report, its figures and the score files (small; committed)
-    budgets: list[int]  # optimizer steps at which the learning curve is measured; the last is the full run
+    budgets: list[int]  # optimizer steps: each budget is a training run of its own, with its own full schedule
     training: dict = field(default_factory=dict)  # more training_script.py options (name: value)
-    quantizations: list[str] = field(default_factory=list)  # more base precisions, each trained to the last budget
+    quantizations: list[str] = field(default_factory=list)  # more base precisions, each trained at the first budget
+    seeds: list[int] = field(default_factory=lambda: [42])  # training seeds (data order, LoRA init, dropout)
+    seeded_budgets: list[int] | None = None  # budgets trained with every seed (the others with the first); None: all
+    eval_steps: int | None = None  # held-out loss every this many steps in every run; None: the budgets' gcd
     assets_dir: str = "assets"
     eval_records: int = 300
     max_new_tokens: int = 128
@@ -47,6 +50,38 @@ class StudyConfig:
     def precisions(self) -> list[str]:
         """Every base precision the study generates with: the main run's, the extra ones, and full precision."""
         return list(dict.fromkeys([self.main_quantization, *self.quantizations, "none"]))
+
+    def seeds_at(self, budget: int) -> list[int]:
+        every = self.budgets if self.seeded_budgets is None else self.seeded_budgets
+        return list(self.seeds) if budget in every else list(self.seeds[:1])
+
+    def runs(self) -> list["TrainingRun"]:
+        """Every training run: the main precision at every budget, the other precisions at the first budget."""
+        main = [TrainingRun(self.main_quantization, budget, seed) for budget in self.budgets for seed in self.seeds_at(budget)]
+        others = [TrainingRun(precision, self.budgets[0], seed) for precision in self.quantizations
+                  for seed in self.seeds_at(self.budgets[0])]
+        return main + others
+
+    def evaluation_spacing(self) -> int:
+        return self.eval_steps if self.eval_steps is not None else math.gcd(*self.budgets)
+
+
+@dataclass(frozen=True)
+class TrainingRun:
+    """One training run of the study: a base precision, a budget of optimizer steps (its whole schedule), a seed."""
+
+    precision: str
+    budget: int
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.precision}-{self.budget}-seed{self.seed}"
+
+    @property
+    def tuned(self) -> str:
+        """The name of its generation file (and of its group in the scores)."""
+        return f"tuned-{self.name}"
 
 
 REQUIRED_KEYS = [f.name for f in dataclasses.fields(StudyConfig)
@@ -97,9 +132,19 @@ def check_study_config(config: StudyConfig, path: str) -> None:
         fail(f"{path}: budgets must be increasing step counts >= 1, got {budgets}")
     if not isinstance(config.training, dict):
         fail(f"{path}: training must be a mapping of training_script.py options")
-    for reserved in ("output_dir", "base_model", "data_path", "max_steps", "resume_from_checkpoint"):
+    for reserved in ("output_dir", "base_model", "data_path", "max_steps", "resume_from_checkpoint", "seed"):
         if reserved in config.training:
             fail(f"{path}: training.{reserved} is set by the study itself; remove it")
+    seeds = config.seeds
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds) \
+            or len(set(seeds)) != len(seeds):
+        fail(f"{path}: seeds must be a list of distinct whole numbers, got {seeds!r}")
+    if config.seeded_budgets is not None and (not isinstance(config.seeded_budgets, list)
+                                              or not set(config.seeded_budgets) <= set(budgets)):
+        fail(f"{path}: seeded_budgets must list budgets of {budgets}, got {config.seeded_budgets!r}")
+    if config.eval_steps is not None and (isinstance(config.eval_steps, bool) or not isinstance(config.eval_steps, int)
+                                          or config.eval_steps < 1):
+        fail(f"{path}: eval_steps must be a whole number >= 1, got {config.eval_steps!r}")
     if not isinstance(config.quantizations, list):
         fail(f"{path}: quantizations must be a list of base precisions, got {config.quantizations!r}")
     for quantization in [config.main_quantization, *config.quantizations]:
@@ -121,8 +166,3 @@ def check_study_config(config: StudyConfig, path: str) -> None:
             fail(f"{path}: {name} must be a whole number >= {minimum}, got {value!r}")
     if config.sweep_records > config.eval_records:
         fail(f"{path}: sweep_records ({config.sweep_records}) must not exceed eval_records ({config.eval_records})")
-
-
-def step_spacing(budgets: list[int]) -> int:
-    """Checkpoints and held-out evaluations every this many steps land on every budget."""
-    return math.gcd(*budgets)

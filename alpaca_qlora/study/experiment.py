@@ -20,48 +20,39 @@ from pathlib import Path
 from ..cli import fail
 from .checks import check_steps_accept
 from .config import StudyConfig, load_study_config
-from .report import StudyData, trained_precisions, tuned_name, write_study_report
+from .committed import committed_generations, load_study_data, save_inputs
+from .comparisons import comparison_pairs, sweep_run_of
+from .report import write_study_report
 from .scores import make_scorers, score_files, score_sweep
-from .steps import (
-    Timings, adapter_at, base_model_arguments, generate, prompt_files, sweep_size, train, train_folder,
-)
+from .steps import Timings, base_model_arguments, generate, prompt_files, sweep_size, train, train_folder
 
 
 def run_study(config: StudyConfig) -> Path:
     timings = Timings(Path(config.run_dir) / "timings.json")
-    runs = {precision: train(config, precision, timings) for precision in [config.main_quantization, *config.quantizations]}
-    eval_prompts, sweep_prompts = prompt_files(config, runs[config.main_quantization])
+    runs = {run: train(config, run, timings) for run in config.runs()}
+    eval_prompts, sweep_prompts = prompt_files(config, next(iter(runs.values())))
     n, files = config.eval_records, {}
 
     for precision in config.precisions():  # the untuned base at every precision the study uses
         name = f"base-{precision}"
         files[name] = generate(config, name, base_model_arguments(config, precision), eval_prompts, n, timings)
-    for step in config.budgets:  # the main run's adapter at every budget, on its own (the main) precision
-        name = f"step-{step}"
-        files[name] = generate(config, name, ["--adapter", str(adapter_at(config, step))], eval_prompts, n, timings)
-    for precision in config.quantizations:  # every other precision's run, tuned to the last budget
-        name = f"tuned-{precision}"
-        files[name] = generate(config, name, ["--adapter", str(train_folder(config, precision))], eval_prompts, n, timings)
-    final_adapter = ["--adapter", str(adapter_at(config, config.budgets[-1]))]
-    sweep_file = generate(config, "sweep", final_adapter, sweep_prompts, config.sweep_records * sweep_size(config),
-                          timings, ["--sweep", config.sweep])
+    for run in runs:  # every run's adapter, on its own base precision
+        files[run.tuned] = generate(config, run.tuned, ["--adapter", str(train_folder(config, run))], eval_prompts, n,
+                                    timings)
+    sweep_run = sweep_run_of(config)
+    sweep_file = generate(config, "sweep", ["--adapter", str(train_folder(config, sweep_run))], sweep_prompts,
+                          config.sweep_records * sweep_size(config), timings, ["--sweep", config.sweep])
 
-    main = config.main_quantization
-    pairs = [(f"base-{main}", f"step-{step}") for step in config.budgets]
-    pairs += [(f"base-{precision}", f"tuned-{precision}") for precision in config.quantizations]
-    pairs += [("base-none", f"base-{precision}") for precision in config.precisions() if precision != "none"]
-    if "none" in trained_precisions(config):  # the same budget tuned on a quantized base against the full-precision one
-        pairs += [(tuned_name(config, "none"), tuned_name(config, precision))
-                  for precision in trained_precisions(config) if precision != "none"]
     print("[score] every generation file, in this process", flush=True)
     started = time.time()
     scorers = make_scorers(config)
     results_dir = Path(config.results_dir)
-    scored = score_files(files, pairs, scorers, results_dir / "scores")
-    sweep = score_sweep(sweep_file, scorers, results_dir / "sweep_scores")
+    save_inputs(config, runs, files, sweep_file, timings, results_dir)
+    score_files(committed_generations(results_dir, files), comparison_pairs(config), scorers, results_dir / "scores")
+    score_sweep(results_dir / "generations" / "sweep.jsonl", scorers, results_dir / "sweep_scores")
     timings.record("score", time.time() - started)
-    data = StudyData(config, runs, scored.by_name, scored.comparisons, sweep, timings.read())
-    report = write_study_report(data, results_dir / "sweep_scores" / "metrics.png")
+    save_inputs(config, runs, files, sweep_file, timings, results_dir)  # the scoring's time too
+    report = write_study_report(load_study_data(config, scorers))
     print(f"report: {report}")
     return report
 

@@ -1,54 +1,53 @@
-"""The study's report: markdown, figures and a summary JSON, from the run folders and the scoring's results.
+"""The study's report: markdown, figures and a summary JSON, made only from the committed files (committed.py).
 
-Every count in it is the count actually used: training examples after tokenization (and how many were left
-out or truncated), held-out examples and tokens behind each held-out loss, records behind each score.
+Every count in it is the count actually used (examples trained on, held-out tokens behind each loss, records
+behind each score). Each comparison is paired and made within a seed; across seeds the report gives the spread
+of the per-seed results, not one pooled interval. p-values are two-sided paired bootstrap values, written
+`<= 1/(B+1)` at the bootstrap's floor, and adjusted across each table with Holm's method; a difference whose
+interval holds 0 is "not distinguishable at this n", never "equal".
 """
 
 from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass
+import statistics
 from pathlib import Path
 
 from ..files import atomic_write_text
 from ..plots import plt, save_figure
-from ..run_folder import RunFolder, library_versions, machine_info
+from ..run_folder import RunFolder
 from ..scoring.metrics import Comparison, Difference, Estimate, GroupScores
-from ..scoring.report import SMALL_SAMPLE, Report, finite
-from .config import StudyConfig
+from ..scoring.report import SMALL_SAMPLE, finite
+from .committed import StudyData
+from .comparisons import budget_pairs, holm, p_text, sweep_run_of
+from .config import PATH_FIELDS as PATH_KEYS, TrainingRun
 
-METRICS = (("bleu", "BLEU", 0.01), ("rouge_l_f1", "ROUGE-L F1", 1.0), ("bertscore_f1", "BERTScore F1", 1.0))
-PRECISION_NAMES = {"nf4": "4-bit NF4", "fp4": "4-bit FP4", "int8": "8-bit", "none": "full precision"}
-
-
-@dataclass
-class StudyData:
-    """Everything the report is made from."""
-
-    config: StudyConfig
-    runs: dict[str, RunFolder]  # precision -> its training run
-    scores: dict[str, GroupScores]  # generation name -> scores
-    comparisons: dict[tuple[str, str], Comparison]
-    sweep: Report
-    timings: dict[str, float]
+# (key, label, decimals): corpus BLEU and per-record (sentence) BLEU side by side; they can disagree.
+METRICS = (("bleu", "BLEU (corpus)", 2), ("sentence_bleu", "BLEU (mean per record)", 2),
+           ("rouge_l_f1", "ROUGE-L F1", 4), ("bertscore_f1", "BERTScore F1", 4))
+PRECISION_NAMES = {"nf4": "4-bit NF4", "fp4": "4-bit FP4", "int8": "8-bit", "none": "full precision (bf16/fp32)"}
+REFERENCES_NOTE = ("The references are the Alpaca data's own outputs, written by OpenAI's text-davinci-003 (Taori et al., "
+                   "2023), not by people: the scores measure closeness to that model's answers.")
 
 
 # ---------------------------------------------------------------------------------------------
-# Numbers from the run folders
+# Numbers from the run files
 # ---------------------------------------------------------------------------------------------
-def heldout_at(run: RunFolder, step: int) -> dict | None:
-    """The held-out result at a step: before training (0), at a budget (the log), or after training."""
+def heldout_curve(run: RunFolder) -> list[tuple[int, dict]]:
+    """Every held-out evaluation of a run, step 0 (before training) first."""
     results = run.eval_results()
-    if step == 0:
-        return results.get("before_training")
-    if step == results.get("finished_at_step"):
-        return results.get("after_training")
-    return next((row for row in run.log() if row.get("step") == step and "eval_loss" in row), None)
+    points = {0: results["before_training"]} if results.get("before_training") else {}
+    for row in run.log():
+        if "eval_loss" in row and row.get("step"):
+            points[row["step"]] = {"eval_loss": row["eval_loss"], "eval_tokens": row.get("eval_tokens")}
+    if results.get("after_training") and results.get("finished_at_step"):
+        points[results["finished_at_step"]] = results["after_training"]
+    return sorted(points.items())
 
 
-def learning_rate_at(run: RunFolder, step: int) -> float | None:
-    return next((row["learning_rate"] for row in run.log() if row.get("step") == step and "learning_rate" in row), None)
+def final_loss(run: RunFolder) -> float:
+    return run.eval_results()["after_training"]["eval_loss"]
 
 
 def throughput(run: RunFolder) -> float | None:
@@ -57,23 +56,67 @@ def throughput(run: RunFolder) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def fmt_loss(result: dict | None) -> str:
-    return "not measured" if not result else f"{result['eval_loss']:.4f}"
-
-
-def fmt_estimate(estimate: Estimate, scale: float = 1.0, digits: int = 4) -> str:
+# ---------------------------------------------------------------------------------------------
+# Formatting
+# ---------------------------------------------------------------------------------------------
+def fmt_estimate(estimate: Estimate, digits: int) -> str:
     low, high = estimate.ci95
-    return f"{estimate.value * scale:.{digits}f} [{low * scale:.{digits}f}, {high * scale:.{digits}f}]"
+    return f"{estimate.value:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
 
 
-def fmt_difference(difference: Difference, scale: float = 1.0, digits: int = 4) -> str:
-    low, high = difference.ci95
-    return (f"{difference.difference * scale:+.{digits}f} [{low * scale:+.{digits}f}, {high * scale:+.{digits}f}] "
-            f"(p = {difference.p_value:.4f})")
+def fmt_spread(values: list[float], digits: int) -> str:
+    """The mean over seeds and the range, or the single value of one seed."""
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.mean(values):.{digits}f} ({min(values):.{digits}f} to {max(values):.{digits}f})"
 
 
-def significant(difference: Difference) -> bool:
-    return difference.p_value < 0.05 and (difference.ci95[0] > 0 or difference.ci95[1] < 0)
+def fmt_signed_spread(values: list[float], digits: int) -> str:
+    if len(values) == 1:
+        return f"{values[0]:+.{digits}f}"
+    return f"{statistics.mean(values):+.{digits}f} ({min(values):+.{digits}f} to {max(values):+.{digits}f})"
+
+
+class Table:
+    """Rows of paired differences whose p-values are adjusted together (Holm) when the table is written."""
+
+    def __init__(self, floor: float):
+        self.floor = floor
+        self.rows: list[tuple[list[str], list[Difference]]] = []
+
+    def add(self, cells: list[str], differences: list[Difference]) -> None:
+        self.rows.append((cells, differences))
+
+    def lines(self, header: list[str]) -> list[str]:
+        raw = [d.p_value for _, differences in self.rows for d in differences]
+        adjusted = iter(holm(raw))
+        lines = ["| " + " | ".join(header + [label for _, label, _ in METRICS]) + " |",
+                 "|" + "---|" * (len(header) + len(METRICS))]
+        for cells, differences in self.rows:
+            texts = [self.cell(d, next(adjusted), digits) for d, (_, _, digits) in zip(differences, METRICS)]
+            lines.append("| " + " | ".join(cells + texts) + " |")
+        return lines + ["", f"{len(raw)} tests in this table; p is the paired bootstrap p-value, Holm-adjusted across "
+                            "the table (the raw value in brackets)."]
+
+    def cell(self, d: Difference, adjusted: float, digits: int) -> str:
+        low, high = d.ci95
+        at_floor = d.p_value <= self.floor * (1 + 1e-9)
+        adjusted_text = f"<= {adjusted:.4f}" if at_floor else f"{adjusted:.4f}"
+        return (f"{d.difference:+.{digits}f} [{low:+.{digits}f}, {high:+.{digits}f}] "
+                f"p {adjusted_text} ({p_text(d.p_value, self.floor)})")
+
+
+def differences_of(comparison: Comparison) -> list[Difference]:
+    return [getattr(comparison, key) for key, _, _ in METRICS]
+
+
+def shown(model: str) -> str:
+    """A model as the report names it: a name as written, a folder or file by its own name (no machine's path)."""
+    return Path(model).name if Path(model).is_absolute() else model
+
+
+def floor_of(data: StudyData) -> float:
+    return 1 / (data.config.bootstrap + 1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -81,63 +124,92 @@ def significant(difference: Difference) -> bool:
 # ---------------------------------------------------------------------------------------------
 def setup_section(data: StudyData) -> list[str]:
     config = data.config
-    main = data.runs[config.main_quantization]
-    info, run_config = main.info(), main.config()
+    first_run, first = next(iter(data.runs.items()))
+    info, run_config = first.info(), first.config()
     counts = info["data"]
     tokenization = counts["tokenization"]["train"]
-    versions = ", ".join(f"{name} {version}" for name, version in library_versions().items() if version)
-    machine = machine_info()
+    versions = ", ".join(f"{name} {version}" for name, version in info.get("versions", {}).items() if version)
+    machines = sorted({run.info()["machine"].get("cpu") or run.info()["machine"]["processor"] for run in data.runs.values()})
     n_scored = len(data.scores[f"base-{config.main_quantization}"].group.records)
+    runs_text = "; ".join(f"{budget} steps x {len(config.seeds_at(budget))} seed(s) ({', '.join(map(str, config.seeds_at(budget)))})"
+                          for budget in config.budgets)
+    train = run_config["train"]
     return [
-        f"# Study `{config.name}`: does QLoRA on Alpaca help `{config.base_model}`?", "",
+        f"# Study `{config.name}`: does QLoRA on Alpaca help `{shown(config.base_model)}`, and does more training keep helping?", "",
         "## Setup", "",
-        f"- Base model `{config.base_model}`; data `{Path(config.data_path).name}`; prompt template "
+        f"- Base model `{shown(config.base_model)}`; data `{Path(config.data_path).name}`; prompt template "
         f"`{run_config['data']['prompt_template']}`; at most {run_config['data']['max_seq_length']} tokens per example.",
-        f"- Training: {counts['train_examples']} examples trained on (of {counts['train_records']} training records: "
+        f"- Every budget is a training run of its own with its whole schedule ({train['lr_scheduler_type']}, warm-up "
+        f"{warmup_text(train['warmup_steps'])}, peak learning rate {train['learning_rate']}): {runs_text}; "
+        f"{PRECISION_NAMES[config.main_quantization]} base. Batch {train['per_device_train_batch_size']} x "
+        f"{train['gradient_accumulation_steps']} accumulation; LoRA r {run_config['lora']['lora_r']} / alpha "
+        f"{run_config['lora']['lora_alpha']} on `{run_config['lora']['lora_target_modules']}`. A seed sets the LoRA "
+        "initialisation, the dropout masks and the order of the training records; the held-out split has its own seed, "
+        "so every run holds out the same records.",
+        f"- Training pool: {counts['train_examples']} examples (of {counts['train_records']} training records: "
         f"{tokenization['prompt_too_long']} left out because their prompt alone fills the limit, {tokenization['truncated']} "
-        f"truncated), batch {run_config['train']['per_device_train_batch_size']} x "
-        f"{run_config['train']['gradient_accumulation_steps']} accumulation, learning rate "
-        f"{run_config['train']['learning_rate']} ({run_config['train']['lr_scheduler_type']}, warm-up "
-        f"{run_config['train']['warmup_steps']}), LoRA r {run_config['lora']['lora_r']} / alpha {run_config['lora']['lora_alpha']} "
-        f"on `{run_config['lora']['lora_target_modules']}`; one run to {config.budgets[-1]} optimizer steps, measured at "
-        f"steps {', '.join(map(str, config.budgets))}.",
+        f"truncated); a run of B steps trains on the first B x {train['per_device_train_batch_size']} of them in its "
+        "seed's order (at most one epoch).",
         f"- Held-out loss: mean negative log-likelihood per response token over the {counts['val_examples']} held-out "
-        f"examples of the run's held-out split (never trained on).",
+        f"examples (never trained on), at step 0 and every {config.evaluation_spacing()} steps of every run.",
         f"- Scores: the first {n_scored} held-out records, greedy decoding, at most {config.max_new_tokens} new tokens; "
-        f"BLEU (sacrebleu), ROUGE-L F1 (rouge-score), BERTScore F1 (`{config.bertscore_model}`: not comparable with other "
-        f"backbones); 95% bootstrap intervals and paired bootstrap p-values, {config.bootstrap} resamples.",
-        "- Base and tuned models are always compared at the same base precision; the effect of quantizing the base "
-        "is a comparison of its own.",
-        f"- Machine: {machine.get('cpu', machine['processor'])}, {machine['platform']}; {versions}.", "",
+        f"BLEU (sacrebleu) as a corpus and as the mean of per-record BLEU, ROUGE-L F1 (rouge-score), BERTScore F1 "
+        f"(`{config.bertscore_model}`: not comparable with other backbones); 95% percentile bootstrap intervals and "
+        f"two-sided paired bootstrap p-values, {config.bootstrap} resamples (so no p-value is below "
+        f"{floor_of(data):.4f}).",
+        f"- {REFERENCES_NOTE}",
+        "- Base and tuned models are compared at the same base precision; the effect of quantizing the base is a "
+        "comparison of its own.",
+        f"- Machine(s): {', '.join(machines)}, {first.info()['machine']['platform']}; {versions}.", "",
     ]
 
 
-def learning_curve_section(data: StudyData) -> list[str]:
+def warmup_text(warmup: float) -> str:
+    return f"{warmup:.0%} of the steps" if 0 < warmup < 1 else f"{warmup:g} steps"
+
+
+def budget_runs(data: StudyData, budget: int) -> list[TrainingRun]:
+    return [run for run in data.runs if run.precision == data.config.main_quantization and run.budget == budget]
+
+
+def budgets_section(data: StudyData) -> list[str]:
     config = data.config
-    precision = config.main_quantization
-    run = data.runs[precision]
-    base = f"base-{precision}"
-    lines = [f"## Base vs fine-tuned, at the same base precision ({PRECISION_NAMES[precision]})", "",
-             "| model | steps | learning rate at that step | held-out loss | BLEU | ROUGE-L F1 | BERTScore F1 | empty answers |",
-             "|---|---:|---:|---:|---|---|---|---:|"]
-    for step, name in [(0, base), *[(b, f"step-{b}") for b in config.budgets]]:
-        scores = data.scores[name]
-        lr = learning_rate_at(run, step) if step else None
-        lines.append(f"| {'base (untuned)' if step == 0 else f'tuned, step {step}'} | {step} | "
-                     f"{'-' if lr is None else f'{lr:.2e}'} | {fmt_loss(heldout_at(run, step))} | "
-                     f"{fmt_estimate(scores.bleu, digits=2)} | {fmt_estimate(scores.rouge_l_f1)} | "
-                     f"{fmt_estimate(scores.bertscore_f1)} | {scores.group.empty_predictions} |")
-    first_lr = learning_rate_at(run, 1)
-    if first_lr == 0:
-        lines += ["", "Note: the learning rate was 0 at step 1 (warm-up starts at 0), so step 1 changed nothing."]
-    lines += ["", "### Paired differences (tuned - base: same records, same precision)", "",
-              "| tuned at | n | BLEU | ROUGE-L F1 | BERTScore F1 |", "|---|---:|---|---|---|"]
-    for step in config.budgets:
-        comparison = data.comparisons[(base, f"step-{step}")]
-        lines.append(f"| step {step} | {len(comparison.pairing.shared_ids)} | "
-                     + " | ".join(fmt_difference(getattr(comparison, key), 1.0, 2 if key == 'bleu' else 4) for key, _, _ in METRICS) + " |")
-    lines += caution([data.comparisons[(base, f"step-{b}")] for b in config.budgets])
-    return lines + ["", "![learning curve](learning_curve.png)", "", "![loss curve](loss_curve.png)", ""]
+    main = config.main_quantization
+    base = f"base-{main}"
+    base_loss = heldout_curve(data.runs[budget_runs(data, config.budgets[0])[0]])[0][1]["eval_loss"]
+    lines = [f"## Budgets: base vs fine-tuned ({PRECISION_NAMES[main]} base)", "",
+             "Each value is the mean over the budget's seeds, with their range in brackets; each seed's interval is "
+             "in the paired table below and in metrics.json.", "",
+             "| model | steps | records trained on | seeds | held-out loss | "
+             + " | ".join(label for _, label, _ in METRICS) + " | empty answers |",
+             "|---|---:|---:|---:|---:|" + "---|" * len(METRICS) + "---:|",
+             f"| base (untuned) | 0 | 0 | - | {base_loss:.4f} | "
+             + " | ".join(fmt_estimate(getattr(data.scores[base], key), digits) for key, _, digits in METRICS)
+             + f" | {data.scores[base].group.empty_predictions} |"]
+    for budget in config.budgets:
+        runs = budget_runs(data, budget)
+        batch = data.runs[runs[0]].config()["train"]["per_device_train_batch_size"]
+        cells = [fmt_spread([getattr(data.scores[run.tuned], key).value for run in runs], digits) for key, _, digits in METRICS]
+        empty = fmt_spread([data.scores[run.tuned].group.empty_predictions for run in runs], 1)
+        lines.append(f"| tuned | {budget} | {budget * batch:,} | {len(runs)} | "
+                     f"{fmt_spread([final_loss(data.runs[run]) for run in runs], 4)} | {' | '.join(cells)} | {empty} |")
+    table = Table(floor_of(data))
+    for run in [run for budget in config.budgets for run in budget_runs(data, budget)]:
+        comparison = data.comparisons[(base, run.tuned)]
+        table.add([f"{run.budget}", f"{run.seed}", str(len(comparison.pairing.shared_ids))], differences_of(comparison))
+    lines += ["", "### Paired differences, tuned minus base (same records, same precision), one row per run", ""]
+    lines += table.lines(["steps", "seed", "n"])
+    lines += ["", "### Larger budgets against the smallest (same seed, same records)", ""]
+    table = Table(floor_of(data))
+    for a, b in budget_pairs(config):
+        comparison = data.comparisons[(a, b)]
+        run = next(run for run in data.runs if run.tuned == b)
+        table.add([f"{run.budget} - {config.budgets[0]}", f"{run.seed}", str(len(comparison.pairing.shared_ids))],
+                  differences_of(comparison))
+    lines += table.lines(["steps", "seed", "n"]) if table.rows else ["(only one budget)"]
+    lines += caution(list(data.comparisons.values()))
+    return lines + ["", "The learning curves (every held-out evaluation of every run, step 0 included) and the scores "
+                        "by budget (one point per seed):", "", "![learning curve](learning_curve.png)", ""]
 
 
 def caution(comparisons: list[Comparison]) -> list[str]:
@@ -150,76 +222,55 @@ def caution(comparisons: list[Comparison]) -> list[str]:
 
 def quantization_section(data: StudyData) -> list[str]:
     config = data.config
-    precisions = trained_precisions(config)
-    if len(precisions) < 2 and "none" not in data.runs:
-        lines = []
-    else:
-        lines = [f"## Quantization at the same budget ({config.budgets[-1]} steps)", "",
-                 "| base precision | held-out loss: base -> tuned | BLEU (tuned) | ROUGE-L F1 (tuned) | BERTScore F1 (tuned) | "
-                 "BERTScore F1 tuned - base | training tokens/s | peak memory (GiB) |",
-                 "|---|---|---|---|---|---|---:|---:|"]
-        for precision in precisions:
-            run = data.runs[precision]
-            tuned = data.scores[tuned_name(config, precision)]
-            difference = data.comparisons[(f"base-{precision}", tuned_name(config, precision))].bertscore_f1
-            results = run.eval_results()
-            memory = results.get("peak_memory_gib")
-            speed = throughput(run)
-            lines.append(f"| {PRECISION_NAMES[precision]} | {fmt_loss(results.get('before_training'))} -> "
-                         f"{fmt_loss(results.get('after_training'))} | {fmt_estimate(tuned.bleu, digits=2)} | "
-                         f"{fmt_estimate(tuned.rouge_l_f1)} | {fmt_estimate(tuned.bertscore_f1)} | {fmt_difference(difference)} | "
-                         f"{'-' if speed is None else f'{speed:,.0f}'} | {'-' if memory is None else f'{memory:.2f}'} |")
-        lines.append("")
-    lines += ["### The effect of quantizing the base (no training)", "",
-              "Each quantized base against the same base in full precision, on the same records (quantized - full).", "",
-              "| base | held-out loss | BLEU | ROUGE-L F1 | BERTScore F1 |", "|---|---|---|---|---|"]
-    lines += precision_rows(data, [p for p in config.precisions() if p != "none"], lambda p: f"base-{p}", "before_training")
-    return lines + [""] + tuned_quantization_lines(data)
+    others = [p for p in config.precisions() if p != "none"]
+    lines = ["## Quantization", "", "### Quantizing the base (no training): quantized minus full precision, same records", ""]
+    table = Table(floor_of(data))
+    for precision in others:
+        comparison = data.comparisons[("base-none", f"base-{precision}")]
+        table.add([PRECISION_NAMES[precision], str(len(comparison.pairing.shared_ids))], differences_of(comparison))
+    lines += table.lines(["base", "n"])
+    smallest = config.budgets[0]
+    trained = [config.main_quantization, *config.quantizations]
+    if "none" not in trained:
+        return lines + [""]
+    lines += ["", f"### The same training ({smallest} steps) on a quantized base minus on the full-precision base, per seed", "",
+              "| base | seed | held-out loss after training (quantized - full) | training tokens/s (quantized, full) | "
+              "peak memory GiB (quantized, full) |", "|---|---:|---:|---:|---:|"]
+    table = Table(floor_of(data))
+    for precision in [p for p in trained if p != "none"]:
+        for seed in config.seeds_at(smallest):
+            quantized, full = TrainingRun(precision, smallest, seed), TrainingRun("none", smallest, seed)
+            q_run, f_run = data.runs[quantized], data.runs[full]
+            lines.append(f"| {PRECISION_NAMES[precision]} | {seed} | {final_loss(q_run) - final_loss(f_run):+.4f} "
+                         f"({final_loss(f_run):.4f} -> {final_loss(q_run):.4f}) | {fmt_speed(q_run)}, {fmt_speed(f_run)} | "
+                         f"{fmt_memory(q_run)}, {fmt_memory(f_run)} |")
+            comparison = data.comparisons[(full.tuned, quantized.tuned)]
+            table.add([PRECISION_NAMES[precision], str(seed), str(len(comparison.pairing.shared_ids))],
+                      differences_of(comparison))
+    return lines + ["", "Scores, quantized minus full precision:", ""] + table.lines(["base", "seed", "n"]) + [""]
 
 
-def tuned_quantization_lines(data: StudyData) -> list[str]:
-    """Tuned on each quantized base against tuned on the full-precision base, same budget, same records."""
-    config = data.config
-    if "none" not in trained_precisions(config):
-        return []
-    return ["### The effect of quantizing the base on the tuned model (same budget)", "",
-            f"Tuned for {config.budgets[-1]} steps on each quantized base against the same training on the full-precision "
-            "base, on the same records (quantized - full).", "",
-            "| base | held-out loss after training | BLEU | ROUGE-L F1 | BERTScore F1 |", "|---|---|---|---|---|",
-            *precision_rows(data, [p for p in trained_precisions(config) if p != "none"],
-                            lambda p: tuned_name(config, p), "after_training"), ""]
+def fmt_speed(run: RunFolder) -> str:
+    speed = throughput(run)
+    return "-" if speed is None else f"{speed:,.0f}"
 
 
-def precision_rows(data: StudyData, precisions: list[str], name_of, loss_key: str) -> list[str]:
-    """One row per quantized precision: its held-out loss and paired score differences against full precision."""
-    full_loss = data.runs["none"].eval_results().get(loss_key) if "none" in data.runs else None
-    rows = []
-    for precision in precisions:
-        comparison = data.comparisons[(name_of("none"), name_of(precision))]
-        loss = data.runs[precision].eval_results().get(loss_key)
-        loss_text = (f"{loss['eval_loss'] - full_loss['eval_loss']:+.4f} ({fmt_loss(full_loss)} -> {fmt_loss(loss)})"
-                     if loss and full_loss else "not measured (no full-precision run)")
-        rows.append(f"| {PRECISION_NAMES[precision]} | {loss_text} | "
-                    + " | ".join(fmt_difference(getattr(comparison, key), 1.0, 2 if key == 'bleu' else 4) for key, _, _ in METRICS) + " |")
-    return rows
-
-
-def trained_precisions(config: StudyConfig) -> list[str]:
-    return [config.main_quantization, *config.quantizations]
-
-
-def tuned_name(config: StudyConfig, precision: str) -> str:
-    return f"step-{config.budgets[-1]}" if precision == config.main_quantization else f"tuned-{precision}"
+def fmt_memory(run: RunFolder) -> str:
+    memory = run.eval_results().get("peak_memory_gib")
+    return "-" if memory is None else f"{memory:.2f}"
 
 
 def sweep_section(data: StudyData) -> list[str]:
     config = data.config
-    lines = [f"## Decoding sweep on the fine-tuned model ({PRECISION_NAMES[config.main_quantization]}, "
-             f"{config.budgets[-1]} steps)", "", f"First {config.sweep_records} held-out records, sweep `{config.sweep}`.", "",
-             "| setting | n | BLEU | ROUGE-L F1 | BERTScore F1 | empty answers |", "|---|---:|---|---|---|---:|"]
-    for result in data.sweep.groups:
-        lines.append(f"| {result.group.label} | {len(result.group.records)} | {fmt_estimate(result.bleu, digits=2)} | "
-                     f"{fmt_estimate(result.rouge_l_f1)} | {fmt_estimate(result.bertscore_f1)} | {result.group.empty_predictions} |")
+    run = sweep_run_of(config)
+    lines = [f"## Decoding sweep on the fine-tuned model ({run.name})", "",
+             f"First {config.sweep_records} held-out records, sweep `{config.sweep}`.", "",
+             "| setting | n | " + " | ".join(label for _, label, _ in METRICS) + " | empty answers |",
+             "|---|---:|" + "---|" * len(METRICS) + "---:|"]
+    for result in data.sweep:
+        lines.append(f"| {result.group.label} | {len(result.group.records)} | "
+                     + " | ".join(fmt_estimate(getattr(result, key), digits) for key, _, digits in METRICS)
+                     + f" | {result.group.empty_predictions} |")
     return lines + ["", "![sweep](sweep.png)", ""]
 
 
@@ -227,9 +278,11 @@ def side_by_side_section(data: StudyData) -> list[str]:
     config = data.config
     if config.side_by_side < 1:
         return []
+    run = sweep_run_of(config)
     base = data.scores[f"base-{config.main_quantization}"].group.records
-    tuned = {record.id: record for record in data.scores[f"step-{config.budgets[-1]}"].group.records}
-    lines = [f"## Side by side: base and tuned ({config.budgets[-1]} steps) on held-out instructions", ""]
+    tuned = {record.id: record for record in data.scores[run.tuned].group.records}
+    lines = [f"## Side by side: base and tuned ({run.name}) on held-out instructions", "",
+             f"All answers are in `generations/` beside this report.", ""]
     for record in base[: config.side_by_side]:
         lines += [f"**Instruction** ({record.id}): {one_line(record.instruction)}"]
         if record.input:
@@ -245,7 +298,8 @@ def one_line(text: str, limit: int = 400) -> str:
 
 
 def timings_section(data: StudyData) -> list[str]:
-    lines = ["## How long each part took", "", "| part | minutes |", "|---|---:|"]
+    lines = ["## How long each part took", "", "Wall time of each step; the legs of a stopped and resumed step are "
+             "added (a leg killed outright is not counted).", "", "| part | minutes |", "|---|---:|"]
     lines += [f"| {step} | {seconds / 60:.1f} |" for step, seconds in data.timings.items()]
     total = sum(data.timings.values())
     return lines + [f"| **all** | **{total / 60:.1f}** |", ""]
@@ -253,23 +307,21 @@ def timings_section(data: StudyData) -> list[str]:
 
 def reading_section(data: StudyData) -> list[str]:
     config = data.config
-    base, final = f"base-{config.main_quantization}", f"step-{config.budgets[-1]}"
-    comparison = data.comparisons[(base, final)]
-    run = data.runs[config.main_quantization]
-    before, after = heldout_at(run, 0), heldout_at(run, config.budgets[-1])
+    base = f"base-{config.main_quantization}"
     lines = ["## Reading", ""]
     if config.reading.strip():
         lines += [config.reading.strip(), ""]
-    lines += ["What the numbers above say, mechanically:", ""]
-    if before and after:
-        lines.append(f"- Held-out loss {before['eval_loss']:.4f} -> {after['eval_loss']:.4f} after {config.budgets[-1]} steps "
-                     f"({after['eval_tokens']:,} response tokens).")
-    for key, label, _ in METRICS:
-        difference = getattr(comparison, key)
-        direction = "higher" if difference.difference > 0 else "lower"
-        verdict = "significant" if significant(difference) else "not significant"
-        lines.append(f"- {label}: tuned is {direction} than base by {abs(difference.difference):.4f} "
-                     f"({verdict}, p = {difference.p_value:.4f}, n = {len(comparison.pairing.shared_ids)}).")
+    lines += ["What the numbers above say, mechanically (a difference counts when its Holm-adjusted p is below 0.05 "
+              "in its table; otherwise it is not distinguishable from 0 at this n):", ""]
+    for budget in config.budgets:
+        runs = budget_runs(data, budget)
+        losses = [final_loss(data.runs[run]) for run in runs]
+        parts = []
+        for key, label, digits in METRICS:
+            values = [getattr(data.comparisons[(base, run.tuned)], key).difference for run in runs]
+            parts.append(f"{label} {fmt_signed_spread(values, digits)}")
+        lines.append(f"- {budget} steps ({len(runs)} seed(s)): held-out loss {fmt_spread(losses, 4)}; tuned minus base: "
+                     + "; ".join(parts) + ".")
     return lines + [""]
 
 
@@ -278,24 +330,50 @@ def reading_section(data: StudyData) -> list[str]:
 # ---------------------------------------------------------------------------------------------
 def plot_learning_curve(data: StudyData, path: Path) -> None:
     config = data.config
-    run = data.runs[config.main_quantization]
-    steps = [0, *config.budgets]
-    names = [f"base-{config.main_quantization}", *[f"step-{b}" for b in config.budgets]]
-    figure, axes = plt.subplots(1, 4, figsize=(16, 3.8))
-    losses = [(step, heldout_at(run, step)) for step in steps]
-    axes[0].plot([s for s, r in losses if r], [r["eval_loss"] for s, r in losses if r], marker="o", color="tab:orange")
-    axes[0].set_title("held-out loss (nats/token)")
-    for axis, (key, label, scale) in zip(axes[1:], METRICS):
-        estimates = [getattr(data.scores[name], key) for name in names]
-        values = [e.value * scale for e in estimates]
-        axis.errorbar(steps, values, yerr=[[v - e.ci95[0] * scale for v, e in zip(values, estimates)],
-                                           [e.ci95[1] * scale - v for v, e in zip(values, estimates)]], marker="o", capsize=4)
-        axis.set_title(f"{label}{' / 100' if scale != 1 else ''} (95% CI)")
+    base = data.scores[f"base-{config.main_quantization}"]
+    figure, axes = plt.subplots(1, 1 + len(METRICS), figsize=(4 * (1 + len(METRICS)), 3.8))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for index, budget in enumerate(config.budgets):
+        for run in budget_runs(data, budget):
+            curve = heldout_curve(data.runs[run])
+            axes[0].plot([s for s, _ in curve], [r["eval_loss"] for _, r in curve], marker="o", markersize=3,
+                         color=colors[index % len(colors)], alpha=0.8,
+                         label=f"{budget} steps" if run.seed == config.seeds_at(budget)[0] else None)
+    axes[0].set_title("held-out loss (nats/token), every evaluation")
+    axes[0].legend(fontsize=8)
+    for axis, (key, label, _) in zip(axes[1:], METRICS):
+        base_estimate = getattr(base, key)
+        axis.axhspan(*base_estimate.ci95, color="grey", alpha=0.2, label="base, 95% CI")
+        axis.axhline(base_estimate.value, color="grey")
+        for budget in config.budgets:
+            for run in budget_runs(data, budget):
+                estimate = getattr(data.scores[run.tuned], key)
+                axis.errorbar([budget], [estimate.value], yerr=[[estimate.value - estimate.ci95[0]],
+                                                                 [estimate.ci95[1] - estimate.value]],
+                              marker="o", capsize=3, color="tab:blue", alpha=0.7)
+        axis.set_xscale("log")
+        axis.set_xticks(config.budgets, [str(b) for b in config.budgets])
+        axis.set_title(f"{label} (95% CI)", fontsize=9)
     for axis in axes:
-        axis.set_xlabel("optimizer steps (0 = base model)")
-        axis.xaxis.get_major_locator().set_params(integer=True)
+        axis.set_xlabel("optimizer steps")
         axis.grid(alpha=0.3)
-    figure.suptitle(f"{config.name}: held-out scores over training ({PRECISION_NAMES[config.main_quantization]} base)")
+    figure.suptitle(f"{config.name}: held-out loss and scores by budget ({PRECISION_NAMES[config.main_quantization]} base; "
+                    "one point per seed)")
+    save_figure(figure, path)
+
+
+def plot_sweep(data: StudyData, path: Path) -> None:
+    figure, axes = plt.subplots(1, len(METRICS), figsize=(4 * len(METRICS), 3.8))
+    labels = [result.group.label for result in data.sweep]
+    for axis, (key, label, _) in zip(axes, METRICS):
+        estimates = [getattr(result, key) for result in data.sweep]
+        values = [e.value for e in estimates]
+        axis.errorbar(range(len(values)), values, yerr=[[v - e.ci95[0] for v, e in zip(values, estimates)],
+                                                        [e.ci95[1] - v for v, e in zip(values, estimates)]],
+                      fmt="o", capsize=3)
+        axis.set_xticks(range(len(labels)), labels, rotation=60, ha="right", fontsize=7)
+        axis.set_title(f"{label} (95% CI)", fontsize=9)
+        axis.grid(alpha=0.3)
     save_figure(figure, path)
 
 
@@ -307,36 +385,42 @@ def summary(data: StudyData) -> dict:
         return {"a": d.a, "b": d.b, "difference": d.difference, "ci95": list(d.ci95), "p_value": d.p_value}
 
     return {
-        "config": {k: v for k, v in vars(data.config).items() if k != "reading"},
+        "config": {**{k: v for k, v in vars(data.config).items() if k not in ("reading", *PATH_KEYS)},
+                   "base_model": shown(data.config.base_model), "bertscore_model": shown(data.config.bertscore_model)},
         "scores": {name: {"n": len(s.group.records), "empty_predictions": s.group.empty_predictions,
                           **{key: estimate(getattr(s, key)) for key, _, _ in METRICS}} for name, s in data.scores.items()},
         "comparisons": [{"a": a, "b": b, "n": len(c.pairing.shared_ids), **{key: difference(getattr(c, key)) for key, _, _ in METRICS}}
                         for (a, b), c in data.comparisons.items()],
-        "heldout": {precision: run.eval_results() for precision, run in data.runs.items()},
-        "heldout_at_budgets": {str(step): heldout_at(data.runs[data.config.main_quantization], step)
-                               for step in [0, *data.config.budgets]},
-        "training_tokens_per_second": {precision: throughput(run) for precision, run in data.runs.items()},
+        "heldout_curves": {run.name: [{"step": step, **result} for step, result in heldout_curve(folder)]
+                           for run, folder in data.runs.items()},
+        "training_tokens_per_second": {run.name: throughput(folder) for run, folder in data.runs.items()},
         "sweep": [{"label": r.group.label, "n": len(r.group.records), **{key: estimate(getattr(r, key)) for key, _, _ in METRICS}}
-                  for r in data.sweep.groups],
+                  for r in data.sweep],
         "timings_seconds": data.timings,
     }
 
 
-def write_study_report(data: StudyData, sweep_png: Path) -> Path:
+def render_report(data: StudyData) -> str:
+    sections = [setup_section(data), budgets_section(data), quantization_section(data), sweep_section(data),
+                side_by_side_section(data), timings_section(data), reading_section(data)]
+    return "\n".join(line for section in sections for line in section)
+
+
+def render_summary(data: StudyData) -> str:
+    return json.dumps(finite(summary(data)), indent=2, default=str) + "\n"
+
+
+def write_study_report(data: StudyData) -> Path:
     config = data.config
     results_dir, assets_dir = Path(config.results_dir), Path(config.assets_dir)
     results_dir.mkdir(parents=True, exist_ok=True)
     assets_dir.mkdir(parents=True, exist_ok=True)
-    figures = {"learning_curve": results_dir / "learning_curve.png", "loss_curve": results_dir / "loss_curve.png",
-               "sweep": results_dir / "sweep.png"}
+    figures = {"learning_curve": results_dir / "learning_curve.png", "sweep": results_dir / "sweep.png"}
     plot_learning_curve(data, figures["learning_curve"])
-    shutil.copy(data.runs[config.main_quantization].file("loss_curve.png"), figures["loss_curve"])
-    shutil.copy(sweep_png, figures["sweep"])
+    plot_sweep(data, figures["sweep"])
     for name, path in figures.items():
         shutil.copy(path, assets_dir / f"{config.name}_{name}.png")
-    sections = [setup_section(data), learning_curve_section(data), quantization_section(data), sweep_section(data),
-                side_by_side_section(data), timings_section(data), reading_section(data)]
     report = results_dir / "report.md"
-    atomic_write_text(report, "\n".join(line for section in sections for line in section))
-    atomic_write_text(results_dir / "metrics.json", json.dumps(finite(summary(data)), indent=2, default=str) + "\n")
+    atomic_write_text(report, render_report(data))
+    atomic_write_text(results_dir / "metrics.json", render_summary(data))
     return report

@@ -19,21 +19,28 @@ from ..cli import USER_ERROR_EXIT_CODE, fail
 from ..files import atomic_write_json
 from ..jsonl import read_appendable, write_jsonl
 from ..run_folder import RunFolder
-from .config import StudyConfig, step_spacing
+from .config import StudyConfig, TrainingRun
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass
 class Timings:
-    """Wall seconds of every step that ran, kept across restarts (a skipped step keeps its recorded time)."""
+    """Wall seconds of every step, kept across restarts: each leg of a step (a run stopped and resumed) adds its
+    time, whether it finished or failed; a skipped step keeps what it recorded. A process killed outright
+    (SIGKILL, power) cannot record its last leg."""
 
     path: Path
 
     def read(self) -> dict[str, float]:
         return json.loads(self.path.read_text()) if self.path.is_file() else {}
 
+    def add(self, step: str, seconds: float) -> None:
+        recorded = self.read()
+        atomic_write_json(self.path, {**recorded, step: round(recorded.get(step, 0.0) + seconds, 1)})
+
     def record(self, step: str, seconds: float) -> None:
+        """A step that is redone whole each time (scoring): its last time."""
         atomic_write_json(self.path, {**self.read(), step: round(seconds, 1)})
 
 
@@ -41,15 +48,16 @@ def run_script(title: str, script: str, arguments: list[str], timings: Timings) 
     command = [sys.executable, str(REPO_ROOT / script), *arguments]
     print(f"[run] {title}\n      {' '.join(command[1:])}", flush=True)
     started = time.time()
-    result = subprocess.run(command)
+    try:
+        result = subprocess.run(command)
+    finally:
+        timings.add(title, time.time() - started)
     if result.returncode == USER_ERROR_EXIT_CODE:  # the script refused its input: running it again would refuse it again
         fail(f"{title} refused the command shown (exit code {result.returncode}, the error above): fix what it names "
              "(a flag --NAME is the study config's training.NAME or NAME) and run the study again")
     if result.returncode != 0:
         fail(f"{title} failed (exit code {result.returncode}); run the same command again to resume")
-    elapsed = time.time() - started
-    timings.record(title, elapsed)
-    print(f"[done] {title} in {elapsed:.0f} s", flush=True)
+    print(f"[done] {title} in {time.time() - started:.0f} s", flush=True)
 
 
 def skip(title: str, why: str) -> None:
@@ -59,54 +67,44 @@ def skip(title: str, why: str) -> None:
 # ---------------------------------------------------------------------------------------------
 # Training
 # ---------------------------------------------------------------------------------------------
-def train_folder(config: StudyConfig, quantization: str) -> Path:
-    suffix = "" if quantization == config.main_quantization else f"-{quantization}"
-    return Path(config.run_dir) / f"train{suffix}"
+def train_folder(config: StudyConfig, run: TrainingRun) -> Path:
+    return Path(config.run_dir) / "train" / run.name
 
 
-def train(config: StudyConfig, quantization: str, timings: Timings) -> RunFolder:
-    """One training run to the last budget, with a checkpoint and a held-out evaluation at every budget."""
-    folder = RunFolder(train_folder(config, quantization))
-    title = f"train ({quantization})"
-    if (folder.finished_step() or 0) >= config.budgets[-1]:
+def train(config: StudyConfig, run: TrainingRun, timings: Timings) -> RunFolder:
+    """One training run: its own schedule over `run.budget` steps, held-out loss every `eval_steps`."""
+    folder = RunFolder(train_folder(config, run))
+    title = f"train ({run.name})"
+    if (folder.finished_step() or 0) >= run.budget:
         skip(title, f"{folder.path} finished at step {folder.finished_step()}")
         return folder
-    run_script(title, "training_script.py", [*training_arguments(config, quantization), *folder.restart_arguments()],
-               timings)
+    run_script(title, "training_script.py", [*training_arguments(config, run), *folder.restart_arguments()], timings)
     return folder
 
 
-def training_arguments(config: StudyConfig, quantization: str) -> list[str]:
+def training_arguments(config: StudyConfig, run: TrainingRun) -> list[str]:
     """training_script.py's options for one run (study/checks.py parses them before any step runs)."""
-    final = config.budgets[-1]
-    spacing = step_spacing(config.budgets)
-    # The main run is evaluated at every budget (the learning curve); the other precisions only before and after
-    # training (the plan always does those), which is all the report reads from them.
-    evaluation = ({"eval_strategy": "steps", "eval_steps": spacing} if quantization == config.main_quantization
-                  else {"eval_strategy": "no"})
-    # Every checkpoint is kept (save_total_limit = their number, after the user's training options): the limit
-    # deletes the oldest first, and with budgets such as 10/25/50 (checkpoints every 5 steps) those are the
-    # budgets' own adapters.
-    options = {"save_strategy": "steps", "save_steps": spacing, **evaluation, **config.training,
-               "save_total_limit": final // spacing, "quantization": quantization, "max_steps": final}
+    spacing = min(config.evaluation_spacing(), run.budget)
+    # Held-out loss every `spacing` steps (the learning curve within a run; the plan itself evaluates before and
+    # after training, so a run no longer than the spacing needs no evaluation of its own); a checkpoint as often,
+    # so a stopped run resumes, the newest two kept (the run's adapter is the finished run folder itself).
+    evaluation = {"eval_strategy": "steps", "eval_steps": spacing} if spacing < run.budget else {"eval_strategy": "no"}
+    options = {**evaluation, "save_strategy": "steps", "save_steps": spacing,
+               **config.training, "save_total_limit": 2, "quantization": run.precision, "max_steps": run.budget,
+               "seed": run.seed}
     arguments = ["--base_model", config.base_model, "--data_path", config.data_path,
-                 "--output_dir", str(train_folder(config, quantization))]
+                 "--output_dir", str(train_folder(config, run))]
     for name, value in options.items():
         arguments += [f"--{name}", ",".join(map(str, value)) if isinstance(value, list) else str(value)]
     return arguments
-
-
-def adapter_at(config: StudyConfig, step: int) -> Path:
-    """The main run's adapter after `step` optimizer steps: a checkpoint, or the finished run folder."""
-    folder = train_folder(config, config.main_quantization)
-    return folder if step == config.budgets[-1] else folder / f"checkpoint-{step}"
 
 
 # ---------------------------------------------------------------------------------------------
 # Prompts and generations
 # ---------------------------------------------------------------------------------------------
 def prompt_files(config: StudyConfig, main_run: RunFolder) -> tuple[Path, Path]:
-    """The first records of the main run's held-out split (already shuffled): the fixed evaluation sample."""
+    """The first records of the held-out split (already shuffled; the same in every run, as the split has its own
+    seed): the fixed evaluation sample."""
     held_out = main_run.val_records()
     if len(held_out) < config.eval_records:
         fail(f"{main_run.file('val.jsonl')} has {len(held_out)} records, the study asks for eval_records={config.eval_records}")
