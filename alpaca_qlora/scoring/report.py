@@ -259,7 +259,7 @@ SMALL_SAMPLE = 30  # below this many records, bootstrap intervals and p-values a
 def to_markdown(report: Report) -> str:
     lines = ["## Scores", "", *_score_table(report), "", *_settings_notes(report.settings), *_count_notes(report)]
     if report.comparisons:
-        lines += ["", "## Paired comparison (b - a, over shared ids)", "", *_comparison_table(report.comparisons)]
+        lines += ["", "## Paired comparison (b - a, over shared ids)", "", *_comparison_table(report.comparisons, 1 / (report.settings["bootstrap"]["resamples"] + 1))]
         small = [c for c in report.comparisons if len(c.pairing.shared_ids) < SMALL_SAMPLE]
         if small:
             lines += ["", f"Caution: {len(small)} comparison(s) rest on fewer than {SMALL_SAMPLE} shared records "
@@ -352,14 +352,14 @@ def _settings_notes(settings: dict[str, Any]) -> list[str]:
     ]
 
 
-def _comparison_table(comparisons: list[Comparison]) -> list[str]:
+def _comparison_table(comparisons: list[Comparison], floor: float) -> list[str]:
     lines = ["| a | b | shared ids | BLEU diff (p) | ROUGE-L F1 diff (p) | BERTScore F1 diff (p) |",
              "|---|---|---:|---|---|---|"]
     for comparison in comparisons:
         pairing = comparison.pairing
         cells = [_md(pairing.a.label), _md(pairing.b.label), str(len(pairing.shared_ids))]
-        cells += [_diff(d, digits) for d, digits in ((comparison.bleu, 2), (comparison.rouge_l_f1, 4),
-                                                      (comparison.bertscore_f1, 4))]
+        cells += [_diff(d, digits, floor) for d, digits in ((comparison.bleu, 2), (comparison.rouge_l_f1, 4),
+                                                             (comparison.bertscore_f1, 4))]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -388,10 +388,14 @@ def _ci(estimate: Estimate, digits: int) -> str:
     return f"{estimate.value:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
 
 
-def _diff(difference: Difference, digits: int) -> str:
+def _diff(difference: Difference, digits: int, floor: float) -> str:
+    """A paired difference; a p-value at the bootstrap's floor 1/(B+1) is only an upper bound: `p <= floor`."""
     low, high = difference.ci95
     p = difference.p_value
-    p_text = f"p = {p:.4f}" if p < 0.001 else f"p = {p:.3f}"
+    if p <= floor * (1 + 1e-9):
+        p_text = f"p <= {floor:.2g}"
+    else:
+        p_text = f"p = {p:.4f}" if p < 0.001 else f"p = {p:.3f}"
     return f"{difference.difference:+.{digits}f} [{low:+.{digits}f}, {high:+.{digits}f}] ({p_text})"
 
 
