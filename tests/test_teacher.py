@@ -294,40 +294,138 @@ def test_verdict_scores_are_accuracy_and_per_class_precision_recall():
     assert scores["per_class"]["allowed"]["recall"] == 0.5
 
 
+def test_moderation_verdict_section_states_distribution_agreement_and_a_constant_verdict():
+    from alpaca_qlora.teacher.moderation import verdict_section, verdict_summary
+
+    truth = ["allowed", "allowed", "R2", "R3"]
+    teacher = ["R1", None, "R2", "allowed"]
+    base = [None, None, "allowed", "remove"]
+    rows = [{"id": f"p{i}/f0", "post": f"p{i}", "truth": t, "teacher": a, "base": b, "tuned": "R1"}
+            for i, (t, a, b) in enumerate(zip(truth, teacher, base))]
+    train_rows = [{"id": "q/f0", "post": "q", "truth": "R4", "teacher": "R4"}]
+    held = verdict_summary(rows, train_rows)["heldout"]
+    assert held["tuned"]["agrees_with_teacher"] == 1 and held["base"]["agrees_with_teacher"] == 0  # None never agrees
+    assert held["tuned"]["predicted"] == {"R1": 4} and held["base"]["predicted"] == {"allowed": 1, "no verdict": 2, "remove": 1}
+    lines = verdict_section("Is it allowed?", rows, train_rows)
+    assert "| accuracy (allowed vs remove) | 25% (1 of 4) | 25% (1 of 4) | 50% (2 of 4) |" in lines
+    assert "| agreement with the teacher's verdict | (itself) | 0% (0 of 4) | 25% (1 of 4) |" in lines
+    assert "| verdicts given: R1 | 1 | 0 | 4 |" in lines
+    assert "| verdicts given: none (no verdict read) | 1 | 2 | 0 |" in lines
+    assert ("tuned answers R1 to all 4 posts: its allowed-vs-remove accuracy is the share of posts labelled remove (2 of 4); "
+            "its class accuracy is the share labelled R1 (0 of 4).") in lines
+    assert not [line for line in lines if line.startswith(("teacher answers", "base answers"))]
+
+
 # ---------------------------------------------------------------------------------------------
 # The moderation bot, end to end on the tiny model (plumbing: a random model's verdicts mean nothing)
 # ---------------------------------------------------------------------------------------------
-def test_moderation_experiment_runs_end_to_end_and_a_rerun_does_nothing_again(tiny_model, tmp_path):
-    shipped = REPO_ROOT / "experiments" / "moderation"
-    config = {
-        "name": "moderation-tiny", "policy": str(shipped / "policy.md"), "posts": str(shipped / "posts.jsonl"),
-        "templates": str(shipped / "templates.yaml"), "teacher": str(tiny_model), "student": str(tiny_model),
-        "run_dir": str(tmp_path / "run"), "results_dir": str(tmp_path / "results"), "max_new_tokens": 8,
+SHIPPED = REPO_ROOT / "experiments" / "moderation"
+
+
+def moderation_config(tiny_model, root, results) -> dict:
+    return {
+        "name": "moderation-tiny", "policy": str(SHIPPED / "policy.md"), "posts": str(SHIPPED / "posts.jsonl"),
+        "templates": str(SHIPPED / "templates.yaml"), "teacher": str(tiny_model), "student": str(tiny_model),
+        "run_dir": str(root / "run"), "results_dir": str(results), "max_new_tokens": 8,
         "generation_batch_size": 20,
         "teacher_options": {"questions_per_source": 1, "heldout": 0.3, "split_seed": 42, "teacher_prompt_template": "alpaca",
                             "min_answer_words": 0, "keep_truncated": True},  # a random model's answers: all cut off
-        "training": {"max_steps": 2, "per_device_train_batch_size": 8, "max_seq_length": 512, "val_set_size": 0,
+        "training": {"max_steps": 2, "per_device_train_batch_size": 8, "max_seq_length": 512,
+                     "val_set_size": 0.1,  # as the shipped config: not used, the held-out loss is on qa/heldout.jsonl
                      "save_strategy": "no", "eval_strategy": "no"},
         "bertscore_model": "minilm", "bootstrap": 50, "side_by_side": 1,
     }
-    path = tmp_path / "moderation.json"
-    path.write_text(json.dumps(config))
-    command = [sys.executable, "-m", "alpaca_qlora.teacher.moderation", "--config", str(path)]
-    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
+
+
+def moderation(config_path, *extra: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "alpaca_qlora.teacher.moderation", "--config", str(config_path), *extra]
+    return subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def moderation_run(tiny_model, tmp_path_factory):
+    """The experiment run once on the tiny model: (its config file, the completed process)."""
+    root = tmp_path_factory.mktemp("moderation")
+    path = root / "moderation.json"
+    path.write_text(json.dumps(moderation_config(tiny_model, root, root / "results")))
+    return path, moderation(path)
+
+
+def test_moderation_experiment_runs_end_to_end_and_a_rerun_does_nothing_again(moderation_run):
+    path, result = moderation_run
     assert result.returncode == 0, result.stderr[-3000:]
-    results = tmp_path / "results"
+    root, results = path.parent, path.parent / "results"
     verdicts = json.loads((results / "verdicts.json").read_text())
     assert set(verdicts["heldout"]) == {"teacher", "base", "tuned"}
-    posts = [json.loads(line) for line in (shipped / "posts.jsonl").read_text().splitlines() if line.strip()]
+    posts = [json.loads(line) for line in (SHIPPED / "posts.jsonl").read_text().splitlines() if line.strip()]
     for scores in verdicts["heldout"].values():  # every held-out post judged by every system, none dropped
         assert 0 < scores["n"] < len(posts) and 0.0 <= scores["accuracy"] <= 1.0
+        assert sum(scores["predicted"].values()) == scores["n"]
     assert len({scores["n"] for scores in verdicts["heldout"].values()}) == 1
-    assert (results / "report.md").is_file() and (results / "filter_report.md").is_file()
+    rows = read_lines(results / "verdict_rows.jsonl")
+    for name in ("base", "tuned"):
+        agree = sum(row[name] is not None and row[name] == row["teacher"] for row in rows)
+        assert verdicts["heldout"][name]["agrees_with_teacher"] == agree
+    report = (results / "report.md").read_text()
+    assert "| agreement with the teacher's verdict | (itself) |" in report
+    assert (results / "filter_report.md").is_file()
     assert json.loads((results / "metrics" / "metrics.json").read_text())["groups"]
-    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "run").rglob("*") if p.is_file()}
-    again = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+
+    # the student's held-out loss: on qa/heldout.jsonl (whole posts it never trained on), the config's val_set_size unused
+    qa, student = root / "run" / "qa", root / "run" / "student"
+    heldout, train = read_lines(qa / "heldout.jsonl"), read_lines(qa / "train.jsonl")
+    assert "[note] training.val_set_size (0.1) is not used" in result.stdout
+    assert json.loads((student / "run_config.json").read_text())["data"]["val_data_path"] == str(qa / "heldout.jsonl")
+    info = json.loads((student / "run_info.json").read_text())["data"]
+    assert (info["train_records"], info["val_records"]) == (len(train), len(heldout))
+    evaluation = json.loads((student / "eval_results.json").read_text())
+    summary = json.loads((results / "student.json").read_text())
+    held_posts = {row["source_id"] for row in heldout}
+    assert not held_posts & {row["source_id"] for row in train}
+    assert (summary["records"], summary["pairs"], summary["posts"]) == (len(heldout), len(heldout), len(held_posts))
+    assert (summary["before"], summary["after"], summary["tokens"]) == (
+        evaluation["before_training"]["eval_loss"], evaluation["after_training"]["eval_loss"],
+        evaluation["after_training"]["eval_tokens"])
+    assert (f"about the {len(held_posts)} held-out posts, which it never trained on (`qa/heldout.jsonl`, training's "
+            f"--val_data_path: {len(heldout)} pairs, {summary['tokens']:,} answer tokens): "
+            f"{summary['before']:.3f} before, {summary['after']:.3f} after 2 steps.") in report
+    for name in ("base", "tuned"):  # the students' answers beside the report
+        assert (results / "generations" / f"{name}.jsonl").read_bytes() == (root / "run" / "generations" / f"{name}.jsonl").read_bytes()
+
+    before = {p: p.stat().st_mtime_ns for p in (root / "run").rglob("*") if p.is_file()}
+    again = moderation(path, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     changed = [p for p, t in before.items() if p.exists() and p.stat().st_mtime_ns != t]
     generated = [p for p in changed if p.name.endswith(".generations.jsonl") or p.parent.name == "generations"
                  or p.suffix == ".safetensors"]
     assert not generated, generated  # nothing generated or trained again (the teacher's split is rewritten, the same)
+
+
+def test_moderation_check_passes_untouched_and_fails_on_a_tampered_row(moderation_run, tiny_model, tmp_path):
+    import shutil
+
+    path, result = moderation_run
+    assert result.returncode == 0, result.stderr[-3000:]
+    untouched = moderation(path, "--check", timeout=300)
+    assert untouched.returncode == 0 and "rebuilt from the committed files, identical" in untouched.stdout, untouched.stderr
+
+    def tampered(change) -> subprocess.CompletedProcess:
+        results = tmp_path / f"results-{len(list(tmp_path.iterdir()))}"
+        shutil.copytree(path.parent / "results", results)
+        rows = read_lines(results / "verdict_rows.jsonl")
+        change(rows[0])
+        (results / "verdict_rows.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+        config = tmp_path / f"{results.name}.json"
+        config.write_text(json.dumps(moderation_config(tiny_model, path.parent, results)))
+        return moderation(config, "--check", timeout=300)
+
+    first = read_lines(path.parent / "results" / "verdict_rows.jsonl")[0]
+    other_class = "R1" if first["truth"] != "R1" else "R2"
+    relabelled = tampered(lambda row: row.update(truth=other_class))
+    assert relabelled.returncode == 1 and "report.md differs from its rebuild" in relabelled.stderr
+    support = [line for line in relabelled.stdout.splitlines() if f"| {other_class} precision / recall (n=" in line]
+    assert [line[0] for line in support] == ["-", "+"], relabelled.stdout  # the committed line, then the rebuilt one
+    other_verdict = "R3" if first["tuned"] != "R3" else "R4"
+    reverdicted = tampered(lambda row: row.update(tuned=other_verdict))
+    assert reverdicted.returncode == 1
+    assert f"verdict_rows.jsonl {first['id']}: tuned verdict '{other_verdict}', its answer reads {first['tuned']!r}" in reverdicted.stdout

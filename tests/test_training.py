@@ -108,6 +108,42 @@ def test_existing_run_folder_is_refused(trained_run, tiny_data, capsys):
     assert sorted(p.name for p in trained_run.iterdir()) == before
 
 
+def test_val_data_path_is_the_heldout_set_and_a_bad_file_is_one_line(tiny_model, tiny_data, tiny_records, tmp_path, capsys):
+    """--val_data_path: the held-out loss is measured on that file's records, all of --data_path trains."""
+    from transformers import AutoTokenizer
+
+    from alpaca_qlora.data.synthetic import synthetic_records
+    from alpaca_qlora.data.tokenization import tokenize_records
+
+    heldout = [{**record, "id": f"held-{i}"} for i, record in enumerate(synthetic_records(12, seed=5))]
+    val_file = tmp_path / "heldout.jsonl"
+    val_file.write_text("".join(json.dumps(record) + "\n" for record in heldout))
+    output_dir = tmp_path / "run"
+    result = run_script(*training_args(tiny_model, tiny_data, output_dir, "--max_steps", "2", "--val_data_path", str(val_file)))
+    assert result.returncode == 0, result.stderr[-3000:]
+    info = json.loads((output_dir / "run_info.json").read_text())["data"]
+    assert (info["train_records"], info["val_records"]) == (400, 12)  # nothing split off --data_path (default 2000 unused)
+    assert json.loads((output_dir / "run_config.json").read_text())["data"]["val_data_path"] == str(val_file)
+    assert [json.loads(line)["id"] for line in (output_dir / "val.jsonl").read_text().splitlines()] == [r["id"] for r in heldout]
+    assert sorted(json.loads((output_dir / "train_ids.json").read_text())) == sorted(r.get("id", i) for i, r in enumerate(tiny_records))
+    examples, _ = tokenize_records(heldout, AutoTokenizer.from_pretrained(tiny_model), "alpaca", 256, False)
+    answer_tokens = sum(label != -100 for example in examples for label in example["labels"])
+    results = json.loads((output_dir / "eval_results.json").read_text())
+    assert results["before_training"]["eval_tokens"] == results["after_training"]["eval_tokens"] == answer_tokens
+
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text(json.dumps(heldout[0]) + "\n" + json.dumps({"instruction": "Add 2 and 3."}) + "\n")
+    cases = [(["--val_data_path", str(broken)], f"{broken}: record 1: missing field 'output'"),
+             (["--val_data_path", str(tmp_path / "none.jsonl")], f"--val_data_path {tmp_path / 'none.jsonl'}: no such file"),
+             (["--val_data_path", str(val_file), "--val_set_size", "0.1"], "both choose the held-out records")]
+    for extra, message in cases:
+        with pytest.raises(SystemExit) as exit_info:
+            run_cli(lambda: train_main(training_args(tiny_model, tiny_data, tmp_path / "bad", *extra)[1:]))
+        error = capsys.readouterr().err
+        assert exit_info.value.code == 2 and message in error and len(error.strip().splitlines()) == 1, error
+        assert not (tmp_path / "bad").exists()
+
+
 def _adapter(path: Path) -> dict[str, torch.Tensor]:
     return load_file(path / "adapter_model.safetensors")
 

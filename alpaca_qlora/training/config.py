@@ -78,6 +78,11 @@ class DataArguments:
     output_field: str = field(default=DEFAULT_FIELDS["output"], metadata={"help": "Field holding the answer to train on."})
     max_samples: int | None = field(default=None, metadata={"help": "Use a deterministic subset of this many records."})
     val_set_size: float = field(default=2000, metadata={"help": "Held-out records: a count, or a fraction below 1. 0 turns evaluation off."})
+    val_data_path: str | None = field(
+        default=None,
+        metadata={"help": "Held-out records read from this .json/.jsonl file (same fields as --data_path) instead of split off "
+                          "--data_path, which is then all training data; --val_set_size is not used (leave it out or 0)."},
+    )
     split_seed: int = field(default=42, metadata={"help": "Seed of the subset and held-out split (independent of --seed)."})
     prompt_template: str = field(
         default="alpaca", metadata={"help": "alpaca (stanford_alpaca templates) or chat (the tokenizer's chat template).", "choices": PROMPT_TEMPLATES}
@@ -184,6 +189,9 @@ def check_values(config: TrainingConfig) -> None:
     if data.max_seq_length < 2:
         fail(f"--max_seq_length must be at least 2 (a prompt token and EOS), got {data.max_seq_length}")
     positive("val_set_size", data.val_set_size, allow_zero=True)
+    if data.val_data_path is not None and "val_set_size" in config.given and data.val_set_size != 0:
+        fail(f"--val_data_path {data.val_data_path} and --val_set_size {data.val_set_size} both choose the held-out "
+             "records; pass one (--val_set_size 0 with --val_data_path)")
     positive("max_samples", data.max_samples)
     positive("lora_r", lora.lora_r)
     positive("lora_alpha", lora.lora_alpha)

@@ -252,7 +252,7 @@ def make_plan(config: TrainingConfig, model_config, has_heldout: bool, engine_se
         if dropout_rng == "pcg64":
             note("LoRA dropout", "masks drawn by NumPy's PCG64 on the CPU (same distribution, 2-3x faster than torch's)")
     evaluation = has_heldout  # before and after training; during training as --eval_strategy says
-    if has_heldout != (config.data.val_set_size > 0):
+    if has_heldout != (config.data.val_set_size > 0 or config.data.val_data_path is not None):
         note("held-out evaluation", "no held-out example is left after tokenization")
     sampling = str(getattr(train.train_sampling_strategy, "value", train.train_sampling_strategy))
     if not packing and "train_sampling_strategy" not in config.given:

@@ -129,7 +129,15 @@ def load_split(config: TrainingConfig) -> DataSplit:
     """Load, validate and split the records: the data's mistakes are found before any model file is read."""
     data = config.data
     fields = {"instruction": data.instruction_field, "input": data.input_field, "output": data.output_field}
-    split = split_records(load_records(data.data_path, fields), data.val_set_size, data.max_samples, data.split_seed)
+    records = load_records(data.data_path, fields)
+    if data.val_data_path is None:
+        split = split_records(records, data.val_set_size, data.max_samples, data.split_seed)
+    else:  # the held-out records come from their own file: nothing is split off --data_path
+        if not Path(data.val_data_path).is_file():
+            fail(f"--val_data_path {data.val_data_path}: no such file")
+        train = split_records(records, 0, data.max_samples, data.split_seed).train
+        val = load_records(data.val_data_path, fields)
+        split = DataSplit(train=train, val=val, empty_outputs=sum(not r["output"].strip() for r in train + val))
     print(f"data: {len(split.train)} training and {len(split.val)} held-out records; "
           f"{split.empty_outputs} with an empty output (kept: they teach the model to stop)")
     return split
