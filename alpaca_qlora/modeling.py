@@ -12,6 +12,9 @@ from urllib.parse import urlparse
 import torch
 
 from .cli import UserError, fail
+from .vision import (
+    IMAGE_TEXT_TO_TEXT, QUANTIZATION_SKIP_PATTERNS, is_processor, model_class, model_kind, not_a_generator,
+)
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 COMPUTE_DTYPES = ("auto", *DTYPES)
@@ -229,8 +232,6 @@ def load_model_config(name_or_path: str, trust_remote_code: bool = False, flag: 
 
 def base_model_kind(name_or_path: str, trust_remote_code: bool = False, flag: str = "--base_model") -> str:
     """causal_lm or image_text_to_text, from config.json; a model that cannot generate text is a user error."""
-    from .vision import model_kind, not_a_generator
-
     config = load_model_config(name_or_path, trust_remote_code, flag)
     kind = model_kind(config)
     if kind is None:
@@ -240,11 +241,29 @@ def base_model_kind(name_or_path: str, trust_remote_code: bool = False, flag: st
 
 def load_tokenizer_or_processor(name_or_path: str, kind: str, trust_remote_code: bool = False):
     """The tokenizer of a causal LM; the processor (tokenizer + image processor) of an image-text model."""
-    from .vision import IMAGE_TEXT_TO_TEXT, load_processor
-
     if kind == IMAGE_TEXT_TO_TEXT:
         return load_processor(name_or_path, trust_remote_code)
     return load_tokenizer(name_or_path, trust_remote_code)
+
+
+def load_processor(name_or_path: str, trust_remote_code: bool = False, flag: str = "processor"):
+    """AutoProcessor of an image-text model, its pad token set as load_tokenizer sets a tokenizer's (never added)."""
+    from transformers import AutoProcessor
+
+    check_model_available(name_or_path, flag)
+    try:
+        processor = AutoProcessor.from_pretrained(loadable_path(name_or_path), trust_remote_code=trust_remote_code)
+    except UserError:
+        raise
+    except Exception as error:  # noqa: BLE001 - missing or broken processor files fail in many ways
+        fail(f"cannot load the processor of '{name_or_path}': {_first_line(error)}")
+    if not is_processor(processor) or not hasattr(processor, "image_processor"):
+        fail(f"'{name_or_path}' has no image processor (preprocessor_config.json / processor_config.json): "
+             "an image-text model needs one")
+    tokenizer = processor.tokenizer
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.unk_token if tokenizer.unk_token is not None else tokenizer.eos_token
+    return processor
 
 
 def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
@@ -287,8 +306,6 @@ def load_base_model(
 
     `kind` (vision.model_kind): an image-text model loads with AutoModelForImageTextToText, its vision tower and
     projector left unquantized (in the compute dtype)."""
-    from .vision import IMAGE_TEXT_TO_TEXT, QUANTIZATION_SKIP_PATTERNS, model_class
-
     check_bitsandbytes(quantization)
     check_model_available(name_or_path)
     skip_modules = QUANTIZATION_SKIP_PATTERNS if kind == IMAGE_TEXT_TO_TEXT else None

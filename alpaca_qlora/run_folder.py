@@ -200,10 +200,6 @@ def adapter_base_model(adapter: str) -> str:
     return base
 
 
-def read_log(path: Path) -> list[dict]:
-    return RunFolder(Path(path).parent).log() if Path(path).name == TRAIN_LOG else read_objects(path)
-
-
 # ---------------------------------------------------------------------------------------------
 # What a run records about its environment
 # ---------------------------------------------------------------------------------------------

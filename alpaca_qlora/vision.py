@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .cli import UserError, fail
+from .cli import fail
 
 CAUSAL_LM = "causal_lm"
 IMAGE_TEXT_TO_TEXT = "image_text_to_text"
@@ -91,28 +91,6 @@ def image_token(processor) -> str:
     if not token:
         fail(f"the processor of '{getattr(processor, 'name_or_path', '')}' names no image token; is this an image-text model?")
     return token
-
-
-def load_processor(name_or_path: str, trust_remote_code: bool = False, flag: str = "processor"):
-    """AutoProcessor of an image-text model, its pad token set as load_tokenizer sets a tokenizer's (never added)."""
-    from transformers import AutoProcessor
-
-    from .modeling import _first_line, check_model_available, loadable_path
-
-    check_model_available(name_or_path, flag)
-    try:
-        processor = AutoProcessor.from_pretrained(loadable_path(name_or_path), trust_remote_code=trust_remote_code)
-    except UserError:
-        raise
-    except Exception as error:  # noqa: BLE001 - missing or broken processor files fail in many ways
-        fail(f"cannot load the processor of '{name_or_path}': {_first_line(error)}")
-    if not is_processor(processor) or not hasattr(processor, "image_processor"):
-        fail(f"'{name_or_path}' has no image processor (preprocessor_config.json / processor_config.json): "
-             "an image-text model needs one")
-    tokenizer = processor.tokenizer
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.unk_token if tokenizer.unk_token is not None else tokenizer.eos_token
-    return processor
 
 
 def check_image(path: str | Path, where: str) -> None:

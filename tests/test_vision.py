@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from alpaca_qlora.data.records import load_records
 from alpaca_qlora.data.tokenization import IGNORE_INDEX, tokenize_example
-from alpaca_qlora.vision import load_processor
+from alpaca_qlora.modeling import load_processor
 from conftest import run_script, training_args
 
 

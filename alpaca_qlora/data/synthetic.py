@@ -182,14 +182,6 @@ def synthetic_images(folder: str | Path, count: int = 8, size: int = 48) -> list
     return paths
 
 
-def synthetic_image_records(images: list[Path]) -> list[dict]:
-    """Questions about synthetic_images' pictures (shape and colour are what they show)."""
-    names = ("red", "green", "blue", "yellow", "purple", "black")
-    return [{"id": f"img-{index}", "image": str(path), "instruction": "What shape is in the picture?", "input": "",
-             "output": f"A {names[index % len(names)]} {'circle' if index % 2 else 'square'}."}
-            for index, path in enumerate(images)]
-
-
 def _llama_cpp_permute(weight, n_head: int, n_kv_head: int):
     """llama.cpp stores q/k rows interleaved for its RoPE (convert_hf_to_gguf.py's permute); transformers undoes it."""
     n_head = n_kv_head if n_kv_head != n_head else n_head

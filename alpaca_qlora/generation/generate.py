@@ -13,8 +13,11 @@ import torch
 from transformers import LogitsProcessorList
 
 from ..data.prompts import build_prompt
-from ..modeling import attach_adapter, default_device_map, load_base_model, load_tokenizer, resolve_compute_dtype, use_packed_cpu_kernel
-from ..vision import IMAGE_FIELD, IMAGE_TEXT_TO_TEXT, is_processor, load_image, load_processor, text_tokenizer
+from ..modeling import (
+    attach_adapter, default_device_map, load_base_model, load_processor, load_tokenizer, resolve_compute_dtype,
+    use_packed_cpu_kernel,
+)
+from ..vision import IMAGE_FIELD, IMAGE_TEXT_TO_TEXT, is_processor, load_image, text_tokenizer
 from .sampling import RowSeededSampling, samples_per_row
 from .segments import generate_in_segments
 from .settings import SAMPLING_DEFAULTS

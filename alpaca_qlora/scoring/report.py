@@ -19,7 +19,6 @@ from ..files import move_in, remove_stale_staging, remove_written, staging_folde
 from .human import PairwiseSummary
 from .metrics import Comparison, Difference, Estimate, GroupScores, RatingSummary, Scorers
 
-OUTPUT_FILES = ("metrics.json", "metrics.csv", "metrics.md", "scores.jsonl", "metrics.png")
 METRICS = (("bleu", "BLEU"), ("rougeL_f1", "ROUGE-L F1"), ("bertscore_f1", "BERTScore F1"))
 
 

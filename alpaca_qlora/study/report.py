@@ -17,7 +17,7 @@ from pathlib import Path
 from ..files import atomic_write_text
 from ..plots import plt, save_figure
 from ..run_folder import RunFolder
-from ..scoring.metrics import Comparison, Difference, Estimate, GroupScores
+from ..scoring.metrics import Comparison, Difference, Estimate
 from ..scoring.report import SMALL_SAMPLE, finite
 from .committed import StudyData
 from .comparisons import budget_pairs, holm, p_text, sweep_run_of
@@ -282,7 +282,7 @@ def side_by_side_section(data: StudyData) -> list[str]:
     base = data.scores[f"base-{config.main_quantization}"].group.records
     tuned = {record.id: record for record in data.scores[run.tuned].group.records}
     lines = [f"## Side by side: base and tuned ({run.name}) on held-out instructions", "",
-             f"All answers are in `generations/` beside this report.", ""]
+             "All answers are in `generations/` beside this report.", ""]
     for record in base[: config.side_by_side]:
         lines += [f"**Instruction** ({record.id}): {one_line(record.instruction)}"]
         if record.input:

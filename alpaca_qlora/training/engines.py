@@ -24,7 +24,6 @@ from pathlib import Path
 
 from ..cli import fail
 
-ENGINES = ("single", "ddp", "fsdp", "deepspeed")
 ZERO_STAGES = (0, 1, 2, 3)
 FSDP2_STATE_DICT_TYPES = ("SHARDED_STATE_DICT", "FULL_STATE_DICT")
 FSDP_WRAP_POLICIES = ("TRANSFORMER_BASED_WRAP", "SIZE_BASED_WRAP", "NO_WRAP")

@@ -27,11 +27,8 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-from ..run_folder import PACKED_SDPA, PACKED_VARLEN, TRAINING_ONLY_ATTENTIONS
+from ..run_folder import PACKED_SDPA, PACKED_VARLEN
 from .collators import sequence_boundaries
-
-PER_EXAMPLE_ATTENTIONS = TRAINING_ONLY_ATTENTIONS  # row length costs them nothing: the packer makes one row
-
 
 def example_spans(position_ids: torch.Tensor) -> list[list[tuple[int, int]]]:
     """Per row, the (start, end) of each example: a new one begins wherever the position does not go up by 1."""

@@ -74,13 +74,6 @@ class TrainingPlan:
         return "\n".join(lines)
 
 
-def launch_engine(train: TrainArguments) -> tuple[str, int]:
-    """How the run was launched: one process, DDP, FSDP or DeepSpeed (torchrun / accelerate launch), and how many
-    processes (engines.read_engine has the details and checks them)."""
-    engine = read_engine(train)
-    return engine.engine, engine.world_size
-
-
 def plan_device(train: TrainArguments) -> str:
     return "cuda" if torch.cuda.is_available() and not train.use_cpu else "cpu"
 
