@@ -1,12 +1,13 @@
 #!/usr/bin/env python
-"""Rebuild BENCHMARKS.md's like-for-like precision tables (training) from the committed results, and check them.
+"""Rebuild BENCHMARKS.md's like-for-like precision tables (training) and the small workload's generation floor from
+the committed results, and check them.
 
-    python bench/training_precision_table.py bench/results/2026-12-06b
-    python bench/training_precision_table.py bench/results/2026-12-06b --check BENCHMARKS.md
+    python bench/precision_and_floor_tables.py bench/results/2026-12-06b
+    python bench/precision_and_floor_tables.py bench/results/2026-12-06b --check BENCHMARKS.md
 
 Reads what bench_training.py wrote: training-speed.json (variants' speed, one run), training-speed-gradients.json
-(--check_gradients) and training-learning.json (--learning). --check fails (exit 1) unless every row printed here
-appears, as is, in the given file.
+(--check_gradients) and training-learning.json (--learning); and floor-small.json (bench/generation_floor.py).
+--check fails (exit 1) unless every row printed here appears, as is, in the given file.
 """
 
 from __future__ import annotations
@@ -62,8 +63,20 @@ def speed_rows(results: dict) -> list[str]:
     return rows
 
 
+def floor_rows(floor: dict) -> list[str]:
+    parts = (("start-up (import torch, transformers)", "startup_s"), ("load tokenizer and model", "load_s"),
+             (f"prefill of the {floor['prompt_tokens']:,} prompt tokens, one sequence", "prefill_s"),
+             (f"decode: {floor['answer_tokens']:,} answer tokens, rows dropped as they end", "decode_s"),
+             ("**floor, in all**", "floor_s"))
+    return [f"| {label} | {floor[key]:.1f} |" for label, key in parts]
+
+
 def tables(folder: Path) -> list[str]:
     lines = []
+    floor = folder / "floor-small.json"
+    if floor.is_file():
+        lines += ["| part of the small workload (SmolLM2 fp32, 32 prompts, 64 new tokens) | seconds |", "|---|---:|",
+                  *floor_rows(json.loads(floor.read_text())), ""]
     speed = folder / "training-speed.json"
     if speed.is_file():
         lines += ["| variant | real tok/s | s/step | peak RSS (GiB) | speed / best stock | memory / best stock |",
@@ -90,7 +103,7 @@ def main() -> None:
     if missing:
         print("\n".join(["rows not in " + str(args.check) + ":", *missing]))
         sys.exit(1)
-    print(f"{args.check}: every training precision row of {args.folder} is there, as is")
+    print(f"{args.check}: every row of {args.folder}'s tables is there, as is")
 
 
 if __name__ == "__main__":
