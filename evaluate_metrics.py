@@ -9,59 +9,8 @@
 Writes metrics.json, metrics.csv, metrics.md, scores.jsonl and metrics.png to --output_dir; see docs/evaluate.md.
 """
 
-from __future__ import annotations
-
-import sys
-
-from alpaca_qlora.cli import ArgumentParser, parse_dataclasses, run_cli
-from alpaca_qlora.scoring.human import load_pairwise, summarise_pairwise
-from alpaca_qlora.scoring.inputs import InputConfig, attach_ratings, load_groups, pair_inputs, prefix_labels
-from alpaca_qlora.scoring.metrics import MetricConfig, check_config, compare, load_scorers, pooled_ratings, score_groups
-from alpaca_qlora.scoring.report import OutputConfig, Report, build_report, check_report_dir, write_report
-
-
-def parse_args(argv: list[str] | None = None):
-    parser = ArgumentParser((InputConfig, MetricConfig, OutputConfig), description=__doc__.split("\n\n")[0],
-                              epilog="Inputs: JSONL from inference.py, or JSON/JSONL/CSV with the fields named above. "
-                                     "With two or more inputs, each later one is compared with the first.")
-    parser.add_argument("inputs", nargs="+", metavar="INPUT",
-                        help="Generations to score (.jsonl, .json or .csv). Two files: paired comparison.")
-    inputs, metrics, output, rest = parse_dataclasses(parser, sys.argv[1:] if argv is None else argv)
-    return inputs, metrics, output, rest.inputs
-
-
-def main(argv: list[str] | None = None) -> None:
-    input_config, metric_config, output_config, paths = parse_args(argv)
-    run(paths, input_config, metric_config, output_config)
-
-
-def run(paths: list[str], input_config: InputConfig, metric_config: MetricConfig, output_config: OutputConfig,
-        bertscorer=None) -> Report:
-    """Read, score, compare and write; `bertscorer` reuses an already loaded BERTScorer (tests, notebooks)."""
-    check_config(metric_config)
-    check_report_dir(output_config)
-    per_input = [load_groups(path, input_config) for path in paths]
-    prefix_labels(per_input, paths)
-    groups = [group for groups in per_input for group in groups]
-    unmatched_ratings = attach_ratings(input_config.ratings, groups) if input_config.ratings else []
-    pairwise = load_pairwise(input_config.pairwise_ratings, paths, per_input) if input_config.pairwise_ratings else None
-    pairings = [pairing for other in per_input[1:] for pairing in pair_inputs(per_input[0], other)]
-
-    scorers = load_scorers(metric_config, bertscorer)
-    results = score_groups(groups, scorers)
-    by_group = {id(result.group): result for result in results}
-    comparisons = [compare(p, by_group[id(p.a)], by_group[id(p.b)], scorers) for p in pairings]
-    human = None
-    if pairwise is not None:
-        systems = [by_group[id(groups[0])] if len(groups) == 1 else None for groups in per_input]
-        human = summarise_pairwise(pairwise, systems, metric_config.bootstrap, metric_config.seed)
-    report = build_report(paths, scorers, results, comparisons, pooled_ratings(results, metric_config),
-                          unmatched_ratings, human)
-    written = write_report(report, output_config)
-    print(f"scored {sum(len(g.records) for g in groups)} pairs in {len(groups)} group(s); wrote "
-          f"{', '.join(str(path) for path in written)}", file=sys.stderr)
-    return report
-
+from alpaca_qlora.cli import run_cli
+from alpaca_qlora.scoring.job import main, run  # noqa: F401 - run: scoring in-process (tests, notebooks)
 
 if __name__ == "__main__":
     run_cli(main)

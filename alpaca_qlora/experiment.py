@@ -1,7 +1,12 @@
-"""`python -m alpaca_qlora.experiment`: the door to study/experiment.py (the whole study)."""
+"""`python -m alpaca_qlora.experiment` (console script `alpaca-study`): the door to study/experiment.py (the study)."""
 
 from .cli import run_cli
 from .study.experiment import main
 
-if __name__ == "__main__":
+
+def cli() -> None:
     run_cli(main)
+
+
+if __name__ == "__main__":
+    cli()

@@ -24,7 +24,8 @@ from .committed import committed_generations, load_study_data, save_inputs
 from .comparisons import comparison_pairs, sweep_run_of
 from .report import write_study_report
 from .scores import make_scorers, score_files, score_sweep
-from .steps import Timings, base_model_arguments, generate, prompt_files, sweep_size, train, train_folder
+from ..jobs import Timings
+from .steps import base_model_arguments, generate, prompt_files, sweep_size, train, train_folder
 
 
 def run_study(config: StudyConfig) -> Path:

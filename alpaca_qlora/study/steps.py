@@ -1,63 +1,21 @@
-"""The study's steps: training runs and generations through the project's own scripts, each skipped when
-its output is complete, each timed.
+"""The study's steps: training runs and generations through the project's own jobs, each skipped when its output
+is complete, each timed.
 
-Training and generation run as subprocesses (`training_script.py`, `inference.py`), as a user would run
-them: each loads its own model and gives its memory back when it ends, and each resumes by itself when the
-study is started again (training from its last checkpoint, generation from the lines already written).
+Training and generation run as subprocesses (jobs.py: `python -m alpaca_qlora.train` and `python -m
+alpaca_qlora.generate`, the jobs of training_script.py and inference.py), as a user would run them: each loads its
+own model and gives its memory back when it ends, and each resumes by itself when the study is started again
+(training from its last checkpoint, generation from the lines already written).
 """
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
-from ..cli import USER_ERROR_EXIT_CODE, fail
-from ..files import atomic_write_json
+from ..cli import fail
+from ..jobs import GENERATE_JOB, TRAIN_JOB, Timings, run_job
 from ..jsonl import read_appendable, write_jsonl
 from ..run_folder import RunFolder
 from .config import StudyConfig, TrainingRun
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-@dataclass
-class Timings:
-    """Wall seconds of every step, kept across restarts: each leg of a step (a run stopped and resumed) adds its
-    time, whether it finished or failed; a skipped step keeps what it recorded. A process killed outright
-    (SIGKILL, power) cannot record its last leg."""
-
-    path: Path
-
-    def read(self) -> dict[str, float]:
-        return json.loads(self.path.read_text()) if self.path.is_file() else {}
-
-    def add(self, step: str, seconds: float) -> None:
-        recorded = self.read()
-        atomic_write_json(self.path, {**recorded, step: round(recorded.get(step, 0.0) + seconds, 1)})
-
-    def record(self, step: str, seconds: float) -> None:
-        """A step that is redone whole each time (scoring): its last time."""
-        atomic_write_json(self.path, {**self.read(), step: round(seconds, 1)})
-
-
-def run_script(title: str, script: str, arguments: list[str], timings: Timings) -> None:
-    command = [sys.executable, str(REPO_ROOT / script), *arguments]
-    print(f"[run] {title}\n      {' '.join(command[1:])}", flush=True)
-    started = time.time()
-    try:
-        result = subprocess.run(command)
-    finally:
-        timings.add(title, time.time() - started)
-    if result.returncode == USER_ERROR_EXIT_CODE:  # the script refused its input: running it again would refuse it again
-        fail(f"{title} refused the command shown (exit code {result.returncode}, the error above): fix what it names "
-             "(a flag --NAME is the study config's training.NAME or NAME) and run the study again")
-    if result.returncode != 0:
-        fail(f"{title} failed (exit code {result.returncode}); run the same command again to resume")
-    print(f"[done] {title} in {time.time() - started:.0f} s", flush=True)
 
 
 def skip(title: str, why: str) -> None:
@@ -78,7 +36,7 @@ def train(config: StudyConfig, run: TrainingRun, timings: Timings) -> RunFolder:
     if (folder.finished_step() or 0) >= run.budget:
         skip(title, f"{folder.path} finished at step {folder.finished_step()}")
         return folder
-    run_script(title, "training_script.py", [*training_arguments(config, run), *folder.restart_arguments()], timings)
+    run_job(title, TRAIN_JOB, [*training_arguments(config, run), *folder.restart_arguments()], timings)
     return folder
 
 
@@ -131,7 +89,7 @@ def generate(config: StudyConfig, name: str, model: list[str], prompts: Path, ex
     if complete_lines(output) >= expected_lines:
         skip(title, f"{output} holds its {expected_lines} lines")
         return output
-    run_script(title, "inference.py", [*model, "--prompts_file", str(prompts), "--output_file", str(output),
+    run_job(title, GENERATE_JOB, [*model, "--prompts_file", str(prompts), "--output_file", str(output),
                                         "--max_new_tokens", str(config.max_new_tokens),
                                         "--batch_size", str(config.generation_batch_size), *extra], timings)
     return output

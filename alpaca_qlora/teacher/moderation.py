@@ -31,19 +31,17 @@ import difflib
 import json
 import re
 import shutil
-import subprocess
 import sys
 import textwrap
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..cli import fail, read_config_file
 from ..files import atomic_write_json, atomic_write_text
+from ..jobs import GENERATE_JOB, SCORE_JOB, TEACHER_JOB, TRAIN_JOB, Timings, run_job
 from ..jsonl import read_objects, write_jsonl
 from ..run_folder import RunFolder
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 POLICY_MARKER = "<<POLICY>>"
 VERDICT_QUESTION_SUFFIX = "/f0"  # the first fixed question of the templates: the verdict
 CLASSES = ("allowed", "R1", "R2", "R3", "R4")
@@ -97,15 +95,6 @@ def load_config(path: str) -> ModerationConfig:
 # ---------------------------------------------------------------------------------------------
 # Steps
 # ---------------------------------------------------------------------------------------------
-def run_step(title: str, command: list[str], timings: dict) -> None:
-    print(f"[run] {title}\n      {' '.join(command)}", flush=True)
-    started = time.time()
-    result = subprocess.run([sys.executable, *command], cwd=REPO_ROOT)
-    if result.returncode != 0:
-        fail(f"{title} failed (exit code {result.returncode}); run the same command again to resume")
-    timings[title] = round(time.time() - started, 1)
-
-
 def flags(options: dict) -> list[str]:
     argv = []
     for name, value in options.items():
@@ -166,14 +155,14 @@ def prepare(config: ModerationConfig) -> Path:
     return run_dir / "templates.yaml"
 
 
-def teacher_step(config: ModerationConfig, templates: Path, timings: dict) -> Path:
+def teacher_step(config: ModerationConfig, templates: Path, timings: Timings) -> Path:
     output = Path(config.run_dir) / "qa"
-    argv = ["-m", "alpaca_qlora.teacher", "--teacher", config.teacher, "--documents", config.posts, "--templates", str(templates),
+    argv = ["--teacher", config.teacher, "--documents", config.posts, "--templates", str(templates),
             "--output_dir", str(output), "--max_new_tokens", str(config.max_new_tokens),
             "--batch_size", str(config.generation_batch_size), *flags(config.teacher_options)]
     if config.images:
         argv += ["--images", str(Path(config.run_dir) / "images.jsonl")]
-    run_step("teacher", argv, timings)
+    run_job("teacher", TEACHER_JOB, argv, timings)
     return output
 
 
@@ -185,7 +174,7 @@ def teacher_step(config: ModerationConfig, templates: Path, timings: dict) -> Pa
 HELDOUT_OPTIONS = ("val_set_size", "val_data_path")
 
 
-def student_step(config: ModerationConfig, qa: Path, timings: dict) -> Path:
+def student_step(config: ModerationConfig, qa: Path, timings: Timings) -> Path:
     folder = RunFolder(Path(config.run_dir) / "student")
     heldout = str(qa / "heldout.jsonl")
     if folder.finished_step() is not None:
@@ -198,13 +187,13 @@ def student_step(config: ModerationConfig, qa: Path, timings: dict) -> Path:
     for name in HELDOUT_OPTIONS:
         if name in config.training:
             print(f"[note] training.{name} ({config.training[name]}) is not used: the held-out loss is measured on {heldout}")
-    argv = ["training_script.py", "--base_model", config.student, "--data_path", str(qa / "train.jsonl"),
+    argv = ["--base_model", config.student, "--data_path", str(qa / "train.jsonl"),
             "--val_data_path", heldout, "--output_dir", str(folder.path), *flags(options), *folder.restart_arguments()]
-    run_step("student", argv, timings)
+    run_job("student", TRAIN_JOB, argv, timings)
     return folder.path
 
 
-def answers_step(config: ModerationConfig, qa: Path, student: Path, timings: dict) -> dict[str, Path]:
+def answers_step(config: ModerationConfig, qa: Path, student: Path, timings: Timings) -> dict[str, Path]:
     folder = Path(config.run_dir) / "generations"
     quantization = str(config.training.get("quantization", "nf4"))
     template = str(config.training.get("prompt_template", "alpaca"))
@@ -213,17 +202,18 @@ def answers_step(config: ModerationConfig, qa: Path, student: Path, timings: dic
     files = {}
     for name, model in models.items():
         files[name] = folder / f"{name}.jsonl"
-        run_step(f"answers ({name})", ["inference.py", *model, "--prompts_file", str(qa / "heldout.jsonl"),
-                                       "--output_file", str(files[name]), "--max_new_tokens", str(config.max_new_tokens),
-                                       "--batch_size", str(config.generation_batch_size)], timings)
+        run_job(f"answers ({name})", GENERATE_JOB, [*model, "--prompts_file", str(qa / "heldout.jsonl"),
+                                                    "--output_file", str(files[name]), "--max_new_tokens",
+                                                    str(config.max_new_tokens), "--batch_size",
+                                                    str(config.generation_batch_size)], timings)
     return files
 
 
-def scores_step(config: ModerationConfig, files: dict[str, Path], timings: dict) -> Path:
+def scores_step(config: ModerationConfig, files: dict[str, Path], timings: Timings) -> Path:
     output = Path(config.results_dir) / "metrics"
-    run_step("scores", ["evaluate_metrics.py", str(files["base"]), str(files["tuned"]), "--output_dir", str(output),
-                        "--bertscore_model", config.bertscore_model, "--bootstrap", str(config.bootstrap), "--overwrite",
-                        "--no_progress"], timings)
+    run_job("scores", SCORE_JOB, [str(files["base"]), str(files["tuned"]), "--output_dir", str(output),
+                                  "--bertscore_model", config.bertscore_model, "--bootstrap", str(config.bootstrap),
+                                  "--overwrite", "--no_progress"], timings)
     return output
 
 
@@ -524,16 +514,14 @@ def check(results: Path) -> list[str]:
 
 
 def run(config: ModerationConfig) -> Path:
-    timings_path = Path(config.run_dir) / "timings.json"
-    timings = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
+    timings = Timings(Path(config.run_dir) / "timings.json")
     templates = prepare(config)
     qa = teacher_step(config, templates, timings)
     student = student_step(config, qa, timings)
     files = answers_step(config, qa, student, timings)
     metrics_dir = scores_step(config, files, timings)
-    atomic_write_json(timings_path, timings)
     verdicts = verdicts_step(config, qa, files)
-    report = write_report(config, qa, student, metrics_dir, verdicts, files, timings)
+    report = write_report(config, qa, student, metrics_dir, verdicts, files, timings.read())
     print(f"report: {report}")
     return report
 

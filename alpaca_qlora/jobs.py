@@ -1,0 +1,60 @@
+"""Running the toolkit's jobs as subprocesses, as a user runs them, for the pipelines that chain them (the study,
+the moderation experiment): one runner, one record of wall times.
+
+Each job runs as `python -m alpaca_qlora.<job>` from the installed package (never a script by a checkout's path),
+so an installed copy (`pip install .`) runs the pipelines from any folder.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .cli import USER_ERROR_EXIT_CODE, fail
+from .files import atomic_write_json
+
+TRAIN_JOB = "alpaca_qlora.train"  # training_script.py's job
+GENERATE_JOB = "alpaca_qlora.generate"  # inference.py's job
+SCORE_JOB = "alpaca_qlora.score"  # evaluate_metrics.py's job
+TEACHER_JOB = "alpaca_qlora.teacher"
+
+
+@dataclass
+class Timings:
+    """Wall seconds of every step, kept across restarts: each leg of a step (a run stopped and resumed) adds its
+    time, whether it finished or failed; a skipped step keeps what it recorded. A process killed outright
+    (SIGKILL, power) cannot record its last leg."""
+
+    path: Path
+
+    def read(self) -> dict[str, float]:
+        return json.loads(self.path.read_text()) if self.path.is_file() else {}
+
+    def add(self, step: str, seconds: float) -> None:
+        recorded = self.read()
+        atomic_write_json(self.path, {**recorded, step: round(recorded.get(step, 0.0) + seconds, 1)})
+
+    def record(self, step: str, seconds: float) -> None:
+        """A step that is redone whole each time (scoring): its last time."""
+        atomic_write_json(self.path, {**self.read(), step: round(seconds, 1)})
+
+
+def run_job(title: str, module: str, arguments: list[str], timings: Timings) -> None:
+    """`python -m module arguments` as a user runs it; a refusal (exit 2) is not told to resume, a failure is."""
+    command = [sys.executable, "-m", module, *arguments]
+    print(f"[run] {title}\n      {' '.join(command[1:])}", flush=True)
+    started = time.time()
+    try:
+        result = subprocess.run(command)
+    finally:
+        timings.add(title, time.time() - started)
+    if result.returncode == USER_ERROR_EXIT_CODE:  # the script refused its input: running it again would refuse it again
+        fail(f"{title} refused the command shown (exit code {result.returncode}, the error above): fix what it names "
+             "(a flag --NAME is the study config's training.NAME or NAME) and run the study again")
+    if result.returncode != 0:
+        fail(f"{title} failed (exit code {result.returncode}); run the same command again to resume")
+    print(f"[done] {title} in {time.time() - started:.0f} s", flush=True)
