@@ -15,6 +15,7 @@ from transformers import TextStreamer
 
 from ..cli import UserError
 from ..jsonl import append_synced, drop_torn_tail, read_appendable
+from ..scoring.inputs import RATING_RANGE
 from .generate import generate_answers, prompt_for, seed_everything
 from .settings import GenerationSettings, parse_setting_value, resolve_settings, settings_label
 from .source import ModelSource
@@ -117,9 +118,10 @@ def read_message(prompt: str) -> str:
 
 def parse_rating_command(text: str) -> tuple[int, str]:
     """'4 clear but short' -> (4, 'clear but short')."""
+    low, high = RATING_RANGE
     score, _, comment = text.strip().partition(" ")
-    if score not in {"1", "2", "3", "4", "5"}:
-        raise UserError(f"a rating is a whole number from 1 to 5 followed by an optional comment, got '{text.strip()}'")
+    if score not in {str(n) for n in range(low, high + 1)}:
+        raise UserError(f"a rating is a whole number from {low} to {high} followed by an optional comment, got '{text.strip()}'")
     return int(score), comment.strip()
 
 

@@ -22,6 +22,7 @@ from ..generation.generate import generate_answers, prompt_for, seed_everything
 from ..generation.interactive import AnsweredQuestion, RatingsFile, rating_row
 from ..generation.settings import SETTING_NAMES, GenerationSettings, parse_setting_value, resolve_settings
 from ..generation.source import ModelSource
+from ..scoring.inputs import RATING_RANGE
 from .pages import MAX_ANNOTATOR, MAX_COMMENT
 from .checks import RequestError, annotator_name, bad_request, text_field
 from .store import now
@@ -143,8 +144,9 @@ class ChatSession:
         index, score = body.get("answer_id"), body.get("rating")
         if not isinstance(index, int) or isinstance(index, bool):
             raise bad_request("field 'answer_id' must be an integer")
-        if not isinstance(score, int) or isinstance(score, bool) or not 1 <= score <= 5:
-            raise bad_request("field 'rating' must be a whole number from 1 to 5")
+        low, high = RATING_RANGE
+        if not isinstance(score, int) or isinstance(score, bool) or not low <= score <= high:
+            raise bad_request(f"field 'rating' must be a whole number from {low} to {high}")
         comment = text_field(body, "comment", MAX_COMMENT).strip()
         typed = text_field(body, "annotator", MAX_ANNOTATOR)
         annotator = annotator_name(typed, MAX_ANNOTATOR) if typed.strip() else None

@@ -10,6 +10,7 @@ from html import escape
 from urllib.parse import quote
 
 from ..generation.settings import GenerationSettings, SETTING_NAMES
+from ..scoring.inputs import RATING_RANGE
 from .pairs import BlindSet, Shown
 
 CHOICE_BUTTONS = (("A", "A is better"), ("B", "B is better"), ("tie", "Tie"), ("both_bad", "Both bad"))
@@ -107,7 +108,7 @@ def chat_page(model_label: str, defaults: GenerationSettings, ratings_path: str)
             control = f'<input id="{name}" name="{name}" value="{escape(shown)}"{placeholder} inputmode="decimal" size="6">'
         fields.append(f'<label title="{help_text}">{name}{control}</label>')
     stars = "".join(f'<label class="star"><input type="radio" name="rating" value="{n}" id="rating-{n}">{n}</label>'
-                    for n in range(1, 6))
+                    for n in range(RATING_RANGE[0], RATING_RANGE[1] + 1))
     return page("Chat and rate", f"""
 <h1>Chat and rate</h1>
 <p class="model">Model: <span id="model">{escape(model_label)}</span>. Ratings go to {escape(ratings_path)}.</p>

@@ -27,7 +27,7 @@ from ..files import staging_folder
 from ..modeling import DTYPES, load_base_model, load_model_config, load_tokenizer_or_processor, resolve_model_path
 from ..plots import plot_loss_curve
 from ..run_folder import (
-    CHECKPOINT_PREFIX, MODEL_CARD, STAGING_PREFIX, TRAINER_STATE, RunFolder, check_output_dir,
+    CHECKPOINT_PREFIX, LOSS_CURVE, MODEL_CARD, RUN_INFO, STAGING_PREFIX, TRAINER_STATE, RunFolder, check_output_dir,
     git_commit, library_versions, machine_info,
 )
 from ..vision import IMAGE_FIELD, IMAGE_TEXT_TO_TEXT, LORA_EXCLUDE_PATTERN, model_kind, not_a_generator
@@ -89,7 +89,7 @@ def check_resume_options(config: TrainingConfig, folder: RunFolder) -> None:
 def check_resume_engine(folder: RunFolder, engine: EngineSettings) -> None:
     """A checkpoint resumes under the engine and the number of processes that wrote it (its optimizer state and,
     under FSDP/ZeRO, its weights are split per process)."""
-    saved = folder.info().get("engine") if folder.file("run_info.json").is_file() else None
+    saved = folder.info().get("engine") if folder.file(RUN_INFO).is_file() else None
     if not saved:
         saved = {"engine": "single", "world_size": 1, "zero_stage": None}  # runs from before engines were recorded
     same = (saved.get("engine"), saved.get("world_size"), saved.get("zero_stage")) == (engine.engine, engine.world_size, engine.zero_stage)
@@ -410,7 +410,7 @@ def finish_run(trainer, data: PreparedData, config: TrainingConfig, folder: RunF
     info = folder.info()
     folder.write_info({**info, "files": sorted(set(info.get("files", [])) | set(files))})
     folder.write_eval_results(results)
-    plot_loss_curve(folder.log(), folder.file("loss_curve.png"), title=f"{folder.path.name}: loss",
+    plot_loss_curve(folder.log(), folder.file(LOSS_CURVE), title=f"{folder.path.name}: loss",
                     before_training=results.get("before_training", {}).get("eval_loss"))
     if "after_training" in results:
         before = results.get("before_training", {}).get("eval_loss", float("nan"))
