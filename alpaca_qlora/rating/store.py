@@ -68,7 +68,7 @@ def rating_row(prompt_id: Any, files: tuple[str, str], sides: dict[str, str], ch
             "choice": choice, "winner_file": winner, "comment": comment, "annotator": annotator, "time": now()}
 
 
-def parse_rating(row: dict[str, Any], where: str, line: int = 0) -> PairwiseRating:
+def parse_pairwise_rating(row: dict[str, Any], where: str, line: int = 0) -> PairwiseRating:
     """A checked line; one-line error naming `where` (file:line) and the field otherwise."""
     if row.get("kind") != KIND:
         fail(f"{where}: not a pairwise rating (field 'kind' is {row.get('kind')!r}, expected {KIND!r}); "
@@ -102,7 +102,7 @@ def parse_rating(row: dict[str, Any], where: str, line: int = 0) -> PairwiseRati
 
 def is_rating_line(row: dict[str, Any]) -> bool:
     try:
-        parse_rating(row, "")
+        parse_pairwise_rating(row, "")
     except UserError:
         return False
     return True
@@ -112,7 +112,7 @@ def read_ratings(path: str | os.PathLike, flag: str) -> list[PairwiseRating]:
     """Every rating of a pairwise ratings file (read, not changed); errors name the flag, file and line."""
     if not Path(path).is_file():
         fail(f"{flag} {path}: no such file")
-    return [parse_rating(row, f"{flag} {path}:{number}", number) for number, row in read_jsonl(path)]
+    return [parse_pairwise_rating(row, f"{flag} {path}:{number}", number) for number, row in read_jsonl(path)]
 
 
 class RatingsStore:
@@ -128,7 +128,7 @@ class RatingsStore:
         if self.path.is_dir():
             fail(f"{flag} {path} is a folder")
         self.existing = read_appendable(self.path)
-        self.ratings = [parse_rating(row, f"{flag} {self.path}:{number}", number) for number, row in self.existing.rows]
+        self.ratings = [parse_pairwise_rating(row, f"{flag} {self.path}:{number}", number) for number, row in self.existing.rows]
         if not self.existing.tail_is_ours(LINE_START, is_rating_line):
             fail(f"{flag} {self.path}: its last line (with no newline at its end) is not a pairwise rating; blind "
                  f"ratings come from python -m alpaca_qlora.rating blind: choose another {flag}")
@@ -151,7 +151,7 @@ class RatingsStore:
 
     def append(self, row: dict[str, Any]) -> bool:
         """Write one rating, flushed and fsynced; False (nothing written) if the annotator already rated the pair."""
-        rating = parse_rating(row, str(self.path))  # never write a line the reader would refuse
+        rating = parse_pairwise_rating(row, str(self.path))  # never write a line the reader would refuse
         with self.lock:
             if self.has_rated(rating.annotator, rating.pair_key):
                 return False

@@ -423,7 +423,7 @@ def write_results(results: Path, qa: Path, verdicts: dict, student: dict, files:
         shutil.copy(path, results / "generations" / f"{name}.jsonl")
 
 
-def write_report(config: ModerationConfig, qa: Path, student: Path, metrics_dir: Path, verdicts: dict,
+def write_moderation_report(config: ModerationConfig, qa: Path, student: Path, metrics_dir: Path, verdicts: dict,
                  files: dict[str, Path], timings: dict) -> Path:
     results = Path(config.results_dir)
     student_info = student_summary(student, qa)
@@ -521,7 +521,7 @@ def run(config: ModerationConfig) -> Path:
     files = answers_step(config, qa, student, timings)
     metrics_dir = scores_step(config, files, timings)
     verdicts = verdicts_step(config, qa, files)
-    report = write_report(config, qa, student, metrics_dir, verdicts, files, timings.read())
+    report = write_moderation_report(config, qa, student, metrics_dir, verdicts, files, timings.read())
     print(f"report: {report}")
     return report
 
