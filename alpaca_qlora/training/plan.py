@@ -247,6 +247,9 @@ def make_plan(config: TrainingConfig, model_config, has_heldout: bool, engine_se
     evaluation = has_heldout  # before and after training; during training as --eval_strategy says
     if has_heldout != (config.data.val_set_size > 0 or config.data.val_data_path is not None):
         note("held-out evaluation", "no held-out example is left after tokenization")
+    if train.neftune_noise_alpha is not None:
+        note("NEFTune", f"alpha {train.neftune_noise_alpha}: each example's noise scaled by its own length, "
+                        "alpha/sqrt(L d), not by the packed row's (training/neftune.py)")
     sampling = str(getattr(train.train_sampling_strategy, "value", train.train_sampling_strategy))
     if not packing and "train_sampling_strategy" not in config.given:
         sampling = "group_by_length"

@@ -25,6 +25,7 @@ from ..run_folder import RunFolder
 from ..vision import is_processor
 from .collators import token_counts
 from .loss import labelled_loss_sum, no_positions
+from .neftune import PerExampleNEFTune, example_lengths
 from .plan import TrainingPlan
 
 
@@ -61,6 +62,13 @@ class InstructionTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.token_stats = TokenStats()
         self.eval_examples = eval_examples or []
+        # --neftune_noise_alpha: our hook, scaled by each example's length (training/neftune.py), in place of
+        # transformers' (scaled by the row: a fraction of the noise in packed rows), which train() would add.
+        self.neftune = None
+        if self.neftune_noise_alpha is not None:
+            self.neftune = PerExampleNEFTune(self.neftune_noise_alpha)
+            self.model.get_input_embeddings().register_forward_hook(self.neftune)
+            self.neftune_noise_alpha = None
 
     def _get_train_sampler(self, *args, **kwargs):
         """Length grouping measures each example's first model input: for an image-text model's processor that is
@@ -93,6 +101,8 @@ class InstructionTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if model.training:
             self.token_stats.add(*token_counts(inputs["labels"]))
+        if self.neftune is not None:
+            self.neftune.lengths = example_lengths(inputs) if model.training else None
         if self.plan.loss == "full_logits":
             return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
         total, count, outputs = self.labelled_loss(model, inputs)
