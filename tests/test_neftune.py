@@ -21,6 +21,13 @@ def examples(lengths):
     return [{"input_ids": [7] * n, "labels": [7] * n} for n in lengths]
 
 
+def packed_row(lengths, pad=0):
+    """One row laid out as PackedCollator lays it: examples side by side, position ids restarting at 0 for each,
+    then the padding tail as one more sequence."""
+    positions = [p for n in lengths for p in range(n)] + list(range(pad))
+    return {"input_ids": torch.full((1, len(positions)), 7), "position_ids": torch.tensor([positions])}
+
+
 def measured_noise(hook, batch, embedding):
     """The noise the hook adds to each position's embedding: hooked output minus the plain embedding."""
     embedding.train()
@@ -34,10 +41,12 @@ def measured_noise(hook, batch, embedding):
 
 
 def test_example_lengths_of_packed_and_padded_batches():
-    packed = PackedCollator(pad_token_id=0, max_row_length=170)(examples(LENGTHS))
-    lengths = example_lengths(packed)[0].tolist()
-    expected = [n for n in LENGTHS for _ in range(n)] + [10] * 10  # the padding tail is a sequence of its own
-    assert lengths == expected
+    lengths = example_lengths(packed_row(LENGTHS, pad=10))[0].tolist()
+    assert lengths == [n for n in LENGTHS for _ in range(n)] + [10] * 10  # the padding tail: a sequence of its own
+    packed = PackedCollator(pad_token_id=0, max_row_length=100)(examples(LENGTHS))  # the collator's own rows
+    per_token = example_lengths(packed)
+    real = packed["labels"] != -100
+    assert sorted(per_token[real].tolist()) == sorted(n for n in LENGTHS for _ in range(n))
     padded = PaddedCollator(pad_token_id=0)(examples([3, 9]))
     assert example_lengths(padded).tolist() == [[3.0] * 9, [9.0] * 9]
 
@@ -45,7 +54,7 @@ def test_example_lengths_of_packed_and_padded_batches():
 def test_each_packed_example_gets_the_noise_of_its_own_length():
     torch.manual_seed(0)
     embedding = torch.nn.Embedding(16, WIDTH)
-    packed = PackedCollator(pad_token_id=0, max_row_length=160)(examples(LENGTHS))
+    packed = packed_row(LENGTHS)
     hook = PerExampleNEFTune(ALPHA)
     hook.lengths = example_lengths(packed)
     noise = measured_noise(hook, packed, embedding)[0]
