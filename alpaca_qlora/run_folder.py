@@ -7,6 +7,7 @@ Layout of a finished run (--output_dir):
   run_info.json      versions, machine, data, files written
   train_ids.json     ids of the training records  val.jsonl         the held-out records
   train_log.jsonl    the Trainer's log history    eval_results.json held-out loss before/after
+  prompt_template.json  the template file trained with (only when --prompt_template is a file)
   loss_curve.png     train and held-out loss      checkpoint-*/     resumable checkpoints
 
 Every name a run folder holds is defined here, and so is every reader and writer of its small files.
@@ -36,13 +37,15 @@ VAL_RECORDS = "val.jsonl"
 TRAIN_IDS = "train_ids.json"
 LOSS_CURVE = "loss_curve.png"
 MODEL_CARD = "README.md"
+PROMPT_TEMPLATE_COPY = "prompt_template.json"  # the template file a run was trained with (data/prompts.py)
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 TOKENIZER_CONFIG = "tokenizer_config.json"
 CHECKPOINT_PREFIX = "checkpoint-"
 TRAINER_STATE = "trainer_state.json"
 STAGING_PREFIX = ".adapter-"
-RUN_FILES = (RUN_CONFIG, RUN_INFO, TRAIN_LOG, EVAL_RESULTS, VAL_RECORDS, TRAIN_IDS, LOSS_CURVE, MODEL_CARD)
+RUN_FILES = (RUN_CONFIG, RUN_INFO, TRAIN_LOG, EVAL_RESULTS, VAL_RECORDS, TRAIN_IDS, LOSS_CURVE, MODEL_CARD,
+             PROMPT_TEMPLATE_COPY)
 
 # The attentions training registers for packed rows (training/packed_attention.py). They can appear in a
 # run's run_config.json; generation loads such runs with the sdpa they wrap.

@@ -1,13 +1,20 @@
-"""Prompt formatting: the original Stanford Alpaca templates, or the tokenizer's chat template.
+"""Prompt formatting: the original Stanford Alpaca templates, the tokenizer's chat template, or a template file.
 
-Training and generation both build prompts here, so the two can never disagree.
+Training and generation both build prompts here, so the two can never disagree. A template file is alpaca-lora's
+format (templates/*.json there): `prompt_input` (with {instruction} and {input}), `prompt_no_input` (with
+{instruction}, without {input}), `response_split` (the text the answer follows, in both), optional `description`;
+JSON or YAML. A training run keeps a copy (prompt_template.json in the run folder) that generation reads.
 """
 
 from __future__ import annotations
 
+import functools
+import re
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Mapping
 
-from ..cli import fail
+from ..cli import fail, read_config_file
 from ..vision import IMAGE_FIELD, image_token, is_processor
 
 # Byte-exact copies of PROMPT_DICT in tatsu-lab/stanford_alpaca train.py. As there, the response
@@ -24,12 +31,69 @@ ALPACA_PROMPT_NO_INPUT = (
 )
 
 PROMPT_TEMPLATES = ("alpaca", "chat")
+TEMPLATE_FILE_SUFFIXES = (".json", ".yaml", ".yml")
+TEMPLATE_FILE_KEYS = ("prompt_input", "prompt_no_input", "response_split")
+
+
+@dataclass(frozen=True)
+class TemplateFile:
+    prompt_input: str
+    prompt_no_input: str
+    response_split: str
+    description: str = ""
+
+
+def is_template_file(template: str) -> bool:
+    return template.endswith(TEMPLATE_FILE_SUFFIXES)
+
+
+@functools.lru_cache(maxsize=8)
+def load_template_file(path: str) -> TemplateFile:
+    """A template file, validated: one line naming the file and the key for any mistake."""
+    where = f"--prompt_template {path}"
+    values = read_config_file(path, "--prompt_template")
+    unknown = sorted(set(values) - {*TEMPLATE_FILE_KEYS, "description"})
+    if unknown:
+        fail(f"{where}: unknown key(s) {', '.join(map(str, unknown))} (a template holds {', '.join(TEMPLATE_FILE_KEYS)} "
+             "and an optional description)")
+    for key in (*TEMPLATE_FILE_KEYS, "description"):
+        if key in values and not isinstance(values[key], str):
+            fail(f"{where}: {key} must be a text, got {values[key]!r}")
+        if key in TEMPLATE_FILE_KEYS and not str(values.get(key, "")).strip():
+            fail(f"{where}: {key} is missing or empty")
+    template = TemplateFile(**values)
+    for key, needed, banned in (("prompt_input", ("{instruction}", "{input}"), ()),
+                                ("prompt_no_input", ("{instruction}",), ("{input}",))):
+        text = getattr(template, key)
+        for placeholder in needed:
+            if text.count(placeholder) != 1:
+                fail(f"{where}: {key} must hold {placeholder} once, found it {text.count(placeholder)} times")
+        for placeholder in banned:
+            if placeholder in text:
+                fail(f"{where}: {key} must not hold {placeholder} (records without an input use it)")
+        if template.response_split not in text:
+            fail(f"{where}: response_split {template.response_split!r} is not in {key}")
+    return template
+
+
+def check_prompt_template(template: str, flag: str = "--prompt_template") -> None:
+    """A template name, or a template file that loads and validates."""
+    if is_template_file(template):
+        load_template_file(str(Path(template).expanduser()))
+    elif template not in PROMPT_TEMPLATES:
+        fail(f"{flag} {template}: choose {', '.join(PROMPT_TEMPLATES)}, or a template file (.json/.yaml with "
+             f"{', '.join(TEMPLATE_FILE_KEYS)})")
+
+
+def fill(template: str, instruction: str, input_text: str) -> str:
+    """The template's {instruction} and {input} replaced in one pass: str.format would read braces inside the record,
+    and two replace() calls would fill an "{input}" written inside the instruction."""
+    values = {"{instruction}": instruction, "{input}": input_text}
+    return re.sub(r"\{instruction\}|\{input\}", lambda found: values[found[0]], template)
 
 
 def format_alpaca_prompt(instruction: str, input_text: str = "") -> str:
-    # str.format would interpret braces inside the record itself; replace() does not.
-    template = ALPACA_PROMPT_WITH_INPUT if input_text else ALPACA_PROMPT_NO_INPUT
-    return template.replace("{instruction}", instruction, 1).replace("{input}", input_text, 1)
+    return fill(ALPACA_PROMPT_WITH_INPUT if input_text else ALPACA_PROMPT_NO_INPUT, instruction, input_text)
 
 
 def format_chat_prompt(tokenizer, instruction: str, input_text: str = "", with_image: bool = False) -> str:
@@ -66,4 +130,10 @@ def build_prompt(record: Mapping[str, str], template: str, tokenizer=None) -> st
         return format_alpaca_prompt(instruction, input_text)
     if template == "chat":
         return format_chat_prompt(tokenizer, instruction, input_text, with_image)
+    if is_template_file(template):
+        if with_image:
+            instruction = f"{image_token(tokenizer)}\n{instruction}"
+        loaded = load_template_file(str(Path(template).expanduser()))
+        text = loaded.prompt_input if input_text else loaded.prompt_no_input
+        return fill(text, instruction, input_text)
     fail(f"unknown prompt template '{template}' (choose from {', '.join(PROMPT_TEMPLATES)})")

@@ -13,13 +13,14 @@ from pathlib import Path
 import torch
 
 from ..cli import fail
-from ..data.prompts import PROMPT_TEMPLATES
+from ..data.prompts import check_prompt_template, is_template_file, load_template_file
 from ..modeling import (
     COMPUTE_DTYPES, DTYPE_NAMES, QUANTIZATIONS, base_model_kind, check_model_available, cpu_has_packed_4bit_kernel, resolve_compute_dtype, resolve_model_path,
     use_packed_cpu_kernel,
 )
 from ..run_folder import (
-    ADAPTER_CONFIG, CHECKPOINT_PREFIX, RUN_CONFIG, TOKENIZER_CONFIG, TRAINING_ONLY_ATTENTIONS, RunFolder, adapter_base_model,
+    ADAPTER_CONFIG, CHECKPOINT_PREFIX, PROMPT_TEMPLATE_COPY, RUN_CONFIG, TOKENIZER_CONFIG, TRAINING_ONLY_ATTENTIONS, RunFolder,
+    adapter_base_model,
 )
 
 
@@ -45,8 +46,8 @@ class InferenceModelArguments:
     )
     prompt_template: str | None = field(
         default=None,
-        metadata={"help": "alpaca or chat. Default: the adapter's run_config.json (a different value is refused), else alpaca.",
-                  "choices": PROMPT_TEMPLATES},
+        metadata={"help": "alpaca, chat, or a template file (.json/.yaml). Default: the adapter's (its run_config.json; a "
+                          "different value is refused), else alpaca."},
     )
     attn_implementation: str | None = field(default=None, metadata={"help": "Attention kernel (default: the run's, else sdpa)."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Run model code from the hub. Off unless you trust it."})
@@ -129,7 +130,17 @@ def generation_attention(trained_with: str) -> str:
 
 
 def resolve_prompt_template(requested: str | None, run_config: dict, folder: str) -> str:
+    """The template to build prompts with: the run's (a template file: the copy in the run folder), else the one
+    asked for, else alpaca; a request that differs from the run's is refused."""
     trained = run_config.get("data", {}).get("prompt_template")
+    if requested:
+        check_prompt_template(requested)
+    if trained and is_template_file(trained):
+        copy = str(Path(folder) / PROMPT_TEMPLATE_COPY)
+        if requested and not (is_template_file(requested) and load_template_file(requested) == load_template_file(copy)):
+            fail(f"--prompt_template {requested}: {folder} was trained with the template file {trained} (its copy: "
+                 f"{copy}); leave out --prompt_template so prompts match training")
+        return copy
     if requested and trained and requested != trained:
         fail(
             f"--prompt_template {requested}: {folder} was trained with the '{trained}' template ({RUN_CONFIG}); "

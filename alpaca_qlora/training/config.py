@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from transformers import TrainingArguments
 
 from ..cli import ArgumentParser, fail, given_flags, parse_with_config
-from ..data.prompts import PROMPT_TEMPLATES
+from ..data.prompts import check_prompt_template
 from ..data.records import DEFAULT_DATA_PATH, DEFAULT_FIELDS
 from ..modeling import COMPUTE_DTYPES, QUANTIZATIONS
 
@@ -85,7 +85,9 @@ class DataArguments:
     )
     split_seed: int = field(default=42, metadata={"help": "Seed of the subset and held-out split (independent of --seed)."})
     prompt_template: str = field(
-        default="alpaca", metadata={"help": "alpaca (stanford_alpaca templates) or chat (the tokenizer's chat template).", "choices": PROMPT_TEMPLATES}
+        default="alpaca", metadata={"help": "alpaca (stanford_alpaca templates), chat (the tokenizer's chat template), or a "
+                                            "template file (.json/.yaml: prompt_input, prompt_no_input, response_split, as "
+                                            "alpaca-lora's templates/); the run keeps a copy."}
     )
     train_on_inputs: bool = field(default=False, metadata={"help": "Also train on the prompt tokens (off: the prompt is masked from the loss)."})
     max_seq_length: int = field(default=512, metadata={"help": "Longest example in tokens, EOS included; longer ones are truncated and counted."})
@@ -186,6 +188,7 @@ def check_values(config: TrainingConfig) -> None:
     if train.max_steps == 0 or train.max_steps < -1:
         fail(f"--max_steps must be > 0 (or -1 to train --num_train_epochs), got {train.max_steps}")
     positive("max_seq_length", data.max_seq_length)
+    check_prompt_template(data.prompt_template)
     if data.max_seq_length < 2:
         fail(f"--max_seq_length must be at least 2 (a prompt token and EOS), got {data.max_seq_length}")
     positive("val_set_size", data.val_set_size, allow_zero=True)

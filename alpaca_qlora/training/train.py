@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,14 +22,15 @@ from transformers import set_seed
 from transformers.trainer_callback import ProgressCallback
 
 from ..cli import check_writable_folder, fail
+from ..data.prompts import is_template_file, load_template_file
 from ..data.records import DataSplit, load_records, split_records
 from ..data.tokenization import TokenizationReport, tokenize_records
-from ..files import staging_folder
+from ..files import atomic_write_json, staging_folder
 from ..modeling import DTYPES, load_base_model, load_model_config, load_tokenizer_or_processor, resolve_model_path
 from ..plots import plot_loss_curve
 from ..run_folder import (
-    CHECKPOINT_PREFIX, LOSS_CURVE, MODEL_CARD, RUN_INFO, STAGING_PREFIX, TRAINER_STATE, RunFolder, check_output_dir,
-    git_commit, library_versions, machine_info,
+    CHECKPOINT_PREFIX, LOSS_CURVE, MODEL_CARD, PROMPT_TEMPLATE_COPY, RUN_INFO, STAGING_PREFIX, TRAINER_STATE, RunFolder,
+    check_output_dir, git_commit, library_versions, machine_info,
 )
 from ..vision import IMAGE_FIELD, IMAGE_TEXT_TO_TEXT, LORA_EXCLUDE_PATTERN, model_kind, not_a_generator
 from .collators import ImageCollator, PackedCollator, PaddedCollator, token_counts
@@ -284,6 +286,9 @@ def start_run_folder(config: TrainingConfig, plan: TrainingPlan, data: PreparedD
         folder.clear()
     folder.path.mkdir(parents=True, exist_ok=True)
     folder.write_config({**config.to_dict(), "plan": plan.to_dict()})
+    if is_template_file(config.data.prompt_template):  # generation reads this copy: the file may move or change
+        atomic_write_json(folder.file(PROMPT_TEMPLATE_COPY),
+                          dataclasses.asdict(load_template_file(str(Path(config.data.prompt_template).expanduser()))))
     folder.write_split(data.split.val, [record["id"] for record in data.split.train])  # val.jsonl only when there is one
     folder.write_info({
         "versions": library_versions(),
