@@ -72,9 +72,23 @@ def test_split_and_subset_of_synthetic_records(tiny_data):
     assert split_records(records, 20, None, 42).empty_outputs == 4
 
 
+def test_the_shipped_data_is_the_original_and_the_default(tmp_path, monkeypatch):
+    """alpaca_data.json ships at the top level, byte-identical to Stanford Alpaca's (DATA_LICENSE beside it), and is
+    what the default --data_path reads from any folder of a checkout: no download."""
+    from alpaca_qlora.data import records as data
+
+    assert hashlib.sha256(data.SHIPPED_DATA.read_bytes()).hexdigest() == ALPACA_DATA_SHA256
+    assert "CC BY-NC 4.0" in (data.SHIPPED_DATA.parent / "DATA_LICENSE").read_text()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("ALPACA_DATA_URL", "http://127.0.0.1:9/unreachable")  # a download would fail loudly
+    assert len(load_records("alpaca_data.json")) == 52002
+    assert not (tmp_path / "alpaca_data.json").exists()
+
+
 def test_download_is_checked_against_the_pinned_sha256(tiny_data, tmp_path, monkeypatch, capsys):
     from alpaca_qlora.data import records as data
 
+    monkeypatch.setattr(data, "SHIPPED_DATA", tmp_path / "not-shipped" / "alpaca_data.json")  # an installed copy
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("ALPACA_DATA_URL", tiny_data.as_uri())
     monkeypatch.setattr(data, "ALPACA_DATA_SHA256", hashlib.sha256(tiny_data.read_bytes()).hexdigest())
@@ -108,7 +122,15 @@ def test_val_set_larger_than_data_is_a_user_error(tmp_path, capsys):
     assert "--val_set_size 2000 leaves no training records out of 10" in capsys.readouterr().err
 
 
-def test_missing_default_data_is_downloaded_and_checked(alpaca_json, tmp_path, monkeypatch):
+@pytest.fixture
+def installed_elsewhere(tmp_path, monkeypatch):
+    """A copy of the package installed without the shipped alpaca_data.json beside it."""
+    from alpaca_qlora.data import records as data
+
+    monkeypatch.setattr(data, "SHIPPED_DATA", tmp_path / "not-shipped" / "alpaca_data.json")
+
+
+def test_missing_default_data_is_downloaded_and_checked(alpaca_json, tmp_path, monkeypatch, installed_elsewhere):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("ALPACA_DATA_URL", alpaca_json.as_uri())
     records = load_records("alpaca_data.json")
@@ -116,7 +138,7 @@ def test_missing_default_data_is_downloaded_and_checked(alpaca_json, tmp_path, m
     assert hashlib.sha256((tmp_path / "alpaca_data.json").read_bytes()).hexdigest() == ALPACA_DATA_SHA256
 
 
-def test_download_with_wrong_checksum_is_refused_and_not_saved(tmp_path, monkeypatch, capsys):
+def test_download_with_wrong_checksum_is_refused_and_not_saved(tmp_path, monkeypatch, capsys, installed_elsewhere):
     fake = tmp_path / "fake.json"
     fake.write_text(json.dumps([GOOD]))
     monkeypatch.chdir(tmp_path)
@@ -127,7 +149,7 @@ def test_download_with_wrong_checksum_is_refused_and_not_saved(tmp_path, monkeyp
     assert not (tmp_path / "alpaca_data.json").exists()
 
 
-def test_offline_download_failure_says_how_to_get_the_data(tmp_path, monkeypatch, capsys):
+def test_offline_download_failure_says_how_to_get_the_data(tmp_path, monkeypatch, capsys, installed_elsewhere):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("ALPACA_DATA_URL", (tmp_path / "nowhere.json").as_uri())
     with pytest.raises(SystemExit):

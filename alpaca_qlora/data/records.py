@@ -30,10 +30,19 @@ DEFAULT_FIELDS = {name: name for name in REQUIRED_FIELDS}
 ALPACA_DATA_URL = "https://raw.githubusercontent.com/tatsu-lab/stanford_alpaca/main/alpaca_data.json"
 ALPACA_DATA_SHA256 = "2eddafc6b977608d778aaab8dfc7e50e547b3af9826dfb9e909d9fc362e4a419"
 DEFAULT_DATA_PATH = "alpaca_data.json"
+# The checkout ships the file at its top level (DATA_LICENSE: CC BY-NC 4.0, research use); a copy of the package
+# installed elsewhere, run from a folder without the file, downloads it (sha256-checked).
+SHIPPED_DATA = Path(__file__).resolve().parents[2] / DEFAULT_DATA_PATH
+
+
+def default_data_file() -> Path:
+    """The default --data_path: alpaca_data.json here, else the checkout's shipped copy, else here (downloaded)."""
+    here = Path(DEFAULT_DATA_PATH)
+    return here if here.exists() or not SHIPPED_DATA.is_file() else SHIPPED_DATA
 
 
 # ---------------------------------------------------------------------------------------------
-# Download of the original Alpaca data (not redistributed: CC BY-NC 4.0)
+# Download of the original Alpaca data, for an installed copy without the shipped file
 # ---------------------------------------------------------------------------------------------
 def download_alpaca_data(destination: Path, url: str | None = None) -> None:
     """Fetch alpaca_data.json, check its sha256 and store it atomically."""
@@ -62,7 +71,7 @@ def load_records(data_path: str, fields: dict[str, str] | None = None, require_o
 
     `fields` maps instruction/input/output to the user's field names (default: the same names). Without
     `require_output` (prompts to generate answers for) a record may lack its output: it is then None."""
-    path = Path(data_path)
+    path = default_data_file() if data_path == DEFAULT_DATA_PATH else Path(data_path)
     if not path.exists() and data_path == DEFAULT_DATA_PATH:
         download_alpaca_data(path)
     if path.is_file():

@@ -71,7 +71,7 @@ class LoraArguments:
 class DataArguments:
     data_path: str = field(
         default=DEFAULT_DATA_PATH,
-        metadata={"help": "Alpaca .json list, .jsonl file or datasets hub id. The default file is downloaded (sha256-checked) when missing."},
+        metadata={"help": "Alpaca .json list, .jsonl file or datasets hub id. Default: the Stanford Alpaca data the checkout ships (DATA_LICENSE); an installed copy elsewhere downloads it (sha256-checked)."},
     )
     instruction_field: str = field(default=DEFAULT_FIELDS["instruction"], metadata={"help": "Field of a record holding the instruction."})
     input_field: str = field(default=DEFAULT_FIELDS["input"], metadata={"help": "Field holding the input (context); a record without it has an empty input."})
