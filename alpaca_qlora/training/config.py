@@ -52,6 +52,11 @@ class BaseModelArguments:
     trust_remote_code: bool = field(default=False, metadata={"help": "Run model code from the hub. Off unless you trust it."})
 
 
+# peft's PiSSA and LoftQ change the base weights as well as the adapter: an adapter saved from them needs peft's
+# conversion to a plain LoRA delta before it applies to the original base (not wired here yet), so they are not offered.
+LORA_INITS = ("default", "gaussian")
+
+
 @dataclass
 class LoraArguments:
     lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
@@ -59,6 +64,14 @@ class LoraArguments:
     lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA input."})
     lora_target_modules: str = field(
         default="all-linear", metadata={"help": "all-linear, or module names such as q_proj,v_proj (comma-separated, or a list in --config)."}
+    )
+    use_dora: bool = field(default=False, metadata={"help": "DoRA (peft): LoRA on the direction, a learned magnitude per "
+                                                          "output; slower steps."})
+    use_rslora: bool = field(default=False, metadata={"help": "rsLoRA (peft): scale alpha / sqrt(r) instead of alpha / r."})
+    init_lora_weights: str = field(
+        default="default",
+        metadata={"help": "LoRA initialisation (peft): default (A Kaiming-uniform, B zero) or gaussian (A normal, B zero).",
+                  "choices": LORA_INITS},
     )
     lora_dropout_rng: str = field(
         default="auto",

@@ -64,7 +64,7 @@ def model_card(config: TrainingConfig, folder: RunFolder, results: dict) -> str:
         f"(split seed {data.split_seed}); prompt template `{data.prompt_template}`, prompt masked from the loss: "
         f"{'no' if data.train_on_inputs else 'yes'}; at most {data.max_seq_length} tokens per example.",
         f"- LoRA: r {lora.lora_r}, alpha {lora.lora_alpha}, dropout {lora.lora_dropout}, target modules "
-        f"`{lora.lora_target_modules}`.",
+        f"`{lora.lora_target_modules}`; {lora_variant(lora)}.",
         f"- Optimisation: {steps} optimizer steps, learning rate {train.learning_rate} ({train.lr_scheduler_type}), "
         f"batch {train.per_device_train_batch_size} per device x {train.gradient_accumulation_steps} accumulation"
         f"{engine_line(plan)}, seed {train.seed}.",
@@ -94,3 +94,10 @@ def model_card(config: TrainingConfig, folder: RunFolder, results: dict) -> str:
         f"Prompts must use the `{data.prompt_template}` template it was trained with (`inference.py` does this itself).",
         "",
     ])
+
+
+def lora_variant(lora) -> str:
+    """DoRA / rsLoRA / the initialisation, as the model card names them."""
+    parts = ["DoRA" if lora.use_dora else "plain LoRA", "rsLoRA scaling (alpha / sqrt(r))" if lora.use_rslora else
+             "scaling alpha / r", f"{lora.init_lora_weights} initialisation"]
+    return ", ".join(parts)

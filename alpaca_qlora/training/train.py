@@ -187,8 +187,10 @@ def add_lora(model, config: TrainingConfig, plan: TrainingPlan, checkpointing_kw
     targets = targets if targets == "all-linear" else [m.strip() for m in targets.split(",") if m.strip()]
     # An image-text model: LoRA on its language model only (the vision tower and projector stay frozen as loaded).
     exclude = {"exclude_modules": LORA_EXCLUDE_PATTERN} if plan.model_kind == IMAGE_TEXT_TO_TEXT else {}
+    init = {"default": True, "gaussian": "gaussian"}[lora.init_lora_weights]
     lora_config = LoraConfig(r=lora.lora_r, lora_alpha=lora.lora_alpha, lora_dropout=lora.lora_dropout,
-                             target_modules=targets, bias="none", task_type="CAUSAL_LM", **exclude)
+                             target_modules=targets, bias="none", task_type="CAUSAL_LM", use_dora=lora.use_dora,
+                             use_rslora=lora.use_rslora, init_lora_weights=init, **exclude)
     try:
         model = get_peft_model(model, lora_config)
     except ValueError as error:
