@@ -250,37 +250,38 @@ def load_processor(name_or_path: str, trust_remote_code: bool = False, flag: str
     """AutoProcessor of an image-text model, its pad token set as load_tokenizer sets a tokenizer's (never added)."""
     from transformers import AutoProcessor
 
-    check_model_available(name_or_path, flag)
-    try:
-        processor = AutoProcessor.from_pretrained(loadable_path(name_or_path), trust_remote_code=trust_remote_code)
-    except UserError:
-        raise
-    except Exception as error:  # noqa: BLE001 - missing or broken processor files fail in many ways
-        fail(f"cannot load the processor of '{name_or_path}': {_first_line(error)}")
+    processor = _load_pretrained(AutoProcessor, name_or_path, trust_remote_code, flag, "processor")
     if not is_processor(processor) or not hasattr(processor, "image_processor"):
         fail(f"'{name_or_path}' has no image processor (preprocessor_config.json / processor_config.json): "
              "an image-text model needs one")
-    tokenizer = processor.tokenizer
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.unk_token if tokenizer.unk_token is not None else tokenizer.eos_token
+    set_pad_token(processor.tokenizer)
     return processor
 
 
 def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
-    check_model_available(name_or_path, "tokenizer")
+    tokenizer = _load_pretrained(AutoTokenizer, name_or_path, trust_remote_code, "tokenizer", "tokenizer")
+    set_pad_token(tokenizer)
+    return tokenizer
+
+
+def _load_pretrained(auto_class, name_or_path: str, trust_remote_code: bool, flag: str, what: str):
+    check_model_available(name_or_path, flag)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(loadable_path(name_or_path), trust_remote_code=trust_remote_code)
+        return auto_class.from_pretrained(loadable_path(name_or_path), trust_remote_code=trust_remote_code)
     except UserError:
         raise
-    except Exception as error:  # noqa: BLE001 - missing or broken tokenizer files fail in many ways
-        fail(f"cannot load the tokenizer of '{name_or_path}': {_first_line(error)}")
+    except Exception as error:  # noqa: BLE001 - missing or broken tokenizer/processor files fail in many ways
+        fail(f"cannot load the {what} of '{name_or_path}': {_first_line(error)}")
+
+
+def set_pad_token(tokenizer) -> None:
+    """A pad token when the tokenizer has none: unk, else EOS. Never an added token: that resizes the embeddings and
+    breaks adapter reloading (peft#2415); the pad id only fills batch tails, and labels are built by position, so
+    EOS stays learned."""
     if tokenizer.pad_token is None:
-        # Never add a token: that resizes the embeddings and breaks adapter reloading (peft#2415).
-        # The pad id only fills batch tails; labels are built by position, so EOS stays learned.
         tokenizer.pad_token = tokenizer.unk_token if tokenizer.unk_token is not None else tokenizer.eos_token
-    return tokenizer
 
 
 def default_device_map():
