@@ -261,7 +261,7 @@ def test_answers_generated_in_segments_equal_one_generate_call(base, sampled):
     settings = greedy(max_new_tokens=3 * SEGMENT_TOKENS + 5, **knobs)
     kwargs = generate.generate_kwargs(settings, tokenizer, model)
     token_ids = tokenizer(prompts)["input_ids"]
-    sampler = lambda: RowSeededSampling.seeded(list(range(len(prompts))), "cpu") if sampled else None  # noqa: E731
+    sampler = lambda: RowSeededSampling.seeded(list(range(len(prompts))), "cpu", settings) if sampled else None  # noqa: E731
     with torch.no_grad():
         inputs = prefix_shared_inputs(model, token_ids, kwargs["pad_token_id"], 1)
         first = model.generate(**inputs, **kwargs, logits_processor=LogitsProcessorList([s for s in [sampler()] if s]))
@@ -283,6 +283,20 @@ def test_answers_generated_in_segments_equal_one_generate_call(base, sampled):
     lengths = [len(until_stop(row)) for row in whole]
     assert SEGMENT_TOKENS < lengths[0] < max(lengths)  # rows end in different segments
     assert [until_stop(row) for row in segmented] == [until_stop(row) for row in whole]
+
+
+def test_batch_sampling_obeys_top_k_and_temperature(MODEL, prompts_file, tmp_path):
+    """The per-answer sampler draws from scores warped by the settings: top_k 1 is greedy whatever the temperature,
+    and top_k 1 against 40 changes answers (until 2026-12-06 the knobs had no effect in batch mode)."""
+    base = ["--base_model", MODEL, "--prompts_file", str(prompts_file), "--max_prompts", "10", "--max_new_tokens", "16",
+            "--batch_size", "5"]
+    outputs = {}
+    for name, extra in (("greedy", []), ("top1", ["--top_k", "1", "--temperature", "3.0"]),
+                        ("top40", ["--top_k", "40", "--temperature", "3.0"])):
+        inference.main(base + extra + ["--output_file", str(tmp_path / f"{name}.jsonl")])
+        outputs[name] = {row["id"]: row["prediction"] for row in read_lines(tmp_path / f"{name}.jsonl")}
+    assert outputs["top1"] == outputs["greedy"]
+    assert sum(outputs["top40"][i] != outputs["greedy"][i] for i in outputs["greedy"]) >= 5
 
 
 def test_a_sampled_answer_is_the_same_in_any_batch(MODEL, prompts_file, tmp_path):

@@ -132,7 +132,8 @@ def generate_answers(model, tokenizer, prompts: list[str], resolved: dict, strea
     generated in segments, finished answers leaving the batch between them (segments.py)."""
     kwargs = generate_kwargs(resolved, tokenizer, model)
     stops = set(stop_token_ids(tokenizer, model))
-    sampler = RowSeededSampling.seeded(answer_seeds, model_device(model)) if answer_seeds and samples_per_row(resolved) else None
+    sampler = (RowSeededSampling.seeded(answer_seeds, model_device(model), resolved)
+               if answer_seeds and samples_per_row(resolved) else None)
     if is_processor(tokenizer):
         encoded = tokenizer(text=prompts, images=images or None, return_tensors="pt", padding=True)
         inputs = dict(encoded.to(model_device(model)))
