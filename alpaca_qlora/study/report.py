@@ -346,12 +346,15 @@ def plot_learning_curve(data: StudyData, path: Path) -> None:
         axis.axhspan(*base_estimate.ci95, color="grey", alpha=0.2, label="base, 95% CI")
         axis.axhline(base_estimate.value, color="grey")
         for budget in config.budgets:
-            for run in budget_runs(data, budget):
+            runs = budget_runs(data, budget)
+            for index, run in enumerate(runs):  # the seeds side by side, a little apart
                 estimate = getattr(data.scores[run.tuned], key)
-                axis.errorbar([budget], [estimate.value], yerr=[[estimate.value - estimate.ci95[0]],
-                                                                 [estimate.ci95[1] - estimate.value]],
+                x = budget * (1 + 0.06 * (index - (len(runs) - 1) / 2))
+                axis.errorbar([x], [estimate.value], yerr=[[estimate.value - estimate.ci95[0]],
+                                                           [estimate.ci95[1] - estimate.value]],
                               marker="o", capsize=3, color="tab:blue", alpha=0.7)
         axis.set_xscale("log")
+        axis.minorticks_off()
         axis.set_xticks(config.budgets, [str(b) for b in config.budgets])
         axis.set_title(f"{label} (95% CI)", fontsize=9)
     for axis in axes:
