@@ -18,7 +18,9 @@ def test_installed_copy_runs_the_study_from_another_folder(tiny_model, tiny_data
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(REPO_ROOT / name, source / name)
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
+    # --without-pip: the venv's python uses this environment's pip and setuptools (ensurepip would put an old setuptools,
+    # without bdist_wheel, in front of them); the install goes into the venv all the same
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)], check=True)
     python = str(venv / "bin" / "python")
     install = subprocess.run([python, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", str(source)],
                              capture_output=True, text=True, timeout=600)
