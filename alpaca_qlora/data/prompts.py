@@ -47,9 +47,13 @@ def is_template_file(template: str) -> bool:
     return template.endswith(TEMPLATE_FILE_SUFFIXES)
 
 
-@functools.lru_cache(maxsize=8)
 def load_template_file(path: str) -> TemplateFile:
-    """A template file, validated: one line naming the file and the key for any mistake."""
+    """A template file (`~` expanded), validated: one line naming the file and the key for any mistake."""
+    return _load_template_file(str(Path(path).expanduser()))
+
+
+@functools.lru_cache(maxsize=8)
+def _load_template_file(path: str) -> TemplateFile:
     where = f"--prompt_template {path}"
     values = read_config_file(path, "--prompt_template")
     unknown = sorted(set(values) - {*TEMPLATE_FILE_KEYS, "description"})
@@ -79,7 +83,7 @@ def load_template_file(path: str) -> TemplateFile:
 def check_prompt_template(template: str, flag: str = "--prompt_template") -> None:
     """A template name, or a template file that loads and validates."""
     if is_template_file(template):
-        load_template_file(str(Path(template).expanduser()))
+        load_template_file(template)
     elif template not in PROMPT_TEMPLATES:
         fail(f"{flag} {template}: choose {', '.join(PROMPT_TEMPLATES)}, or a template file (.json/.yaml with "
              f"{', '.join(TEMPLATE_FILE_KEYS)})")
@@ -133,7 +137,7 @@ def build_prompt(record: Mapping[str, str], template: str, tokenizer=None) -> st
     if is_template_file(template):
         if with_image:
             instruction = f"{image_token(tokenizer)}\n{instruction}"
-        loaded = load_template_file(str(Path(template).expanduser()))
+        loaded = load_template_file(template)
         text = loaded.prompt_input if input_text else loaded.prompt_no_input
         return fill(text, instruction, input_text)
     fail(f"unknown prompt template '{template}' (choose from {', '.join(PROMPT_TEMPLATES)})")

@@ -475,6 +475,11 @@ def paired_p_value(boot: np.ndarray, observed: float) -> float:
     return (extreme + 1) / (len(boot) + 1)
 
 
+def at_resampling_floor(p_value: float, floor: float) -> bool:
+    """Whether a paired bootstrap p-value is the smallest B resamples can give, 1/(B+1): then it only says p <= floor."""
+    return p_value <= floor * (1 + 1e-9)
+
+
 # ---------------------------------------------------------------- groups and comparisons
 
 

@@ -17,7 +17,7 @@ from ..cli import fail
 from ..cli import check_writable_folder
 from ..files import move_in, remove_stale_staging, remove_written, staging_folder
 from .human import PairwiseSummary
-from .metrics import Comparison, Difference, Estimate, GroupScores, RatingSummary, Scorers
+from .metrics import Comparison, Difference, Estimate, GroupScores, RatingSummary, Scorers, at_resampling_floor
 
 METRICS = (("bleu", "BLEU"), ("rougeL_f1", "ROUGE-L F1"), ("bertscore_f1", "BERTScore F1"))
 
@@ -391,7 +391,7 @@ def _diff(difference: Difference, digits: int, floor: float) -> str:
     """A paired difference; a p-value at the bootstrap's floor 1/(B+1) is only an upper bound: `p <= floor`."""
     low, high = difference.ci95
     p = difference.p_value
-    if p <= floor * (1 + 1e-9):
+    if at_resampling_floor(p, floor):
         p_text = f"p <= {floor:.2g}"
     else:
         p_text = f"p = {p:.4f}" if p < 0.001 else f"p = {p:.3f}"

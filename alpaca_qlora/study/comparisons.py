@@ -7,6 +7,7 @@ adjusted together (Holm), and a p-value at the bootstrap's floor is written as `
 
 from __future__ import annotations
 
+from ..scoring.metrics import at_resampling_floor
 from .config import StudyConfig, TrainingRun
 
 
@@ -49,4 +50,4 @@ def holm(p_values: list[float]) -> list[float]:
 
 def p_text(p_value: float, floor: float) -> str:
     """A bootstrap p-value as it can be read: at the floor 1/(B+1) it only says `<= floor`."""
-    return f"<= {floor:.4f}" if p_value <= floor * (1 + 1e-9) else f"{p_value:.4f}"
+    return f"<= {floor:.4f}" if at_resampling_floor(p_value, floor) else f"{p_value:.4f}"

@@ -17,7 +17,7 @@ from pathlib import Path
 from ..files import atomic_write_text
 from ..plots import plt, save_figure
 from ..run_folder import RunFolder
-from ..scoring.metrics import Comparison, Difference, Estimate
+from ..scoring.metrics import Comparison, Difference, Estimate, at_resampling_floor
 from ..scoring.report import SMALL_SAMPLE, finite
 from .committed import StudyData
 from .comparisons import budget_pairs, holm, p_text, sweep_run_of
@@ -100,8 +100,7 @@ class Table:
 
     def cell(self, d: Difference, adjusted: float, digits: int) -> str:
         low, high = d.ci95
-        at_floor = d.p_value <= self.floor * (1 + 1e-9)
-        adjusted_text = f"<= {adjusted:.4f}" if at_floor else f"{adjusted:.4f}"
+        adjusted_text = f"<= {adjusted:.4f}" if at_resampling_floor(d.p_value, self.floor) else f"{adjusted:.4f}"
         return (f"{d.difference:+.{digits}f} [{low:+.{digits}f}, {high:+.{digits}f}] "
                 f"p {adjusted_text} ({p_text(d.p_value, self.floor)})")
 

@@ -14,16 +14,16 @@ from __future__ import annotations
 
 import torch
 
+from .collators import sequence_boundaries
+
 
 def example_lengths(inputs: dict) -> torch.Tensor:
     """(batch, sequence) float tensor: for every position, the length of the example it belongs to."""
     input_ids = inputs["input_ids"]
     if inputs.get("position_ids") is not None and inputs.get("attention_mask") is None:  # packed rows
-        begins = inputs["position_ids"] == 0
-        begins[:, 0] = True  # a row always begins an example, so no example spans two rows
-        example = torch.cumsum(begins.reshape(-1).long(), 0) - 1
-        lengths = torch.bincount(example)[example]
-        return lengths.reshape(input_ids.shape).float()
+        boundaries, _ = sequence_boundaries(inputs["position_ids"])  # the packed attention's own sequences
+        lengths = (boundaries[1:] - boundaries[:-1]).long()
+        return torch.repeat_interleave(lengths, lengths).reshape(input_ids.shape).float()
     mask = inputs.get("attention_mask")
     real = mask.sum(-1) if mask is not None else torch.full(input_ids.shape[:1], input_ids.shape[1], device=input_ids.device)
     return real.clamp(min=1).unsqueeze(-1).expand(input_ids.shape).float()

@@ -290,7 +290,7 @@ def start_run_folder(config: TrainingConfig, plan: TrainingPlan, data: PreparedD
     folder.write_config({**config.to_dict(), "plan": plan.to_dict()})
     if is_template_file(config.data.prompt_template):  # generation reads this copy: the file may move or change
         atomic_write_json(folder.file(PROMPT_TEMPLATE_COPY),
-                          dataclasses.asdict(load_template_file(str(Path(config.data.prompt_template).expanduser()))))
+                          dataclasses.asdict(load_template_file(config.data.prompt_template)))
     folder.write_split(data.split.val, [record["id"] for record in data.split.train])  # val.jsonl only when there is one
     folder.write_info({
         "versions": library_versions(),
