@@ -16,7 +16,6 @@ texts and must equal the per-record values on file; BERTScore is read from the f
 
 from __future__ import annotations
 
-import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +25,7 @@ import numpy as np
 from ..cli import fail
 from ..files import atomic_write_json
 from ..jsonl import read_objects
-from ..run_folder import EVAL_RESULTS, RUN_CONFIG, RUN_INFO, TRAIN_LOG, RunFolder
+from ..run_folder import EVAL_RESULTS, RUN_CONFIG, RUN_INFO, TRAIN_LOG, RunFolder, read_json_file
 from ..scoring.inputs import Group, InputConfig, load_groups, pair_groups
 from ..scoring.metrics import (
     Comparison, GroupScores, SampleScores, Scorers, bleu_statistics, compare, rouge_l_f1, sentence_bleu, summarise,
@@ -94,7 +93,7 @@ def load_study_data(config: StudyConfig, scorers: Scorers) -> StudyData:
     sweep = [scored(group, sweep_bertscores, scorers)
              for group in load_groups(str(generations_folder(results_dir) / "sweep.jsonl"), InputConfig())]
     timings_path = results_dir / TIMINGS_FILE
-    timings = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
+    timings = read_json_file(timings_path) if timings_path.is_file() else {}
     return StudyData(config, runs, scores, comparisons, sweep, timings)
 
 

@@ -40,7 +40,7 @@ from ..cli import fail, read_config_file
 from ..files import atomic_write_json, atomic_write_text
 from ..jobs import GENERATE_JOB, SCORE_JOB, TEACHER_JOB, TRAIN_JOB, Timings, run_job
 from ..jsonl import read_objects, write_jsonl
-from ..run_folder import RunFolder
+from ..run_folder import RunFolder, read_json_file
 
 POLICY_MARKER = "<<POLICY>>"
 VERDICT_QUESTION_SUFFIX = "/f0"  # the first fixed question of the templates: the verdict
@@ -503,11 +503,11 @@ def check(results: Path) -> list[str]:
             fail(f"{results / name}: missing; nothing to check against")
     rows = read_objects(results / "verdict_rows.jsonl")
     train_rows = read_objects(results / "teacher_training_rows.jsonl")
-    saved = json.loads((results / "verdicts.json").read_text())
+    saved = read_json_file(results / "verdicts.json")
     found = answer_differences(results, rows, train_rows)
     if {key: value for key, value in saved.items() if key != "question"} != verdict_summary(rows, train_rows):
         found.append("verdicts.json: its scores differ from those recomputed from verdict_rows.jsonl and teacher_training_rows.jsonl")
-    rebuilt = student_section(json.loads((results / "student.json").read_text())) + \
+    rebuilt = student_section(read_json_file(results / "student.json")) + \
         verdict_section(saved["question"], rows, train_rows)
     return found + list(difflib.unified_diff(report_sections(results / "report.md"), rebuilt, "report.md", "rebuilt",
                                              lineterm="", n=0))
