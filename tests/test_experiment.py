@@ -129,6 +129,32 @@ def test_zero_learning_rate_adapter_is_exactly_the_base(tiny_model, tiny_data, t
     assert after["eval_loss"] == before["eval_loss"]
 
 
+def test_recipes_are_trained_beside_the_plain_one_and_compared_seed_by_seed(tiny_model, tiny_data, tmp_path):
+    """A NEFTune recipe at the smallest budget: its own run per seed (its option in its run_config.json), compared with
+    the plain recipe of the same seed, in its own section of the report."""
+    config = write_config(tmp_path, tiny_model, tiny_data, budgets=[2], seeds=[42], seeded_budgets=None,
+                          quantizations=[], sweep="top_k=1", sweep_records=4,
+                          recipes={"neftune5": {"neftune_noise_alpha": 5}})
+    result = run_script("-m", "alpaca_qlora.experiment", "--config", str(config), env={"OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    recipe_run = tmp_path / "run" / "train" / "neftune5-nf4-2-seed42"
+    assert json.loads((recipe_run / "run_config.json").read_text())["train"]["neftune_noise_alpha"] == 5
+    plain_run = tmp_path / "run" / "train" / "nf4-2-seed42"
+    assert json.loads((plain_run / "run_config.json").read_text())["train"].get("neftune_noise_alpha") is None
+    summary = json.loads((tmp_path / "results" / "metrics.json").read_text())
+    assert summary["config"]["recipes"] == {"neftune5": {"neftune_noise_alpha": 5}}
+    pairs = {(c["a"], c["b"]) for c in summary["comparisons"]}
+    assert ("tuned-nf4-2-seed42", "tuned-neftune5-nf4-2-seed42") in pairs
+    assert ("base-nf4", "tuned-neftune5-nf4-2-seed42") in pairs
+    curves = summary["heldout_curves"]
+    assert curves["neftune5-nf4-2-seed42"][0] == curves["nf4-2-seed42"][0]  # same base, same held-out records
+    assert curves["neftune5-nf4-2-seed42"][-1] != curves["nf4-2-seed42"][-1]  # the noise changed the training
+    report = (tmp_path / "results" / "report.md").read_text()
+    assert "## Recipes" in report and "| neftune5 | neftune_noise_alpha 5 | 42 |" in report
+    budgets = report[report.index("## Budgets"):report.index("## Recipes")]
+    assert "neftune5" not in budgets  # the budget tables hold the plain recipe only
+
+
 TRAINING = FAST_STUDY["training"]
 STUDY_MISTAKES = [
     # (id, the config's changes (None: the key left out), a file where the study writes a folder, the one line after
@@ -148,6 +174,10 @@ STUDY_MISTAKES = [
     ("no-base_model", {"base_model": None}, None, "missing key(s) base_model"),
     ("base_model-missing", {"base_model": "./no-model"}, None, "base_model {folder}/no-model: no such folder"),
     ("data_path-missing", {"data_path": "no-data.json"}, None, "data_path: {folder}/no-data.json: no such file"),
+    ("recipe-typo", {"recipes": {"neft": {"neftune_alpha": 5}}}, None,
+     "recipes.neft.neftune_alpha: unknown training option (did you mean neftune_noise_alpha?)"),
+    ("recipe-reserved", {"recipes": {"nf": {"quantization": "none"}}}, None,
+     "recipes.nf.quantization is set by the study itself; remove it"),
     ("eval_records", {"eval_records": 20}, None, "eval_records 20 is more than the 16 held-out records the main run "
      "keeps (training.val_set_size and training.max_samples set them)"),
 ]

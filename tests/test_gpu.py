@@ -35,13 +35,18 @@ def tiny_llama_dir(tmp_path_factory):
 
 def qlora_model(path, attention: str):
     """What training builds: NF4 base with bf16 compute, LoRA on all linear layers, checkpointing."""
-    from alpaca_qlora.modeling import add_lora, load_base_model
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    from alpaca_qlora.modeling import load_base_model
 
     model = load_base_model(str(path), "nf4", torch.bfloat16, True, "uint8", "sdpa", device_map={"": 0})
     model.config.use_cache = False
     model.set_attn_implementation(register_packed_attention(attention))
     torch.manual_seed(0)
-    model = add_lora(model, 8, 16, 0.0, "all-linear", True, {"use_reentrant": False})
+    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True,
+                                            gradient_checkpointing_kwargs={"use_reentrant": False})
+    model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules="all-linear",
+                                             bias="none", task_type="CAUSAL_LM"))
     for name, parameter in model.named_parameters():  # non-zero B: gradients reach every LoRA matrix
         if "lora_B" in name:
             torch.nn.init.normal_(parameter, std=0.02, generator=torch.Generator(parameter.device).manual_seed(1))

@@ -46,3 +46,77 @@ def test_each_variant_loads_and_generates(trained, name):
                         "--max_new_tokens", "4", env={"OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"adapter {folder / name}" in result.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# PiSSA and LoftQ: initialisations that modify the base (training/lora_init.py)
+# ---------------------------------------------------------------------------------------------
+EXACT = ["--quantization", "none", "--compute_dtype", "fp32", "--lora_dropout", "0"]
+
+
+def heldout_before(run) -> float:
+    return json.loads((run / "eval_results.json").read_text())["before_training"]["eval_loss"]
+
+
+@pytest.fixture(scope="module")
+def pissa_runs(tiny_model, tiny_data, tmp_path_factory):
+    """Three runs on the full-precision base: default and PiSSA trained 3 steps, PiSSA at learning rate 0."""
+    folder = tmp_path_factory.mktemp("pissa")
+    runs = {"default": [], "pissa": ["--init_lora_weights", "pissa"],
+            "pissa_lr0": ["--init_lora_weights", "pissa", "--learning_rate", "0"]}
+    for name, flags in runs.items():
+        result = run_script(*training_args(tiny_model, tiny_data, folder / name, "--max_steps", "3", "--val_set_size",
+                                           "16", *EXACT, *flags), env={"OMP_NUM_THREADS": "1"})
+        assert result.returncode == 0, result.stderr[-3000:]
+    return folder
+
+
+def test_pissa_starts_from_the_base_itself(pissa_runs):
+    # W_res + B0 A0 = W: before training a PiSSA model computes what the base computes (default LoRA: B0 = 0)
+    assert heldout_before(pissa_runs / "pissa") == pytest.approx(heldout_before(pissa_runs / "default"), abs=1e-4)
+
+
+def test_pissa_adapter_is_converted_for_the_original_base(pissa_runs, tiny_model):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    config = json.loads((pissa_runs / "pissa" / "adapter_config.json").read_text())
+    assert config["r"] == 32 and config["lora_alpha"] == 64 and config["init_lora_weights"] is True  # r 16 -> 2r
+    assert "PiSSA initialisation (saved converted to a plain LoRA of rank 2r" in (pissa_runs / "pissa" / "README.md").read_text()
+    ids = torch.tensor([[1, 17, 42, 99, 250, 7, 300, 11]])
+    base = AutoModelForCausalLM.from_pretrained(str(tiny_model), dtype=torch.float32).eval()
+    with torch.no_grad():
+        plain = base(ids).logits
+        untrained = PeftModel.from_pretrained(base, str(pissa_runs / "pissa_lr0")).eval()
+        # nothing learned: the converted adapter is dW = B A - B0 A0 = 0 on the original base
+        assert (untrained(ids).logits - plain).abs().max().item() < 1e-4
+        trained = PeftModel.from_pretrained(
+            AutoModelForCausalLM.from_pretrained(str(tiny_model), dtype=torch.float32).eval(), str(pissa_runs / "pissa")).eval()
+        assert (trained(ids).logits - plain).abs().max().item() > 1e-3  # three steps at 3e-3 moved it
+
+
+def test_pissa_on_nf4_trains_loads_and_generates(tiny_model, tiny_data, tmp_path):
+    run = tmp_path / "pissa-nf4"
+    result = run_script(*training_args(tiny_model, tiny_data, run, "--max_steps", "2", "--val_set_size", "16",
+                                       "--init_lora_weights", "pissa"), env={"OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((run / "adapter_config.json").read_text())["r"] == 32
+    assert "close to, not exactly, the trained model" in (run / "README.md").read_text()
+    assert not any(p.name.startswith("alpaca-qlora-init-") for p in run.iterdir())
+    result = run_script("inference.py", "--adapter", str(run), "--instruction", "Name a colour.",
+                        "--max_new_tokens", "4", env={"OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--init_lora_weights", "loftq"], "--init_lora_weights loftq: peft computes LoftQ on CUDA (or XPU) only"),
+    (["--init_lora_weights", "pissa", "--use_dora", "true"], "--init_lora_weights pissa with --use_dora"),
+    (["--loftq_iter", "3"], "--loftq_iter 3: only --init_lora_weights loftq iterates"),
+])
+def test_refused_lora_inits(tiny_model, tiny_data, tmp_path, flags, message):
+    run = tmp_path / "refused"
+    result = run_script(*training_args(tiny_model, tiny_data, run, "--max_steps", "1", *flags))
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert not run.exists()

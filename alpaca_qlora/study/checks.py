@@ -65,13 +65,15 @@ def check_training(config: StudyConfig, path: str) -> None:
     from ..training.train import load_split
 
     options = training_option_names()
-    for name in config.training:
-        if name not in options:
-            close = difflib.get_close_matches(str(name), options, n=1, cutoff=0.6)
-            hint = f"did you mean {close[0]}?" if close else "see python training_script.py --help"
-            fail(f"{path}: training.{name}: unknown training option ({hint})")
+    given = [("training", config.training), *((f"recipes.{recipe}", added) for recipe, added in config.recipes.items())]
+    for key, values in given:
+        for name in values:
+            if name not in options:
+                close = difflib.get_close_matches(str(name), options, n=1, cutoff=0.6)
+                hint = f"did you mean {close[0]}?" if close else "see python training_script.py --help"
+                fail(f"{path}: {key}.{name}: unknown training option ({hint})")
     keys = {"base_model": "base_model", "data_path": "data_path", "output_dir": "run_dir",
-            **{name: f"training.{name}" for name in config.training}}
+            **{name: f"{key}.{name}" for key, values in reversed(given) for name in values}}
     with refused_as(path, keys):
         with no_trace_of_parsing():
             runs = config.runs()

@@ -21,7 +21,14 @@ def comparison_pairs(config: StudyConfig) -> list[tuple[str, str]]:
     if "none" in trained:  # the same training on a quantized base against it on the full-precision base
         pairs += [(TrainingRun("none", smallest, seed).tuned, TrainingRun(precision, smallest, seed).tuned)
                   for precision in trained if precision != "none" for seed in config.seeds_at(smallest)]
-    return pairs
+    return pairs + recipe_pairs(config)
+
+
+def recipe_pairs(config: StudyConfig) -> list[tuple[str, str]]:
+    """Each recipe against the plain recipe: same precision, budget and seed (read as recipe minus plain)."""
+    main, smallest = config.main_quantization, config.budgets[0]
+    return [(TrainingRun(main, smallest, seed).tuned, TrainingRun(main, smallest, seed, recipe).tuned)
+            for recipe in config.recipes for seed in config.seeds_at(smallest)]
 
 
 def budget_pairs(config: StudyConfig) -> list[tuple[str, str]]:

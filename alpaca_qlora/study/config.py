@@ -28,6 +28,9 @@ class StudyConfig:
     budgets: list[int]  # optimizer steps: each budget is a training run of its own, with its own full schedule
     training: dict = field(default_factory=dict)  # more training_script.py options (name: value)
     quantizations: list[str] = field(default_factory=list)  # more base precisions, each trained at the first budget
+    # more recipes (name: training_script.py options added to `training`), each trained on the main precision at the
+    # first budget with that budget's seeds, and compared with the plain recipe seed by seed (NEFTune, PiSSA, DoRA ...)
+    recipes: dict = field(default_factory=dict)
     seeds: list[int] = field(default_factory=lambda: [42])  # training seeds (data order, LoRA init, dropout)
     seeded_budgets: list[int] | None = None  # budgets trained with every seed (the others with the first); None: all
     eval_steps: int | None = None  # held-out loss every this many steps in every run; None: the budgets' gcd
@@ -60,7 +63,9 @@ class StudyConfig:
         main = [TrainingRun(self.main_quantization, budget, seed) for budget in self.budgets for seed in self.seeds_at(budget)]
         others = [TrainingRun(precision, self.budgets[0], seed) for precision in self.quantizations
                   for seed in self.seeds_at(self.budgets[0])]
-        return main + others
+        recipes = [TrainingRun(self.main_quantization, self.budgets[0], seed, recipe) for recipe in self.recipes
+                   for seed in self.seeds_at(self.budgets[0])]
+        return main + others + recipes
 
     def evaluation_spacing(self) -> int:
         return self.eval_steps if self.eval_steps is not None else math.gcd(*self.budgets)
@@ -68,15 +73,17 @@ class StudyConfig:
 
 @dataclass(frozen=True)
 class TrainingRun:
-    """One training run of the study: a base precision, a budget of optimizer steps (its whole schedule), a seed."""
+    """One training run of the study: a base precision, a budget of optimizer steps (its whole schedule), a seed, and
+    the recipe it adds to the study's training options ("" for none)."""
 
     precision: str
     budget: int
     seed: int
+    recipe: str = ""
 
     @property
     def name(self) -> str:
-        return f"{self.precision}-{self.budget}-seed{self.seed}"
+        return f"{self.recipe + '-' if self.recipe else ''}{self.precision}-{self.budget}-seed{self.seed}"
 
     @property
     def tuned(self) -> str:
@@ -125,6 +132,22 @@ def load_study_config(path: str, overrides: dict) -> StudyConfig:
     return config
 
 
+RESERVED_TRAINING_OPTIONS = ("output_dir", "base_model", "data_path", "max_steps", "resume_from_checkpoint", "seed")
+
+
+def check_recipes(config: StudyConfig, path: str) -> None:
+    if not isinstance(config.recipes, dict):
+        fail(f"{path}: recipes must be a mapping of names to training_script.py options, got {config.recipes!r}")
+    for name, options in config.recipes.items():
+        if not isinstance(name, str) or not name.replace("_", "").isalnum() or not name[:1].isalpha():
+            fail(f"{path}: recipe name {name!r} must be letters, digits and '_', beginning with a letter")
+        if not isinstance(options, dict) or not options:
+            fail(f"{path}: recipes.{name} must be a non-empty mapping of training_script.py options")
+        for reserved in (*RESERVED_TRAINING_OPTIONS, "quantization"):
+            if reserved in options:
+                fail(f"{path}: recipes.{name}.{reserved} is set by the study itself; remove it")
+
+
 def check_study_config(config: StudyConfig, path: str) -> None:
     budgets = config.budgets
     if not isinstance(budgets, list) or not budgets or not all(isinstance(b, int) and b >= 1 for b in budgets) \
@@ -132,9 +155,10 @@ def check_study_config(config: StudyConfig, path: str) -> None:
         fail(f"{path}: budgets must be increasing step counts >= 1, got {budgets}")
     if not isinstance(config.training, dict):
         fail(f"{path}: training must be a mapping of training_script.py options")
-    for reserved in ("output_dir", "base_model", "data_path", "max_steps", "resume_from_checkpoint", "seed"):
+    for reserved in RESERVED_TRAINING_OPTIONS:
         if reserved in config.training:
             fail(f"{path}: training.{reserved} is set by the study itself; remove it")
+    check_recipes(config, path)
     seeds = config.seeds
     if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds) \
             or len(set(seeds)) != len(seeds):

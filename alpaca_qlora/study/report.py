@@ -168,7 +168,8 @@ def warmup_text(warmup: float) -> str:
 
 
 def budget_runs(data: StudyData, budget: int) -> list[TrainingRun]:
-    return [run for run in data.runs if run.precision == data.config.main_quantization and run.budget == budget]
+    return [run for run in data.runs
+            if run.precision == data.config.main_quantization and run.budget == budget and not run.recipe]
 
 
 def budgets_section(data: StudyData) -> list[str]:
@@ -247,6 +248,29 @@ def quantization_section(data: StudyData) -> list[str]:
             table.add([PRECISION_NAMES[precision], str(seed), str(len(comparison.pairing.shared_ids))],
                       differences_of(comparison))
     return lines + ["", "Scores, quantized minus full precision:", ""] + table.lines(["base", "seed", "n"]) + [""]
+
+
+def recipes_section(data: StudyData) -> list[str]:
+    """Each recipe (NEFTune, PiSSA, ...) against the plain recipe, seed by seed, at the smallest budget."""
+    config = data.config
+    if not config.recipes:
+        return []
+    main, smallest = config.main_quantization, config.budgets[0]
+    lines = ["## Recipes", "", f"Each recipe adds options to the study's training; trained on the {PRECISION_NAMES[main]} "
+             f"base for {smallest} steps with the same seeds, and compared with the plain recipe seed by seed.", "",
+             "| recipe | options | seed | held-out loss after training (recipe - plain) | training tokens/s (recipe, plain) |",
+             "|---|---|---:|---:|---:|"]
+    table = Table(floor_of(data))
+    for recipe, options in config.recipes.items():
+        shown_options = ", ".join(f"{name} {value}" for name, value in options.items())
+        for seed in config.seeds_at(smallest):
+            plain, varied = TrainingRun(main, smallest, seed), TrainingRun(main, smallest, seed, recipe)
+            p_run, v_run = data.runs[plain], data.runs[varied]
+            lines.append(f"| {recipe} | {shown_options} | {seed} | {final_loss(v_run) - final_loss(p_run):+.4f} "
+                         f"({final_loss(p_run):.4f} -> {final_loss(v_run):.4f}) | {fmt_speed(v_run)}, {fmt_speed(p_run)} |")
+            comparison = data.comparisons[(plain.tuned, varied.tuned)]
+            table.add([recipe, str(seed), str(len(comparison.pairing.shared_ids))], differences_of(comparison))
+    return lines + ["", "Scores, recipe minus plain:", ""] + table.lines(["recipe", "seed", "n"]) + [""]
 
 
 def fmt_speed(run: RunFolder) -> str:
@@ -387,7 +411,9 @@ def summary(data: StudyData) -> dict:
         return {"a": d.a, "b": d.b, "difference": d.difference, "ci95": list(d.ci95), "p_value": d.p_value}
 
     return {
-        "config": {**{k: v for k, v in vars(data.config).items() if k not in ("reading", *PATH_KEYS)},
+        # (an empty `recipes` is left out: reports from before recipes existed rebuild byte for byte)
+        "config": {**{k: v for k, v in vars(data.config).items()
+                      if k not in ("reading", *PATH_KEYS) and not (k == "recipes" and not v)},
                    "base_model": shown(data.config.base_model), "bertscore_model": shown(data.config.bertscore_model)},
         "scores": {name: {"n": len(s.group.records), "empty_predictions": s.group.empty_predictions,
                           **{key: estimate(getattr(s, key)) for key, _, _ in METRICS}} for name, s in data.scores.items()},
@@ -403,7 +429,7 @@ def summary(data: StudyData) -> dict:
 
 
 def render_report(data: StudyData) -> str:
-    sections = [setup_section(data), budgets_section(data), quantization_section(data), sweep_section(data),
+    sections = [setup_section(data), budgets_section(data), quantization_section(data), recipes_section(data), sweep_section(data),
                 side_by_side_section(data), timings_section(data), reading_section(data)]
     return "\n".join(line for section in sections for line in section)
 

@@ -48,7 +48,7 @@ def training_arguments(config: StudyConfig, run: TrainingRun) -> list[str]:
     # so a stopped run resumes, the newest two kept (the run's adapter is the finished run folder itself).
     evaluation = {"eval_strategy": "steps", "eval_steps": spacing} if spacing < run.budget else {"eval_strategy": "no"}
     options = {**evaluation, "save_strategy": "steps", "save_steps": spacing,
-               **config.training, "save_total_limit": 2, "quantization": run.precision, "max_steps": run.budget,
+               **config.training, **config.recipes.get(run.recipe, {}), "save_total_limit": 2, "quantization": run.precision, "max_steps": run.budget,
                "seed": run.seed}
     arguments = ["--base_model", config.base_model, "--data_path", config.data_path,
                  "--output_dir", str(train_folder(config, run))]

@@ -52,9 +52,8 @@ class BaseModelArguments:
     trust_remote_code: bool = field(default=False, metadata={"help": "Run model code from the hub. Off unless you trust it."})
 
 
-# peft's PiSSA and LoftQ change the base weights as well as the adapter: an adapter saved from them needs peft's
-# conversion to a plain LoRA delta before it applies to the original base (not wired here yet), so they are not offered.
-LORA_INITS = ("default", "gaussian")
+# pissa and loftq change the base weights as well as the adapter (training/lora_init.py says how and what it costs).
+LORA_INITS = ("default", "gaussian", "pissa", "loftq")
 
 
 @dataclass
@@ -70,9 +69,12 @@ class LoraArguments:
     use_rslora: bool = field(default=False, metadata={"help": "rsLoRA (peft): scale alpha / sqrt(r) instead of alpha / r."})
     init_lora_weights: str = field(
         default="default",
-        metadata={"help": "LoRA initialisation (peft): default (A Kaiming-uniform, B zero) or gaussian (A normal, B zero).",
+        metadata={"help": "LoRA initialisation (peft): default (A Kaiming-uniform, B zero), gaussian (A normal, B zero), "
+                          "pissa (the principal singular directions of each weight; the adapter is saved converted to a "
+                          "plain LoRA of rank 2r) or loftq (the NF4 quantization error; CUDA only in peft).",
                   "choices": LORA_INITS},
     )
+    loftq_iter: int = field(default=1, metadata={"help": "Alternating quantize / SVD iterations of LoftQ (peft's loftq_iter)."})
     lora_dropout_rng: str = field(
         default="auto",
         metadata={"help": "Random masks of the LoRA dropout: auto (pcg64 on the CPU, torch on GPUs), torch, or pcg64 "

@@ -10,6 +10,7 @@ from pathlib import Path
 from ..data.records import ALPACA_DATA_SHA256, DEFAULT_DATA_PATH
 from ..run_folder import RunFolder
 from .config import TrainingConfig
+from .lora_init import lora_init_description
 
 
 def engine_line(plan: dict) -> str:
@@ -64,7 +65,7 @@ def model_card(config: TrainingConfig, folder: RunFolder, results: dict) -> str:
         f"(split seed {data.split_seed}); prompt template `{data.prompt_template}`, prompt masked from the loss: "
         f"{'no' if data.train_on_inputs else 'yes'}; at most {data.max_seq_length} tokens per example.",
         f"- LoRA: r {lora.lora_r}, alpha {lora.lora_alpha}, dropout {lora.lora_dropout}, target modules "
-        f"`{lora.lora_target_modules}`; {lora_variant(lora)}.",
+        f"`{lora.lora_target_modules}`; {lora_variant(lora, config.model.quantization)}.",
         f"- Optimisation: {steps} optimizer steps, learning rate {train.learning_rate} ({train.lr_scheduler_type}), "
         f"batch {train.per_device_train_batch_size} per device x {train.gradient_accumulation_steps} accumulation"
         f"{engine_line(plan)}, seed {train.seed}.",
@@ -96,8 +97,8 @@ def model_card(config: TrainingConfig, folder: RunFolder, results: dict) -> str:
     ])
 
 
-def lora_variant(lora) -> str:
+def lora_variant(lora, quantization: str) -> str:
     """DoRA / rsLoRA / the initialisation, as the model card names them."""
     parts = ["DoRA" if lora.use_dora else "plain LoRA", "rsLoRA scaling (alpha / sqrt(r))" if lora.use_rslora else
-             "scaling alpha / r", f"{lora.init_lora_weights} initialisation"]
+             "scaling alpha / r", lora_init_description(lora.init_lora_weights, quantization)]
     return ", ".join(parts)

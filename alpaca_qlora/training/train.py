@@ -38,6 +38,7 @@ from .config import TrainingConfig, parse_training_config
 from .engines import EngineSettings, check_combination, check_wrap_classes, read_engine
 from .kernels import apply_liger_kernels
 from .lora_dropout import use_pcg64_dropout
+from .lora_init import InitialAdapter, check_lora_init, initialise_aside, modifies_base
 from .model_card import model_card
 from .packed_attention import register_packed_attention
 from .plan import TrainingPlan, checkpointing_kwargs, confirm_packing, make_plan, plan_device, sixteen_bit, training_arguments
@@ -174,45 +175,78 @@ def tokenize_split(config: TrainingConfig, split: DataSplit, kind: str = "causal
 # ---------------------------------------------------------------------------------------------
 # The model
 # ---------------------------------------------------------------------------------------------
-def add_lora(model, config: TrainingConfig, plan: TrainingPlan, checkpointing_kwargs: dict):
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+def lora_config(config: TrainingConfig, plan: TrainingPlan):
+    """peft's LoraConfig for the options as given."""
+    from peft import LoftQConfig, LoraConfig
+
+    lora = config.lora
+    targets = lora.lora_target_modules
+    targets = targets if targets == "all-linear" else [m.strip() for m in targets.split(",") if m.strip()]
+    # An image-text model: LoRA on its language model only (the vision tower and projector stay frozen as loaded).
+    exclude = {"exclude_modules": LORA_EXCLUDE_PATTERN} if plan.model_kind == IMAGE_TEXT_TO_TEXT else {}
+    init = {"default": True, "gaussian": "gaussian", "pissa": "pissa", "loftq": "loftq"}[lora.init_lora_weights]
+    loftq = {"loftq_config": LoftQConfig(loftq_bits=4, loftq_iter=lora.loftq_iter)} if init == "loftq" else {}
+    return LoraConfig(r=lora.lora_r, lora_alpha=lora.lora_alpha, lora_dropout=lora.lora_dropout,
+                      target_modules=targets, bias="none", task_type="CAUSAL_LM", use_dora=lora.use_dora,
+                      use_rslora=lora.use_rslora, init_lora_weights=init, **exclude, **loftq)
+
+
+def add_lora(model, config: TrainingConfig, plan: TrainingPlan, checkpointing_kwargs: dict,
+             initial: InitialAdapter | None = None):
+    """LoRA on the base: a fresh one, or the initial adapter a base-modifying initialisation set aside (trainable)."""
+    from peft import PeftModel, get_peft_model, prepare_model_for_kbit_training
 
     if getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False):
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=plan.gradient_checkpointing,
                                                 gradient_checkpointing_kwargs=checkpointing_kwargs)
     elif plan.gradient_checkpointing:
         model.enable_input_require_grads()
-    lora = config.lora
-    targets = lora.lora_target_modules
-    targets = targets if targets == "all-linear" else [m.strip() for m in targets.split(",") if m.strip()]
-    # An image-text model: LoRA on its language model only (the vision tower and projector stay frozen as loaded).
-    exclude = {"exclude_modules": LORA_EXCLUDE_PATTERN} if plan.model_kind == IMAGE_TEXT_TO_TEXT else {}
-    init = {"default": True, "gaussian": "gaussian"}[lora.init_lora_weights]
-    lora_config = LoraConfig(r=lora.lora_r, lora_alpha=lora.lora_alpha, lora_dropout=lora.lora_dropout,
-                             target_modules=targets, bias="none", task_type="CAUSAL_LM", use_dora=lora.use_dora,
-                             use_rslora=lora.use_rslora, init_lora_weights=init, **exclude)
     try:
-        model = get_peft_model(model, lora_config)
+        if initial is not None:
+            model = PeftModel.from_pretrained(model, str(initial.adapter), is_trainable=True)
+        else:
+            model = get_peft_model(model, lora_config(config, plan))
     except ValueError as error:
-        fail(f"--lora_target_modules {lora.lora_target_modules}: {str(error).strip().splitlines()[0]}")
-    # adapter_config.json names the base as the user gave it (a GGUF file, not its converted cache folder)
+        fail(f"--lora_target_modules {config.lora.lora_target_modules}: {str(error).strip().splitlines()[0]}")
+    # adapter_config.json names the base as the user gave it (a GGUF file, not its converted cache folder, nor the
+    # modified base set aside by PiSSA / LoftQ)
     model.peft_config["default"].base_model_name_or_path = resolve_model_path(config.model.base_model)
     return model
 
 
-def build_model(config: TrainingConfig, plan: TrainingPlan):
-    """The quantized base with the plan's attention, LoRA on top, and the plan's kernels."""
+def initialise_modified_base(config: TrainingConfig, plan: TrainingPlan) -> InitialAdapter:
+    """PiSSA / LoftQ: peft initialises on the base in the compute dtype; the result is set aside (lora_init.py)."""
+    set_seed(config.train.seed)
+    full = load_base_model(
+        resolve_model_path(config.model.base_model), "none", DTYPES[plan.compute_dtype], config.model.double_quant,
+        plan.quant_storage, "sdpa", config.model.trust_remote_code, device_map=device_map(plan, "none"),
+        kind=plan.model_kind,
+    )
+    try:
+        return initialise_aside(full, lora_config(config, plan))
+    except ValueError as error:
+        fail(f"--lora_target_modules {config.lora.lora_target_modules}: {str(error).strip().splitlines()[0]}")
+
+
+def build_model(config: TrainingConfig, plan: TrainingPlan, initial: InitialAdapter | None = None):
+    """The quantized base with the plan's attention, LoRA on top, and the plan's kernels.
+
+    `initial`: PiSSA / LoftQ's modified base and initial adapter (initialise_modified_base), used instead of the
+    base as given and a fresh LoRA."""
     set_seed(config.train.seed)  # the LoRA initialisation is random: same seed, same starting adapter
     loaded_attention = "sdpa" if plan.attention in ("packed_sdpa", "packed_varlen") else plan.attention
+    base = str(initial.base) if initial is not None else resolve_model_path(config.model.base_model)
     model = load_base_model(
-        resolve_model_path(config.model.base_model), config.model.quantization, DTYPES[plan.compute_dtype],
+        base, config.model.quantization, DTYPES[plan.compute_dtype],
         config.model.double_quant, plan.quant_storage, loaded_attention, config.model.trust_remote_code,
         device_map=device_map(plan, config.model.quantization), kind=plan.model_kind,
     )
+    if initial is not None:
+        initial.drop_base()
     model.config.use_cache = False  # a KV cache hides packing from the attention mask (field notes)
     if loaded_attention != plan.attention:
         model.set_attn_implementation(register_packed_attention(plan.attention))
-    model = add_lora(model, config, plan, checkpointing_kwargs(config.train))
+    model = add_lora(model, config, plan, checkpointing_kwargs(config.train), initial)
     if plan.lora_dropout_rng == "pcg64":
         use_pcg64_dropout(model)
     apply_liger_kernels(model, plan.fused_kernels, config.train.liger_kernel_config)
@@ -397,12 +431,15 @@ def gathered_adapter(trainer, plan: TrainingPlan) -> dict | None:
     return None
 
 
-def save_adapter(model, tokenizer, config: TrainingConfig, results: dict, folder: RunFolder, state_dict=None) -> list[str]:
+def save_adapter(model, tokenizer, config: TrainingConfig, results: dict, folder: RunFolder, state_dict=None,
+                 initial: InitialAdapter | None = None) -> list[str]:
     """Adapter, tokenizer and model card into the run folder, each file whole (written aside, then renamed).
 
-    `state_dict`: the gathered weights of a sharded engine (PEFT keeps the adapter's own from it)."""
+    `state_dict`: the gathered weights of a sharded engine (PEFT keeps the adapter's own from it). `initial`: a
+    PiSSA adapter is converted for the original base (lora_init.py)."""
+    conversion = initial.conversion() if initial is not None else {}
     with staging_folder(folder.path, STAGING_PREFIX) as staging:
-        model.save_pretrained(staging, safe_serialization=True, state_dict=state_dict)
+        model.save_pretrained(staging, safe_serialization=True, state_dict=state_dict, **conversion)
         tokenizer.save_pretrained(staging)
         (staging / MODEL_CARD).write_text(model_card(config, folder, results), encoding="utf-8")
         names = sorted(path.name for path in staging.iterdir())
@@ -411,9 +448,10 @@ def save_adapter(model, tokenizer, config: TrainingConfig, results: dict, folder
     return names
 
 
-def finish_run(trainer, data: PreparedData, config: TrainingConfig, folder: RunFolder, results: dict, state_dict=None) -> None:
+def finish_run(trainer, data: PreparedData, config: TrainingConfig, folder: RunFolder, results: dict, state_dict=None,
+               initial: InitialAdapter | None = None) -> None:
     model = trainer.accelerator.unwrap_model(trainer.model) if state_dict is not None else trainer.model
-    files = save_adapter(model, data.tokenizer, config, results, folder, state_dict)
+    files = save_adapter(model, data.tokenizer, config, results, folder, state_dict, initial)
     info = folder.info()
     folder.write_info({**info, "files": sorted(set(info.get("files", [])) | set(files))})
     folder.write_eval_results(results)
@@ -443,6 +481,7 @@ def check_engine(config: TrainingConfig) -> EngineSettings:
 
 def train(config: TrainingConfig) -> dict:
     engine = check_engine(config)
+    check_lora_init(config.lora, config.model.quantization, plan_device(config.train), engine.engine, engine.world_size)
     folder = RunFolder(Path(config.train.output_dir))
     resume = resolve_resume(config)
     check_output_dir(config.train.output_dir, config.run.overwrite_output_dir, resume is not None)
@@ -462,7 +501,8 @@ def train(config: TrainingConfig) -> dict:
     kind = check_model_kind(config, model_config, split)
     data = tokenize_split(config, split, kind)
     plan = make_plan(config, model_config, bool(data.val_examples), engine, largest_batch_tokens(data, config))
-    model = build_model(config, plan)
+    initial = initialise_modified_base(config, plan) if modifies_base(config.lora.init_lora_weights) else None
+    model = build_model(config, plan, initial)
     engine = check_wrap_classes(engine, model)
     packing_probe = data.train_examples[0]["input_ids"] * 16
     deferred_packing_check = plan.packing and params_partitioned(model)
@@ -512,7 +552,7 @@ def train(config: TrainingConfig) -> dict:
     elif trainer.is_world_process_zero():  # one copy, gathered from the shards
         results["adapter_checksum"] = sum(float(value.double().sum()) for name, value in state_dict.items() if "lora_" in name)
     if trainer.is_world_process_zero():
-        finish_run(trainer, data, config, folder, results, state_dict)
+        finish_run(trainer, data, config, folder, results, state_dict, initial)
     return results
 
 

@@ -1,0 +1,117 @@
+"""LoRA initialisations that change the base weights as well as the adapter: PiSSA and LoftQ (peft's).
+
+peft initialises both on 16/32-bit weights only. PiSSA moves the r principal singular directions of each weight into
+the adapter and leaves the residual in the base; LoftQ replaces each weight by its NF4-quantized values and puts the
+best rank-r approximation of the quantization error into the adapter. For a quantized run (QLoRA) the modified base
+is then quantized as the run asks, which is peft's own recipe (its examples pissa_finetuning and loftq_finetuning):
+
+    the base in the compute dtype -> get_peft_model(init) -> the initial adapter saved aside
+    -> unload() (the modified base) saved aside -> loaded back quantized -> the initial adapter on top, trainable
+
+so the base is read twice and, for a moment, held in 16/32 bits (the memory of a 16/32-bit base, once, before
+training; NF4 storage during training as usual). Everything set aside lives in one temporary folder.
+
+The trained adapter applies to the modified base. At the end of a PiSSA run peft converts it into a plain LoRA of rank
+2r that applies to the original base (`save_pretrained(path_initial_model_for_weight_conversion=...)`), so inference.py
+and the merge load it on the base as given. With a quantized base the conversion is not exact: the run trained on
+Quant(W_res) + AB, the converted adapter is applied to Quant(W) (peft warns: Quant(W_res) + AB != Quant(W) + dW); the
+held-out loss of eval_results.json is the trained model's. A LoftQ adapter needs no conversion: its base is the NF4
+quantization of the original weights, which is what loading the original with --quantization nf4 gives.
+
+The checks below refuse what peft cannot do here, before any data or weight is read.
+"""
+
+from __future__ import annotations
+
+import gc
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..cli import fail
+
+MODIFYING_INITS = ("pissa", "loftq")
+
+
+def modifies_base(init_lora_weights: str) -> bool:
+    return init_lora_weights in MODIFYING_INITS
+
+
+def check_lora_init(lora, quantization: str, device: str, engine: str, world_size: int) -> None:
+    """One line, exit 2, for the combinations peft (0.21) cannot train or convert."""
+    init = lora.init_lora_weights
+    if not modifies_base(init):
+        if lora.loftq_iter != 1:
+            fail(f"--loftq_iter {lora.loftq_iter}: only --init_lora_weights loftq iterates")
+        return
+    flag = f"--init_lora_weights {init}"
+    if lora.use_dora:
+        fail(f"{flag} with --use_dora: peft converts the adapter back for the original base by its A and B only "
+             "(a DoRA magnitude does not convert); use one of the two")
+    if engine in ("fsdp", "deepspeed") or world_size > 1:
+        fail(f"{flag}: the modified base is built by one process before training; run it in one process "
+             f"(this launch has {world_size} processes, engine {engine})")
+    if init == "loftq":
+        if device == "cpu":
+            fail(f"{flag}: peft computes LoftQ on CUDA (or XPU) only (peft.utils.loftq_utils moves each weight to "
+                 "'cuda'); on the CPU use --init_lora_weights pissa")
+        if quantization not in ("nf4", "none"):
+            fail(f"{flag}: LoftQ initialises for an NF4 base (peft's 4-bit LoftQ); use --quantization nf4 "
+                 f"(or none), not {quantization}")
+        if lora.loftq_iter < 1:
+            fail(f"--loftq_iter must be >= 1, got {lora.loftq_iter}")
+
+
+@dataclass
+class InitialAdapter:
+    """The initialised adapter and the modified base, set aside for the run (see the module docstring)."""
+
+    folder: tempfile.TemporaryDirectory
+    init: str
+
+    @property
+    def adapter(self) -> Path:
+        return Path(self.folder.name) / "initial_adapter"
+
+    @property
+    def base(self) -> Path:
+        return Path(self.folder.name) / "modified_base"
+
+    def drop_base(self) -> None:
+        """The modified base is read once; its 16/32-bit copy on disk goes as soon as it is loaded."""
+        shutil.rmtree(self.base, ignore_errors=True)
+
+    def conversion(self) -> dict:
+        """save_pretrained's arguments that turn a trained PiSSA adapter into a LoRA on the original base."""
+        return {"path_initial_model_for_weight_conversion": str(self.adapter)} if self.init == "pissa" else {}
+
+
+def initialise_aside(full_model, lora_config) -> InitialAdapter:
+    """peft's initialisation on the 16/32-bit base, then the initial adapter and the modified base saved aside."""
+    from peft import get_peft_model
+
+    peft_model = get_peft_model(full_model, lora_config)  # PiSSA / LoftQ rewrite the base weights here
+    aside = InitialAdapter(tempfile.TemporaryDirectory(prefix="alpaca-qlora-init-"), lora_config.init_lora_weights)
+    # peft's rule for the initial adapter: saved as a plain LoRA (init True), so that loading it back does not
+    # initialise again from the (already modified) base, and so that the conversion accepts it.
+    peft_model.peft_config["default"].init_lora_weights = True
+    peft_model.save_pretrained(aside.adapter, safe_serialization=True)
+    base = peft_model.unload()
+    base.save_pretrained(aside.base, safe_serialization=True)
+    del peft_model, base
+    gc.collect()
+    return aside
+
+
+def lora_init_description(init: str, quantization: str) -> str:
+    """What the model card says of an initialisation that modified the base."""
+    if init == "pissa":
+        exact = ("" if quantization == "none" else
+                 f"; trained on the {quantization} quantization of the residual, so the converted adapter on the "
+                 f"{quantization} original is close to, not exactly, the trained model")
+        return ("PiSSA initialisation (saved converted to a plain LoRA of rank 2r that applies to the original base"
+                f"{exact})")
+    if init == "loftq":
+        return "LoftQ initialisation (the adapter applies to the NF4 quantization of the base)"
+    return f"{init} initialisation"
