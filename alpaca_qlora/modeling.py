@@ -159,12 +159,27 @@ def check_model_available(name_or_path: str, flag: str = "--base_model") -> None
              "(offline?); pass a local model folder")
 
 
-def resolve_compute_dtype(name: str) -> torch.dtype:
+def choose_compute_dtype(name: str, quantization: str, device: str, engine: str = "single") -> tuple[torch.dtype, str | None]:
+    """`--compute_dtype` as a dtype, with the reason when `auto` decided it: one rule, for training (training/plan.py)
+    and for generation from a bare base (generation/source.py; a run's adapter generates in its own plan's dtype).
+
+    What the 4-bit layers dequantize to and multiply in. On GPUs bf16 (fp16 where there is no bf16). On the CPU bf16
+    where the CPU multiplies bf16 natively and one process or DDP runs a 4-bit base (measured on SmolLM2-135M: 1.23x
+    the fp32 path's training tokens/s, BENCHMARKS.md); LoRA, attention and the loss stay in fp32, as no autocast runs
+    on the CPU. Everything else on the CPU: fp32."""
     if name != "auto":
-        return DTYPES[name]
-    if torch.cuda.is_available():
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.float32
+        return DTYPES[name], None
+    if device == "cuda":
+        compute = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return compute, f"auto: {DTYPE_NAMES[compute]} on this GPU"
+    if quantization not in ("nf4", "fp4"):
+        return torch.float32, "auto: fp32 on the CPU for a 16/32-bit or 8-bit base"
+    if engine not in ("single", "ddp"):
+        return torch.float32, f"auto: fp32 on the CPU under {engine}"
+    if not cpu_multiplies_bf16():
+        return torch.float32, "auto: fp32 on this CPU (no AVX512-BF16 or AMX: bf16 products would be emulated, slower)"
+    return torch.bfloat16, ("auto: bf16 for the 4-bit layers, which this CPU multiplies natively (AVX512-BF16/AMX); "
+                            "LoRA, attention and the loss stay fp32 (--compute_dtype fp32 for all-fp32)")
 
 
 def cpu_multiplies_bf16() -> bool:

@@ -50,7 +50,8 @@ def script_model_and_batches(args):
 
     options = bench_training.parse_args(["--model", args.model, "--data", args.data, "--batch_size", str(args.batch_size)])
     config, data = bench_training.prepared(options, args.batch_size * (args.steps + 1), 0, 1)
-    plan = make_plan(config, load_model_config(args.model, False), False, check_engine(config), largest_batch_tokens(data, config))
+    engine, precision = check_engine(config)
+    plan = make_plan(config, load_model_config(args.model, False), False, engine, largest_batch_tokens(data, config), precision)
     model = build_model(config, plan)
     collate = make_collator(plan, data.tokenizer)
     examples = data.train_examples

@@ -122,7 +122,9 @@ def test_automatic_compute_dtype_follows_the_cpu(native_bf16, tiny_model, monkey
     from alpaca_qlora.training import plan as plan_module
     from alpaca_qlora.training.config import parse_training_config
 
-    monkeypatch.setattr(plan_module, "cpu_multiplies_bf16", lambda: native_bf16)
+    from alpaca_qlora import modeling
+
+    monkeypatch.setattr(modeling, "cpu_multiplies_bf16", lambda: native_bf16)  # the one rule of `auto`
     model_config = load_model_config(str(tiny_model))
 
     def plan_for(*options: str):
@@ -136,3 +138,19 @@ def test_automatic_compute_dtype_follows_the_cpu(native_bf16, tiny_model, monkey
     assert (plan_for("--compute_dtype", "fp32").compute_dtype, plan_for("--compute_dtype", "bf16").compute_dtype) == ("fp32", "bf16")
     assert plan_for("--compute_dtype", "bf16").mixed_precision == "no"
     assert plan_for("--compute_dtype", "bf16", "--bf16", "true", "--use_cpu", "true").mixed_precision == "bf16"
+
+
+@pytest.mark.parametrize("native_bf16", [True, False])
+def test_generation_decides_the_compute_dtype_as_training_does(native_bf16, monkeypatch):
+    """A bare base resolves auto by training's own rule; a run's adapter generates in the dtype its plan trained in
+    (when its base is loaded as it trained); the flag wins."""
+    from alpaca_qlora import modeling
+    from alpaca_qlora.generation.source import generation_compute_dtype
+
+    monkeypatch.setattr(modeling, "cpu_multiplies_bf16", lambda: native_bf16)
+    assert generation_compute_dtype(None, "nf4") == ("bf16" if native_bf16 else "fp32")
+    assert generation_compute_dtype(None, "none") == "fp32"
+    run = {"model": {"quantization": "nf4", "compute_dtype": "auto"}, "plan": {"compute_dtype": "bf16"}}
+    assert generation_compute_dtype(None, "nf4", run) == "bf16"  # the run's plan, on any CPU
+    assert generation_compute_dtype(None, "none", run) == "fp32"  # loaded otherwise than it trained: the rule
+    assert generation_compute_dtype("fp32", "nf4", run) == "fp32"

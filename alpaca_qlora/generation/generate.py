@@ -14,7 +14,7 @@ from transformers import LogitsProcessorList
 
 from ..data.prompts import build_prompt
 from ..modeling import (
-    attach_adapter, default_device_map, load_base_model, load_processor, load_tokenizer, resolve_compute_dtype,
+    DTYPES, attach_adapter, default_device_map, load_base_model, load_processor, load_tokenizer,
     use_packed_cpu_kernel,
 )
 from ..vision import IMAGE_FIELD, IMAGE_TEXT_TO_TEXT, is_processor, load_image, text_tokenizer
@@ -37,7 +37,7 @@ def load_for_inference(source: ModelSource):
     else:
         tokenizer = load_tokenizer(source.tokenizer_path, source.trust_remote_code)
     text_tokenizer(tokenizer).padding_side = "left"
-    compute_dtype = resolve_compute_dtype(source.compute_dtype)
+    compute_dtype = DTYPES[source.compute_dtype]
     model = load_base_model(
         source.base_model, source.quantization, compute_dtype, source.double_quant,
         source.quant_storage, source.attn_implementation, source.trust_remote_code, device_map=default_device_map(),

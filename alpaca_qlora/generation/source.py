@@ -15,7 +15,8 @@ import torch
 from ..cli import fail
 from ..data.prompts import check_prompt_template, is_template_file, load_template_file
 from ..modeling import (
-    COMPUTE_DTYPES, DTYPE_NAMES, QUANTIZATIONS, base_model_kind, check_model_available, cpu_has_packed_4bit_kernel, resolve_compute_dtype, resolve_model_path,
+    COMPUTE_DTYPES, DTYPE_NAMES, DTYPES, QUANTIZATIONS, base_model_kind, check_model_available, choose_compute_dtype,
+    cpu_has_packed_4bit_kernel, resolve_model_path,
     use_packed_cpu_kernel,
 )
 from ..run_folder import (
@@ -41,7 +42,9 @@ class InferenceModelArguments:
     )
     compute_dtype: str | None = field(
         default=None,
-        metadata={"help": "auto, bf16, fp16 or fp32. Default: the run's setting, else auto (bf16/fp16 on CUDA, fp32 on CPU).",
+        metadata={"help": "auto, bf16, fp16 or fp32. Default: the dtype the run's plan trained in (run_config.json), "
+                          "else auto, decided as training decides it (bf16/fp16 on CUDA; on the CPU bf16 4-bit layers "
+                          "where the CPU multiplies bf16 natively, else fp32).",
                   "choices": COMPUTE_DTYPES},
     )
     prompt_template: str | None = field(
@@ -60,7 +63,7 @@ class ModelSource:
     tokenizer_path: str
     prompt_template: str
     quantization: str
-    compute_dtype: str
+    compute_dtype: str  # bf16 | fp16 | fp32, decided once (generation_compute_dtype)
     double_quant: bool
     quant_storage: str
     attn_implementation: str
@@ -69,7 +72,7 @@ class ModelSource:
 
     def precision(self) -> dict:
         """The precision the base runs at: saved with every generation, so like is compared with like."""
-        dtype = resolve_compute_dtype(self.compute_dtype)
+        dtype = DTYPES[self.compute_dtype]
         packed = use_packed_cpu_kernel(self.quantization, dtype) and cpu_has_packed_4bit_kernel()
         return {"quantization": self.quantization, "compute_dtype": DTYPE_NAMES[dtype],
                 "cpu_4bit_kernel": None if self.quantization not in ("nf4", "fp4") or torch.cuda.is_available()
@@ -109,19 +112,32 @@ def resolve_model_source(args: InferenceModelArguments) -> ModelSource:
     trained = run_config.get("model", {}) if adapter else {}
     prompt_template = resolve_prompt_template(args.prompt_template, run_config, adapter or base_model)
     has_own_tokenizer = adapter is not None and (Path(adapter) / TOKENIZER_CONFIG).is_file()
+    quantization = args.quantization or trained.get("quantization", "none")
     return ModelSource(
         base_model=base_model,
         adapter=adapter,
         tokenizer_path=adapter if has_own_tokenizer else base_model,
         prompt_template=prompt_template,
-        quantization=args.quantization or trained.get("quantization", "none"),
-        compute_dtype=args.compute_dtype or trained.get("compute_dtype", "auto"),
+        quantization=quantization,
+        compute_dtype=generation_compute_dtype(args.compute_dtype, quantization, run_config if adapter else {}),
         double_quant=trained.get("double_quant", True),
         quant_storage=trained.get("bnb_4bit_quant_storage", "uint8"),
         attn_implementation=args.attn_implementation or generation_attention(trained.get("attn_implementation", "sdpa")),
         trust_remote_code=args.trust_remote_code,
         model_kind=base_model_kind(base_model, args.trust_remote_code),
     )
+
+
+def generation_compute_dtype(given: str | None, quantization: str, run_config: dict | None = None) -> str:
+    """The compute dtype, decided once: the flag; else the dtype the run's plan trained in (when the base is loaded as
+    it trained); else `auto` by training's own rule (modeling.choose_compute_dtype)."""
+    trained = (run_config or {}).get("model", {})
+    planned = (run_config or {}).get("plan", {}).get("compute_dtype")
+    if given is None and planned in DTYPES and quantization == trained.get("quantization"):
+        return planned
+    name = given or trained.get("compute_dtype", "auto")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return DTYPE_NAMES[choose_compute_dtype(name, quantization, device)[0]]
 
 
 def generation_attention(trained_with: str) -> str:

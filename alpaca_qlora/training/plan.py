@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..modeling import DTYPE_NAMES, DTYPES, cpu_multiplies_bf16, resolve_compute_dtype
+from ..modeling import DTYPE_NAMES, choose_compute_dtype
 from ..run_folder import PACKED_SDPA, PACKED_VARLEN, TRAINING_ONLY_ATTENTIONS
 from ..vision import CAUSAL_LM, IMAGE_TEXT_TO_TEXT, model_kind
 from ..vision import model_class as kind_class
@@ -128,26 +128,6 @@ def choose_attention(config: TrainingConfig, device: str) -> tuple[str, str | No
     return "sdpa", None
 
 
-def choose_compute_dtype(config: TrainingConfig, device: str, engine: str) -> tuple[torch.dtype, str | None]:
-    """What the 4-bit layers dequantize to and multiply in. On the CPU: bf16 where the CPU multiplies bf16 natively and
-    one process or DDP trains a 4-bit base (measured on SmolLM2-135M: 1.23x the fp32 path's tokens/s, BENCHMARKS.md);
-    LoRA, attention and the loss stay in fp32, as no autocast runs on the CPU (choose_mixed_precision)."""
-    name = config.model.compute_dtype
-    if name != "auto":
-        return DTYPES[name], None
-    if device == "cuda":
-        compute = resolve_compute_dtype(name)
-        return compute, f"auto: {DTYPE_NAMES[compute]} on this GPU"
-    if config.model.quantization not in ("nf4", "fp4"):
-        return torch.float32, "auto: fp32 on the CPU for a 16/32-bit or 8-bit base"
-    if engine not in ("single", "ddp"):
-        return torch.float32, f"auto: fp32 on the CPU under {engine}"
-    if not cpu_multiplies_bf16():
-        return torch.float32, "auto: fp32 on this CPU (no AVX512-BF16 or AMX: bf16 products would be emulated, slower)"
-    return torch.bfloat16, ("auto: bf16 for the 4-bit layers, which this CPU multiplies natively (AVX512-BF16/AMX); "
-                            "LoRA, attention and the loss stay fp32 (--compute_dtype fp32 for all-fp32)")
-
-
 def choose_checkpointing(config: TrainingConfig, model_config, device: str, batch_tokens: int | None,
                          compute: torch.dtype = torch.float32) -> tuple[bool, str | None]:
     """`batch_tokens`: the most tokens one batch can hold (its longest examples); else batch size x max_seq_length."""
@@ -178,16 +158,32 @@ def choose_mixed_precision(config: TrainingConfig, device: str, compute: torch.d
     return mixed, f"{mixed}: what this GPU supports"
 
 
-def sixteen_bit(config: TrainingConfig, engine: str) -> str:
-    """bf16 | fp16 | no: the 16-bit dtype a run computes in anywhere (autocast, or the 4-bit layers alone)."""
+@dataclass(frozen=True)
+class Precision:
+    """The compute dtype of the 4-bit layers and the mixed precision, decided once per run (choose_precision), before
+    the engine's combinations are checked and the plan is made."""
+
+    compute: torch.dtype
+    mixed: str  # bf16 | fp16 | no
+    reasons: tuple[tuple[str, str], ...]
+
+    @property
+    def sixteen_bit(self) -> str:
+        """bf16 | fp16 | no: the 16-bit dtype the run computes in anywhere (autocast, or the 4-bit layers alone)."""
+        return self.mixed if self.mixed != "no" else {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(self.compute, "no")
+
+
+def choose_precision(config: TrainingConfig, engine: str) -> Precision:
     device = plan_device(config.train)
-    compute = choose_compute_dtype(config, device, engine)[0]
-    mixed = choose_mixed_precision(config, device, compute)[0]
-    return mixed if mixed != "no" else {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(compute, "no")
+    compute, why_compute = choose_compute_dtype(config.model.compute_dtype, config.model.quantization, device, engine)
+    mixed, why_mixed = choose_mixed_precision(config, device, compute)
+    reasons = tuple((choice, why) for choice, why in (("compute dtype", why_compute), ("mixed precision", why_mixed)) if why)
+    return Precision(compute, mixed, reasons)
 
 
 def make_plan(config: TrainingConfig, model_config, has_heldout: bool, engine_settings: EngineSettings | None = None,
-              batch_tokens: int | None = None) -> TrainingPlan:
+              batch_tokens: int | None = None, precision: Precision | None = None) -> TrainingPlan:
+    """`precision`: as training decided it before checking the engine (choose_precision); decided here when not given."""
     train = config.train
     reasons: list[tuple[str, str]] = []
 
@@ -202,10 +198,9 @@ def make_plan(config: TrainingConfig, model_config, has_heldout: bool, engine_se
         note("device", "DeepSpeed on its CPU accelerator (accelerate's DeepSpeed path needs use_cpu off)")
     if device == "cpu" and world_size > 1 and not train.ddp_backend:
         note("collectives", "gloo, the CPU's backend")
-    compute, why = choose_compute_dtype(config, device, engine)
-    note("compute dtype", why)
-    mixed, why = choose_mixed_precision(config, device, compute)
-    note("mixed precision", why)
+    precision = precision or choose_precision(config, engine)
+    compute, mixed = precision.compute, precision.mixed
+    reasons += precision.reasons
     optimizer = str(getattr(train.optim, "value", train.optim))
     from_deepspeed = deepspeed_optimizer(engine_settings)
     if from_deepspeed:

@@ -41,7 +41,9 @@ from .lora_dropout import use_pcg64_dropout
 from .lora_init import InitialAdapter, check_lora_init, initialise_aside, modifies_base
 from .model_card import model_card
 from .packed_attention import register_packed_attention
-from .plan import TrainingPlan, checkpointing_kwargs, confirm_packing, make_plan, plan_device, sixteen_bit, training_arguments
+from .plan import (
+    Precision, TrainingPlan, checkpointing_kwargs, choose_precision, confirm_packing, make_plan, plan_device, training_arguments,
+)
 from .trainer import EngineStartCallback, InstructionTrainer, LossProgressCallback, TrainLogCallback
 
 # Options a resumed run may change: how long it trains and how it logs, evaluates and saves. Any other
@@ -471,16 +473,18 @@ def params_partitioned(model) -> bool:
 # ---------------------------------------------------------------------------------------------
 # The job
 # ---------------------------------------------------------------------------------------------
-def check_engine(config: TrainingConfig) -> EngineSettings:
-    """The engine as launched, and the combinations it cannot run, before any data or weight is read."""
+def check_engine(config: TrainingConfig) -> tuple[EngineSettings, Precision]:
+    """The engine as launched, the precision (decided here, once: make_plan takes it), and the combinations the engine
+    cannot run, before any data or weight is read."""
     engine = read_engine(config.train)
+    precision = choose_precision(config, engine.engine)
     check_combination(engine, config.model.quantization, config.model.bnb_4bit_quant_storage,
-                      "bnb_4bit_quant_storage" in config.given, plan_device(config.train), sixteen_bit(config, engine.engine))
-    return engine  # DeepSpeed's file and batch were checked as the arguments were built (engines.check_deepspeed_source)
+                      "bnb_4bit_quant_storage" in config.given, plan_device(config.train), precision.sixteen_bit)
+    return engine, precision  # DeepSpeed's file and batch were checked as the arguments were built (engines.check_deepspeed_source)
 
 
 def train(config: TrainingConfig) -> dict:
-    engine = check_engine(config)
+    engine, precision = check_engine(config)
     check_lora_init(config.lora, config.model.quantization, plan_device(config.train), engine.engine, engine.world_size)
     folder = RunFolder(Path(config.train.output_dir))
     resume = resolve_resume(config)
@@ -500,15 +504,18 @@ def train(config: TrainingConfig) -> dict:
     model_config = load_model_config(config.model.base_model, config.model.trust_remote_code)
     kind = check_model_kind(config, model_config, split)
     data = tokenize_split(config, split, kind)
-    plan = make_plan(config, model_config, bool(data.val_examples), engine, largest_batch_tokens(data, config))
+    plan = make_plan(config, model_config, bool(data.val_examples), engine, largest_batch_tokens(data, config), precision)
+    print(plan.describe())  # every choice, before any weight loads
     initial = initialise_modified_base(config, plan) if modifies_base(config.lora.init_lora_weights) else None
     model = build_model(config, plan, initial)
     engine = check_wrap_classes(engine, model)
     packing_probe = data.train_examples[0]["input_ids"] * 16
     deferred_packing_check = plan.packing and params_partitioned(model)
     if plan.packing and not deferred_packing_check:
-        plan = confirm_packing(plan, attention_keeps_examples_apart(model, packing_probe), config)
-    print(plan.describe())
+        confirmed = confirm_packing(plan, attention_keeps_examples_apart(model, packing_probe), config)
+        if confirmed != plan:  # the one choice the loaded model can change
+            print(f"  packing: off: {dict(confirmed.reasons)['packing']}")
+        plan = confirmed
     args = training_arguments(config, plan)
     collator = make_collator(plan, data.tokenizer)
     share = padding_share(collator, data.train_examples, args.per_device_train_batch_size)
