@@ -1,4 +1,5 @@
-"""Atomic writes: a reader never sees a half-written file or folder; and what an --overwrite may delete."""
+"""Atomic writes (a reader never sees a half-written file or folder), JSON files read with one line on any mistake,
+and what an --overwrite may delete."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator
+
+from .cli import fail
 
 
 def _current_umask() -> int:
@@ -39,6 +42,29 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading JSON: the one owner (run folders, the study's files, the teacher's options, the moderation results)
+# ---------------------------------------------------------------------------------------------
+def read_json_file(path: str | os.PathLike) -> Any:
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as error:
+        fail(f"{path}: cannot read it as JSON ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})")
+
+
+def read_json_object(path: str | os.PathLike, what: str) -> dict:
+    value = read_json_file(path)
+    if not isinstance(value, dict):
+        fail(f"{path}: expected a JSON object ({what}), found {type(value).__name__}")
+    return value
+
+
+def as_json(value: Any) -> Any:
+    """A value as it reads back from a JSON file (tuples as lists, paths and other objects as text): how options
+    given now are compared with the options a folder recorded (a resumed run, a resumed teacher job)."""
+    return json.loads(json.dumps(value, default=str))
 
 
 @contextmanager

@@ -7,7 +7,6 @@ so an installed copy (`pip install .`) runs the pipelines from any folder.
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import time
@@ -15,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .cli import USER_ERROR_EXIT_CODE, fail
-from .files import atomic_write_json
+from .files import atomic_write_json, read_json_object
 
 TRAIN_JOB = "alpaca_qlora.train"  # training_script.py's job
 GENERATE_JOB = "alpaca_qlora.generate"  # inference.py's job
@@ -32,7 +31,7 @@ class Timings:
     path: Path
 
     def read(self) -> dict[str, float]:
-        return json.loads(self.path.read_text()) if self.path.is_file() else {}
+        return read_json_object(self.path, "the wall seconds of each step") if self.path.is_file() else {}
 
     def add(self, step: str, seconds: float) -> None:
         recorded = self.read()

@@ -17,16 +17,14 @@ run folder, or that holds files beside the run's own (ratings, generations, repo
 
 from __future__ import annotations
 
-import json
 import platform
 import subprocess
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any
 
 from .cli import fail
-from .files import atomic_write_json, remove_written
+from .files import atomic_write_json, read_json_file, read_json_object, remove_written
 from .jsonl import read_objects, write_jsonl
 
 RUN_CONFIG = "run_config.json"
@@ -54,20 +52,6 @@ PACKED_VARLEN = "packed_varlen"
 TRAINING_ONLY_ATTENTIONS = (PACKED_SDPA, PACKED_VARLEN)
 
 TRACKED_PACKAGES = ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "datasets", "safetensors")
-
-
-def read_json_file(path: Path) -> Any:
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as error:
-        fail(f"{path}: cannot read it as JSON ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})")
-
-
-def read_json_object(path: Path, what: str) -> dict:
-    value = read_json_file(path)
-    if not isinstance(value, dict):
-        fail(f"{path}: expected a JSON object ({what}), found {type(value).__name__}")
-    return value
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,8 @@ import numpy as np
 from ..cli import fail
 from ..files import atomic_write_json
 from ..jsonl import read_objects
-from ..run_folder import EVAL_RESULTS, RUN_CONFIG, RUN_INFO, TRAIN_LOG, RunFolder, read_json_file
+from ..files import read_json_file
+from ..run_folder import EVAL_RESULTS, RUN_CONFIG, RUN_INFO, TRAIN_LOG, RunFolder
 from ..scoring.inputs import Group, InputConfig, load_groups, pair_groups
 from ..scoring.metrics import (
     Comparison, GroupScores, SampleScores, Scorers, bleu_statistics, compare, rouge_l_f1, sentence_bleu, summarise,

@@ -18,13 +18,12 @@ the files an uninterrupted run writes. The pairs and the report are rebuilt from
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..cli import check_writable_folder, fail
-from ..files import atomic_write_json, atomic_write_text, remove_written
+from ..files import as_json, atomic_write_json, atomic_write_text, read_json_object, remove_written
 from ..generation import batch
 from ..generation.generate import load_for_inference
 from ..generation.settings import GenerationSettings, resolve_settings
@@ -104,11 +103,8 @@ def check_output(job: TeacherJob) -> None:
              "nothing was changed: choose another --output_dir")
     if job.args.overwrite:
         return
-    try:
-        saved = json.loads(config.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as error:
-        fail(f"{config}: cannot read it ({error}); pass --overwrite to start again")
-    current = json.loads(json.dumps(job.options(), default=str))
+    saved = read_json_object(config, "the options this folder was written with")
+    current = as_json(job.options())
     for section in ("teacher", "filters", "settings", "templates"):
         for name, value in current[section].items():
             if saved.get(section, {}).get(name) != value:

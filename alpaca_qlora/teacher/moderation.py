@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import difflib
-import json
 import re
 import shutil
 import sys
@@ -40,7 +39,8 @@ from ..cli import fail, read_config_file
 from ..files import atomic_write_json, atomic_write_text
 from ..jobs import GENERATE_JOB, SCORE_JOB, TEACHER_JOB, TRAIN_JOB, Timings, run_job
 from ..jsonl import read_objects, write_jsonl
-from ..run_folder import RunFolder, read_json_file
+from ..files import read_json_file, read_json_object
+from ..run_folder import RunFolder
 
 POLICY_MARKER = "<<POLICY>>"
 VERDICT_QUESTION_SUFFIX = "/f0"  # the first fixed question of the templates: the verdict
@@ -292,7 +292,7 @@ def verdicts_step(config: ModerationConfig, qa: Path, files: dict[str, Path]) ->
     train_rows = [{"id": r["id"], "post": r["source_id"], "truth": truth_by_post[str(r["source_id"])],
                    "teacher": parse_verdict(r["output"]), "answer": r["output"]}
                   for r in read_objects(qa / "train.jsonl") if str(r["id"]).endswith(VERDICT_QUESTION_SUFFIX)]
-    question = json.loads((qa / "teacher_config.json").read_text())["templates"]["fixed_questions"][0]
+    question = read_json_object(qa / "teacher_config.json", "the teacher's options")["templates"]["fixed_questions"][0]
     return {"question": question, **verdict_summary(rows, train_rows), "rows": rows, "train_rows": train_rows}
 
 
@@ -428,7 +428,7 @@ def write_moderation_report(config: ModerationConfig, qa: Path, student: Path, m
     results = Path(config.results_dir)
     student_info = student_summary(student, qa)
     write_results(results, qa, verdicts, student_info, files)
-    counts = json.loads((qa / "filter_report.json").read_text())["counts"]
+    counts = read_json_object(qa / "filter_report.json", "the teacher's filter report")["counts"]
     examples = []
     for row in verdicts["rows"][: config.side_by_side]:
         examples += [f"**{row['post']}** (label: {row['truth']})", ""]

@@ -20,7 +20,8 @@ from pathlib import Path
 from ..cli import ArgumentParser, check_writable_folder, fail, parse_dataclasses
 from ..files import atomic_write_json, is_plain_name, move_in, remove_stale_staging, remove_written, staging_folder
 from ..modeling import DTYPES, attach_adapter, base_model_kind, load_base_model, load_tokenizer_or_processor
-from ..run_folder import RUN_CONFIG, TOKENIZER_CONFIG, RunFolder, adapter_base_model, read_json_object
+from ..files import read_json_object
+from ..run_folder import RUN_CONFIG, TOKENIZER_CONFIG, RunFolder, adapter_base_model
 
 MERGE_INFO = "merge_info.json"
 

@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from ..cli import check_writable_folder, fail
 from ..data.prompts import is_template_file, load_template_file
 from ..data.records import DataSplit, load_records, split_records
 from ..data.tokenization import TokenizationReport, tokenize_records
-from ..files import atomic_write_json, staging_folder
+from ..files import as_json, atomic_write_json, staging_folder
 from ..modeling import DTYPES, load_base_model, load_model_config, load_tokenizer_or_processor, resolve_model_path
 from ..plots import plot_loss_curve
 from ..run_folder import (
@@ -75,10 +74,6 @@ def resolve_resume(config: TrainingConfig) -> Path | None:
     return Path(resume)
 
 
-def comparable(value):
-    return json.loads(json.dumps(value, default=str))
-
-
 def check_resume_options(config: TrainingConfig, folder: RunFolder) -> None:
     """A resumed run must be the same run: the first option that differs from the run's own is named."""
     saved, current = folder.config(), config.to_dict()
@@ -86,8 +81,8 @@ def check_resume_options(config: TrainingConfig, folder: RunFolder) -> None:
         for name, value in current[section].items():
             if name in RESUMABLE_CHANGES or name not in saved.get(section, {}):
                 continue
-            if comparable(saved[section][name]) != comparable(value):
-                fail(f"--resume_from_checkpoint: --{name} is {comparable(value)!r} here but {comparable(saved[section][name])!r} "
+            if as_json(saved[section][name]) != as_json(value):
+                fail(f"--resume_from_checkpoint: --{name} is {as_json(value)!r} here but {as_json(saved[section][name])!r} "
                      f"in {folder.file('run_config.json')}; resume with the run's own options (nothing was changed)")
 
 
