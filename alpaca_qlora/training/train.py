@@ -380,7 +380,10 @@ def held_bytes(tensor) -> int:
 
 def memory_held(trainer) -> dict[str, float]:
     """What this process holds of the model's weights and of the optimizer's states (MiB): the engines' sharding,
-    counted tensor by tensor (the resident set also counts the runtime, the activations and the allocator's cache)."""
+    counted tensor by tensor (the resident set also counts the runtime, the activations and the allocator's cache).
+
+    Recorded in eval_results.json after training (no cost during it): the engines benchmark's per-process columns
+    (BENCHMARKS.md, engines) and the sharding tests (tests/test_scale_out.py) read it."""
     model = trainer.model_wrapped if trainer.model_wrapped is not None else trainer.model
     parameters = list(model.parameters())
     optimizer = trainer.optimizer
@@ -404,7 +407,8 @@ def per_process(value, world_size: int) -> list:
 
 
 def adapter_checksums(model, world_size: int) -> list[float]:
-    """Sum of every trainable weight, per process: equal values mean the processes agree (DDP: whole copies)."""
+    """Sum of every trainable weight, per process: equal values mean the processes agree (DDP: whole copies).
+    Once, after training; tests/test_scale_out.py reads it to check that DDP's ranks end identical."""
     checksum = sum(float(p.detach().double().sum()) for p in model.parameters() if p.requires_grad)
     return per_process(checksum, world_size)
 
