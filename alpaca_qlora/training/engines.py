@@ -254,14 +254,22 @@ def check_combination(engine: EngineSettings, quantization: str, quant_storage: 
              "in the compute dtype (leave --bnb_4bit_quant_storage out, or give bf16/fp32)")
 
 
-def check_wrap_classes(engine: EngineSettings, model) -> EngineSettings:
-    """The decoder-layer classes FSDP's auto-wrap policy names must exist in this model; none named: the model's
-    own no-split layers, which accelerate wraps (recorded, so that run_info.json says what was wrapped)."""
+def check_wrap_classes(engine: EngineSettings, model_config, kind: str, trust_remote_code: bool = False) -> EngineSettings:
+    """FSDP's auto-wrap classes, decided before any weight loads (make_plan puts them in the plan): the decoder-layer
+    classes the accelerate config names, each of which must exist in this model; none named: the model's own
+    no-split layers that it has, which accelerate wraps. Read from the model built on the meta device (its modules,
+    no weights), since a composite model (LLaVA) holds classes of other models' code."""
     if engine.engine != "fsdp":
         return engine
-    present = {type(module).__name__ for module in model.modules()}
+    import torch
+
+    from ..vision import model_class
+
+    with torch.device("meta"):
+        skeleton = model_class(kind).from_config(model_config, trust_remote_code=trust_remote_code)
+    present = {type(module).__name__ for module in skeleton.modules()}
     if not engine.fsdp_wrap_classes:
-        own = tuple(name for name in (getattr(model, "_no_split_modules", None) or ()) if name in present)
+        own = tuple(name for name in (getattr(skeleton, "_no_split_modules", None) or ()) if name in present)
         return dataclasses.replace(engine, fsdp_wrap_classes=own)
     missing = [name for name in engine.fsdp_wrap_classes if name not in present]
     if missing:

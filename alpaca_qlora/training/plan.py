@@ -50,6 +50,7 @@ class TrainingPlan:
     quant_storage: str = "uint8"  # storage dtype of 4-bit weights: the compute dtype when FSDP/ZeRO-3 shard them
     reasons: tuple[tuple[str, str], ...] = ()  # (choice, why) for every choice not given by the user
     model_kind: str = CAUSAL_LM  # causal_lm | image_text_to_text (vision.py): decided from config.json
+    fsdp_wrap_classes: tuple[str, ...] = ()  # the layers FSDP wraps (engines.check_wrap_classes), before weights load
 
     def to_dict(self) -> dict:
         values = dataclasses.asdict(self)
@@ -70,6 +71,8 @@ class TrainingPlan:
         if self.model_kind != CAUSAL_LM:
             lines.append(f"      model: {self.model_kind} (QLoRA on the language model; vision tower and projector "
                          "frozen, unquantized)")
+        if self.fsdp_wrap_classes:
+            lines.append(f"      FSDP wraps: {', '.join(self.fsdp_wrap_classes)}")
         lines += [f"      {choice}: {why}" for choice, why in self.reasons]
         return "\n".join(lines)
 
@@ -256,7 +259,7 @@ def make_plan(config: TrainingConfig, model_config, has_heldout: bool, engine_se
         attention=attention, loss=loss, gradient_checkpointing=checkpointing, fused_kernels=kernels, lora_dropout_rng=dropout_rng,
         evaluation=evaluation, sampling=sampling, nodes=engine_settings.nodes, zero_stage=engine_settings.zero_stage,
         engine_config=engine_settings.deepspeed_config, quant_storage=quant_storage, reasons=tuple(reasons),
-        model_kind=kind,
+        model_kind=kind, fsdp_wrap_classes=tuple(engine_settings.fsdp_wrap_classes),
     )
 
 

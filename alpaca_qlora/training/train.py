@@ -503,11 +503,11 @@ def train(config: TrainingConfig) -> dict:
     model_config = load_model_config(config.model.base_model, config.model.trust_remote_code)
     kind = check_model_kind(config, model_config, split)
     data = tokenize_split(config, split, kind)
+    engine = check_wrap_classes(engine, model_config, kind, config.model.trust_remote_code)
     plan = make_plan(config, model_config, bool(data.val_examples), engine, largest_batch_tokens(data, config), precision)
     print(plan.describe())  # every choice, before any weight loads
     initial = initialise_modified_base(config, plan) if modifies_base(config.lora.init_lora_weights) else None
     model = build_model(config, plan, initial)
-    engine = check_wrap_classes(engine, model)
     packing_probe = data.train_examples[0]["input_ids"] * 16
     deferred_packing_check = plan.packing and params_partitioned(model)
     if plan.packing and not deferred_packing_check:
