@@ -2,11 +2,11 @@
 
 Why by hand: PEFT applies dropout to the input of every LoRA layer (seven per Llama block), and torch's CPU
 dropout draws one number per element from its serial Mersenne Twister. On SmolLM2-135M that was 19-20% of a
-training step on two cores (BENCHMARKS.md); PCG64 draws the same masks' worth of numbers two to three times
-faster. The masks have the same distribution: each element is kept with probability 1 - p (p rounded to a
-multiple of 1/65536) and scaled by 1 / (1 - p). Each mask's generator is seeded from torch's generator, so
-`--seed` fixes the masks and a resumed run (the Trainer restores torch's RNG state) draws the same ones. GPUs
-keep torch's own dropout, which is fast there.
+training step on two cores (bench/results/HISTORY.md, CPU 2026-12-01 afternoon); PCG64 draws the same masks'
+worth of numbers two to three times faster. The masks have the same distribution: each element is kept with
+probability 1 - p (p rounded to a multiple of 1/65536) and scaled by 1 / (1 - p). Each mask's generator is
+seeded from torch's generator, so `--seed` fixes the masks and a resumed run (the Trainer restores torch's RNG
+state) draws the same ones. GPUs keep torch's own dropout, which is fast there.
 """
 
 from __future__ import annotations

@@ -152,8 +152,9 @@ def choose_mixed_precision(config: TrainingConfig, device: str, compute: torch.d
         return ("bf16" if train.bf16 else "fp16" if train.fp16 else "no"), None
     if device == "cpu":
         if compute != torch.float32:
-            # measured on SmolLM2-135M (BENCHMARKS.md): bf16 autocast on the CPU is slower than bf16 4-bit layers alone
-            # (its casts cost more than its bf16 LoRA, attention and norms save) and no closer to the fp32 gradients
+            # measured on SmolLM2-135M (bench/results/HISTORY.md, CPU 2026-12-01 evening): bf16 autocast on the CPU is
+            # slower than bf16 4-bit layers alone (its casts cost more than its bf16 LoRA, attention and norms save) and
+            # no closer to the fp32 gradients
             return "no", (f"none on the CPU: only the 4-bit layers compute in {DTYPE_NAMES[compute]} (autocast measured "
                           "slower here; ask for it with --bf16 true --use_cpu true)")
         return "no", None
