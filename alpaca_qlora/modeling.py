@@ -165,8 +165,8 @@ def choose_compute_dtype(name: str, quantization: str, device: str, engine: str 
 
     What the 4-bit layers dequantize to and multiply in. On GPUs bf16 (fp16 where there is no bf16). On the CPU bf16
     where the CPU multiplies bf16 natively and one process or DDP runs a 4-bit base (measured on SmolLM2-135M: 1.23x
-    the fp32 path's training tokens/s, bench/results/HISTORY.md, CPU 2026-12-01 evening); LoRA, attention and the loss stay in fp32, as no autocast runs
-    on the CPU. Everything else on the CPU: fp32."""
+    the fp32 path's training tokens/s, bench/results/HISTORY.md, CPU 2026-12-01 evening); LoRA, attention and the
+    loss stay in fp32, as no autocast runs on the CPU. Everything else on the CPU: fp32."""
     if name != "auto":
         return DTYPES[name], None
     if device == "cuda":

@@ -72,6 +72,8 @@ def read_sweep_file(path: str) -> dict[str, list]:
 
 
 def sweep_values(name: str, texts: list[str], where: str) -> list:
+    if name == "stop":  # a stop string may hold spaces and commas, the separators of a sweep
+        fail(f"{where}: stop is not swept; --stop applies to every setting of the sweep")
     try:
         return [parse_setting_value(name, text) for text in texts]
     except UserError as error:
@@ -320,6 +322,6 @@ def generate_batch(model, tokenizer, prompts: list[str], setting: dict, batch_si
 
 
 def short_label(setting: dict, all_settings: list[dict]) -> str:
-    """The settings that vary across the sweep, for the progress bar."""
-    varying = [name for name in SETTING_NAMES if len({s[name] for s in all_settings}) > 1]
-    return " ".join(f"{name}={setting[name]}" for name in varying) or "generating"
+    """The settings that vary across the sweep, for the progress bar (compared as JSON: stop's value is a list)."""
+    varying = [name for name in SETTING_NAMES if len({json.dumps(s.get(name)) for s in all_settings}) > 1]
+    return " ".join(f"{name}={setting.get(name)}" for name in varying) or "generating"

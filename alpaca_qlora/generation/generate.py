@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from transformers import LogitsProcessorList
+from transformers import LogitsProcessorList, StoppingCriteriaList
 
 from ..data.prompts import build_prompt
 from ..modeling import (
@@ -23,6 +23,7 @@ from .segments import generate_in_segments
 from .settings import SAMPLING_DEFAULTS
 from .shared_prefix import prefix_shared_inputs
 from .source import ModelSource
+from .stop_strings import StopAtStrings, cut_at_stop, decoded_answer, stop_index, tokens_to_stop
 
 
 # ---------------------------------------------------------------------------------------------
@@ -69,8 +70,8 @@ def describe_device(model) -> str:
 # ---------------------------------------------------------------------------------------------
 @dataclass
 class Answer:
-    text: str  # the answer alone: after the prompt's response marker, cut at the first EOS, stripped
-    new_tokens: int  # tokens the model wrote for it, its EOS included when it stopped on its own
+    text: str  # the answer alone: after the prompt's response marker, cut at the first EOS and before a stop string, stripped
+    new_tokens: int  # tokens the model wrote for it, its EOS (or the token completing its stop string) included
 
 
 def prompt_for(record: dict, template: str, tokenizer) -> str:
@@ -90,8 +91,8 @@ def generate_kwargs(resolved: dict, tokenizer, model) -> dict:
     """The arguments of `generate`: every decoding setting as resolved, plus pad and stop tokens.
 
     A sampling knob that does not apply (None: no sampling) is passed at its neutral default, so a model's own
-    generation_config (e.g. a top_k of 20) cannot fill it in."""
-    kwargs = {name: value for name, value in resolved.items() if name != "seed"}
+    generation_config (e.g. a top_k of 20) cannot fill it in. Stop strings are not `generate`'s (stop_strings.py)."""
+    kwargs = {name: value for name, value in resolved.items() if name not in ("seed", "stop")}
     kwargs.update({name: default for name, default in SAMPLING_DEFAULTS.items() if kwargs[name] is None})
     return {**kwargs, "pad_token_id": text_tokenizer(tokenizer).pad_token_id, "eos_token_id": stop_token_ids(tokenizer, model)}
 
@@ -129,9 +130,11 @@ def generate_answers(model, tokenizer, prompts: list[str], resolved: dict, strea
     `answer_seeds` (one per prompt) make each sampled answer depend on its own seed only (sampling.py), not on the
     batch it is in. Text prompts that begin alike (a template's preamble) share one forward pass over their common
     tokens (shared_prefix.py); the others are left-padded. Two or more text prompts without beams or streamer are
-    generated in segments, finished answers leaving the batch between them (segments.py)."""
+    generated in segments, finished answers leaving the batch between them (segments.py). An answer that writes one of
+    the setting's stop strings ends there and is cut before it (stop_strings.py)."""
     kwargs = generate_kwargs(resolved, tokenizer, model)
     stops = set(stop_token_ids(tokenizer, model))
+    stop_strings = resolved.get("stop") or ()
     sampler = (RowSeededSampling.seeded(answer_seeds, model_device(model), resolved)
                if answer_seeds and samples_per_row(resolved) else None)
     if is_processor(tokenizer):
@@ -140,18 +143,26 @@ def generate_answers(model, tokenizer, prompts: list[str], resolved: dict, strea
     else:
         token_ids = tokenizer(prompts)["input_ids"]
         inputs = prefix_shared_inputs(model, token_ids, kwargs["pad_token_id"], resolved["num_beams"])
-        if len(prompts) > 1 and resolved["num_beams"] == 1 and streamer is None:
-            new_ids = generate_in_segments(model, inputs, kwargs, stops, sampler, stopping_criteria)
-            return [extract_answer(row, text_tokenizer(tokenizer), stops) for row in new_ids]
+    until_stop = (StopAtStrings(stop_strings, text_tokenizer(tokenizer), stops, inputs["input_ids"].shape[1])
+                  if stop_strings else None)
+    if until_stop is not None:
+        stopping_criteria = StoppingCriteriaList([*(stopping_criteria or []), until_stop])
+    if not is_processor(tokenizer) and len(prompts) > 1 and resolved["num_beams"] == 1 and streamer is None:
+        new_ids = generate_in_segments(model, inputs, kwargs, stops, sampler, stopping_criteria, until_stop)
+        return [extract_answer(row, text_tokenizer(tokenizer), stops, stop_strings) for row in new_ids]
     output = model.generate(**inputs, **kwargs, use_cache=True, streamer=streamer, stopping_criteria=stopping_criteria,
                             logits_processor=LogitsProcessorList([sampler] if sampler else []))
     new_ids = output[:, inputs["input_ids"].shape[1] :]
-    return [extract_answer(row.tolist(), text_tokenizer(tokenizer), stops) for row in new_ids]
+    return [extract_answer(row.tolist(), text_tokenizer(tokenizer), stops, stop_strings) for row in new_ids]
 
 
-def extract_answer(new_ids: list[int], tokenizer, stops: set[int]) -> Answer:
-    """The generated tokens up to the first stop token, as text; the prompt is never part of it."""
+def extract_answer(new_ids: list[int], tokenizer, stops: set[int], stop_strings=()) -> Answer:
+    """The generated tokens up to the first stop token, as text, cut before the first stop string (stop_strings.py);
+    the prompt is never part of it."""
     end = next((i for i, token in enumerate(new_ids) if token in stops), None)
     answer_ids = new_ids if end is None else new_ids[:end]
-    text = tokenizer.decode(answer_ids, skip_special_tokens=True).strip()
-    return Answer(text=text, new_tokens=len(new_ids) if end is None else end + 1)
+    text = decoded_answer(answer_ids, tokenizer)
+    if stop_index(text, stop_strings) is not None:
+        return Answer(text=cut_at_stop(text, stop_strings).strip(),
+                      new_tokens=tokens_to_stop(answer_ids, tokenizer, stop_strings))
+    return Answer(text=text.strip(), new_tokens=len(new_ids) if end is None else end + 1)

@@ -6,6 +6,7 @@ session in any way (Ctrl-D, Ctrl-C, /quit, a closed terminal) loses none of them
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 from dataclasses import dataclass, replace
@@ -19,6 +20,7 @@ from ..scoring.inputs import RATING_RANGE
 from .generate import generate_answers, prompt_for, seed_everything
 from .settings import GenerationSettings, parse_setting_value, resolve_settings, settings_label
 from .source import ModelSource
+from .stop_strings import StreamedUntilStop, cut_at_stop
 
 RATINGS_FILE = "ratings.jsonl"
 LINE_START = '{"id": '  # how every ratings line begins (rating_row's first key): a half-written one too
@@ -30,6 +32,8 @@ Type an instruction and press Enter: the answer streams below it.
   /input TEXT         input (context) for the next instruction; /input alone clears it
   /set NAME=VALUE ... change decoding settings, e.g. /set top_k=10 temperature=0.7
                       (auto puts top_k, top_p, temperature or do_sample back to its default)
+                      stop= takes the rest of the line: /set stop=### Instruction:  (end answers before it);
+                      several, or a newline, as JSON: /set stop=["\\n\\n", "###"]; /set stop=none: no stop strings
   /settings           show the decoding settings
   /rate N [comment]   rate the last answer from 1 (bad) to 5 (good); saved at once
   /help               this text
@@ -42,15 +46,20 @@ def default_ratings_path(source: ModelSource) -> Path:
 
 
 class CollectingStreamer(TextStreamer):
-    """Prints the answer as it is generated, and keeps it: an answer stopped with Ctrl-C can still be rated."""
+    """Prints the answer as it is generated, up to its first stop string, and keeps it: an answer stopped with Ctrl-C
+    can still be rated."""
 
-    def __init__(self, tokenizer):
+    def __init__(self, tokenizer, stop_strings=()):
         super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=True)
-        self.text = ""
+        self.until_stop = StreamedUntilStop(stop_strings)
+
+    @property
+    def text(self) -> str:
+        """The answer so far, before its first stop string."""
+        return cut_at_stop(self.until_stop.text, self.until_stop.stop_strings)
 
     def on_finalized_text(self, text: str, stream_end: bool = False):
-        self.text += text
-        super().on_finalized_text(text, stream_end)
+        super().on_finalized_text(self.until_stop.add(text, stream_end), stream_end)
 
 
 class RatingsFile:
@@ -114,6 +123,27 @@ def read_message(prompt: str) -> str:
     while "\n".join(lines).count(TRIPLE_QUOTE) % 2 == 1:
         lines.append(input("... "))
     return "\n".join(lines).replace(TRIPLE_QUOTE, "").strip()
+
+
+STOP_ITEM = re.compile(r"(?:^|\s)stop=")
+
+
+def parse_set_command(argument: str) -> dict:
+    """'/set top_k=10 stop=### Instruction:' -> {'top_k': 10, 'stop': ['### Instruction:']}: each NAME=VALUE parsed as
+    flags are; stop= takes the rest of the line, as a stop string may hold spaces (settings.parse_stop_text)."""
+    if not argument:
+        raise UserError("/set NAME=VALUE ..., e.g. /set top_k=10 temperature=0.7")
+    stop = STOP_ITEM.search(argument)
+    items = argument[: stop.start()].split() if stop else argument.split()
+    changes = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise UserError(f"/set {item}: expected NAME=VALUE")
+        changes[name] = parse_setting_value(name, value)
+    if stop:
+        changes["stop"] = parse_setting_value("stop", argument[stop.end() :])
+    return changes
 
 
 def parse_rating_command(text: str) -> tuple[int, str]:
@@ -181,14 +211,7 @@ class Session:
         print(settings_label(self.resolved))
 
     def set(self, argument: str) -> None:
-        if not argument:
-            raise UserError("/set NAME=VALUE ..., e.g. /set top_k=10 temperature=0.7")
-        changes = {}
-        for item in argument.split():
-            name, sep, value = item.partition("=")
-            if not sep:
-                raise UserError(f"/set {item}: expected NAME=VALUE")
-            changes[name] = parse_setting_value(name, value)
+        changes = parse_set_command(argument)
         settings = replace(self.settings, **changes)
         resolved = resolve_settings(settings)  # a bad combination keeps the old settings
         self.settings, self.resolved = settings, resolved
@@ -226,7 +249,8 @@ class Session:
         """Stream the answer (beams print it at the end); False if Ctrl-C stopped it (the part written stays rateable)."""
         record = {"instruction": instruction, "input": self.pending_input, "output": ""}
         prompt = prompt_for(record, self.source.prompt_template, self.tokenizer)
-        streamer = CollectingStreamer(self.tokenizer) if self.resolved["num_beams"] == 1 else None
+        streamer = (CollectingStreamer(self.tokenizer, self.resolved.get("stop") or ())
+                    if self.resolved["num_beams"] == 1 else None)
         started = time.perf_counter()
         try:
             [answer] = generate_answers(self.model, self.tokenizer, [prompt], self.resolved, streamer=streamer)

@@ -20,13 +20,17 @@ import torch
 from transformers import DynamicCache, LogitsProcessorList
 
 from .sampling import RowSeededSampling
+from .stop_strings import StopAtStrings
 
 SEGMENT_TOKENS = 16  # 8 and 16 were equally fast, 32 slower (SmolLM2, 128 prompts, 96 new tokens, batch 64)
 
 
 def generate_in_segments(model, inputs: dict, kwargs: dict, stops: set[int], sampler: RowSeededSampling | None,
-                         stopping_criteria=None) -> list[list[int]]:
-    """Each row's new tokens (up to and including its stop token, or max_new_tokens of them)."""
+                         stopping_criteria=None, until_stop: StopAtStrings | None = None) -> list[list[int]]:
+    """Each row's new tokens (up to and including its stop token, or max_new_tokens of them). `until_stop` (also one
+    of `stopping_criteria`) ends a row that has written a stop string; it is asked again here, after each segment, on
+    the row's whole answer so far (a stop string written across two segments counts), as `generate` does not say
+    which rows its criteria ended."""
     max_new_tokens = kwargs["max_new_tokens"]
     input_ids, attention_mask = inputs["input_ids"], inputs["attention_mask"]
     cache = inputs.get("past_key_values") or DynamicCache(config=model.config)
@@ -47,7 +51,8 @@ def generate_in_segments(model, inputs: dict, kwargs: dict, stops: set[int], sam
         going_on = []
         for position, row in enumerate(rows):
             tokens = output[position, prompt_width:].tolist()
-            if stopped or stops.intersection(tokens[len(tokens) - new:]):
+            wrote_stop_string = until_stop is not None and until_stop.ended(tokens)
+            if stopped or stops.intersection(tokens[len(tokens) - new:]) or wrote_stop_string:
                 answers[row] = tokens
             else:
                 going_on.append(position)

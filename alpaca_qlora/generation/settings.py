@@ -33,11 +33,18 @@ class GenerationSettings:
                           "Default: on when --temperature, --top_k or --top_p is given, off otherwise.", "nargs": "?", "const": True},
     )
     seed: int = field(default=42, metadata={"help": "Seed of the sampling (each batch is seeded from it and its index)."})
+    stop: list[str] | None = field(
+        default=None,
+        metadata={"help": "End each answer before the first of these strings, e.g. --stop \"### Instruction:\" (an untuned "
+                          "base model runs on into a next example); one or more, --stop may be repeated. Default: none.",
+                  "action": "extend"},
+    )
 
 
 SETTING_NAMES = tuple(f.name for f in fields(GenerationSettings))
 INT_SETTINGS = {"top_k", "num_beams", "max_new_tokens", "no_repeat_ngram_size", "seed"}
 FLOAT_SETTINGS = {"top_p", "temperature", "repetition_penalty"}
+RESET_WORDS = ("auto", "none", "default")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -74,6 +81,11 @@ def check_settings(settings: GenerationSettings, where: str = "") -> None:
             f"{prefix}--temperature {settings.temperature} with sampling: the temperature must be > 0; "
             "for greedy decoding leave out --temperature/--top_k/--top_p or pass --do_sample false"
         )
+    if settings.stop is not None:
+        if not settings.stop:
+            fail(f"{prefix}--stop needs at least one string")
+        if any(not isinstance(stop, str) or not stop for stop in settings.stop):
+            fail(f"{prefix}--stop: a stop string must not be empty (it would end every answer before it begins)")
 
 
 def resolve_settings(settings: GenerationSettings, where: str = "", strict: bool = True) -> dict:
@@ -98,7 +110,10 @@ def resolve_settings(settings: GenerationSettings, where: str = "", strict: bool
     for name in FLOAT_SETTINGS:
         if resolved[name] is not None:
             resolved[name] = float(resolved[name])
-    return {name: resolved[name] for name in SETTING_NAMES}
+    checked = {name: resolved[name] for name in SETTING_NAMES if name != "stop"}
+    if settings.stop:  # left out when there is none: lines written before --stop existed keep equal settings (resume)
+        checked["stop"] = list(dict.fromkeys(settings.stop))
+    return checked
 
 
 def settings_key(resolved: dict) -> str:
@@ -107,15 +122,18 @@ def settings_key(resolved: dict) -> str:
 
 
 def settings_label(resolved: dict) -> str:
-    return " ".join(f"{name}={value}" for name, value in resolved.items())
+    return " ".join(f"{name}={json.dumps(value, ensure_ascii=False) if name == 'stop' else value}"
+                    for name, value in resolved.items())
 
 
 def parse_setting_value(name: str, text: str):
     """A setting's value from text (`/set top_k=10`, `--sweep top_k=1,10`); 'auto'/'none' resets an optional one."""
     if name not in SETTING_NAMES:
         fail(f"unknown setting '{name}' (choose from {', '.join(SETTING_NAMES)})")
+    if name == "stop":
+        return parse_stop_text(text)
     text = text.strip()
-    if text.lower() in ("auto", "none", "default"):
+    if text.lower() in RESET_WORDS:
         default = GenerationSettings.__dataclass_fields__[name].default
         if default is not None:
             fail(f"{name}={text}: only top_k, top_p, temperature and do_sample can be reset to their default")
@@ -137,3 +155,24 @@ def parse_setting_value(name: str, text: str):
     fail(f"{name}={text}: expected true, false or auto")
 
 
+def parse_stop_text(text: str) -> list[str] | None:
+    """stop's value as text (`/set stop=...`, the chat page's field): none for no stop strings; a JSON list of strings
+    for several, or for one with a newline or spaces at its ends (`["\\n\\n"]`); else the text itself, one stop string
+    (`[INST]` too: text that is not a JSON list of strings is taken as it is)."""
+    if text.strip().lower() in RESET_WORDS:
+        return None
+    try:
+        values = json.loads(text)
+    except json.JSONDecodeError:
+        return [text]
+    return values if isinstance(values, list) and all(isinstance(value, str) for value in values) else [text]
+
+
+def stop_text(stop: list[str] | None) -> str:
+    """The text that parse_stop_text reads back as `stop` (empty for none): a plain string as itself, else JSON."""
+    if not stop:
+        return ""
+    [first, *others] = stop
+    if not others and first == first.strip() and first.isprintable() and parse_stop_text(first) == [first]:
+        return first
+    return json.dumps(stop, ensure_ascii=False)

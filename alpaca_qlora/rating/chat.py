@@ -22,6 +22,7 @@ from ..generation.generate import generate_answers, prompt_for, seed_everything
 from ..generation.interactive import AnsweredQuestion, RatingsFile, rating_row
 from ..generation.settings import SETTING_NAMES, GenerationSettings, parse_setting_value, resolve_settings
 from ..generation.source import ModelSource
+from ..generation.stop_strings import StreamedUntilStop
 from ..scoring.inputs import RATING_RANGE
 from .pages import MAX_ANNOTATOR, MAX_COMMENT
 from .checks import RequestError, annotator_name, bad_request, text_field
@@ -40,6 +41,17 @@ class UntilCancelled(StoppingCriteria):
         return torch.full((input_ids.shape[0],), self.cancelled.is_set(), dtype=torch.bool, device=input_ids.device)
 
 
+class AnswerStreamer(AsyncTextIteratorStreamer):
+    """The answer's text as it is generated, up to its first stop string (none of a stop string is sent)."""
+
+    def __init__(self, tokenizer, stop_strings=()):
+        super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=True)
+        self.until_stop = StreamedUntilStop(stop_strings)
+
+    def on_finalized_text(self, text: str, stream_end: bool = False):
+        super().on_finalized_text(self.until_stop.add(text, stream_end), stream_end)
+
+
 class ChatSession:
     def __init__(self, model, tokenizer, source: ModelSource, defaults: GenerationSettings, ratings: RatingsFile):
         self.model, self.tokenizer, self.source = model, tokenizer, source
@@ -54,7 +66,8 @@ class ChatSession:
     # -- requests ------------------------------------------------------------------------------
     def settings_from(self, given: Any) -> dict:
         """The resolved settings of a request: each value parsed as `/set NAME=VALUE` is (empty: auto for top_k,
-        top_p, temperature and do_sample, the command line's value for the others), then checked as flags are."""
+        top_p, temperature and do_sample, no stop strings for stop, the command line's value for the others), then
+        checked as flags are."""
         if not isinstance(given, dict):
             raise bad_request("field 'settings' must be an object of setting names to values")
         changes = {}
@@ -64,7 +77,7 @@ class ChatSession:
             if not isinstance(text, (str, int, float)) or isinstance(text, bool):
                 raise bad_request(f"setting '{name}' must be given as text")
             text = str(text).strip()
-            # empty: auto for the optional knobs, else the command line's value (shown in the field)
+            # empty: auto for the optional knobs (none for stop), else the command line's value (shown in the field)
             default = GenerationSettings.__dataclass_fields__[name].default
             default = getattr(self.defaults, name) if default is not None else None
             try:
@@ -93,8 +106,7 @@ class ChatSession:
         record = {"instruction": instruction, "input": context, "output": ""}
         prompt = prompt_for(record, self.source.prompt_template, self.tokenizer)
         # beam search cannot stream (transformers refuses a streamer with beams): its answer comes at the end
-        streamer = (AsyncTextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
-                    if resolved["num_beams"] == 1 else None)
+        streamer = AnswerStreamer(self.tokenizer, resolved.get("stop") or ()) if resolved["num_beams"] == 1 else None
         cancelled = threading.Event()
         loop = asyncio.get_running_loop()
         finished = asyncio.Event()

@@ -9,7 +9,7 @@ from __future__ import annotations
 from html import escape
 from urllib.parse import quote
 
-from ..generation.settings import GenerationSettings, SETTING_NAMES
+from ..generation.settings import GenerationSettings, SETTING_NAMES, stop_text
 from ..scoring.inputs import RATING_RANGE
 from .pairs import BlindSet, Shown
 
@@ -102,6 +102,8 @@ def chat_page(model_label: str, defaults: GenerationSettings, ratings_path: str)
             options = "".join(f'<option value="{v}"{" selected" if str(value).lower() == v or (value is None and v == "auto") else ""}>{v}</option>'
                               for v in ("auto", "true", "false"))
             control = f'<select id="do_sample" name="do_sample">{options}</select>'
+        elif name == "stop":  # text, not a number: one stop string, or a JSON list of several
+            control = f'<input id="stop" name="stop" value="{escape(stop_text(value))}" placeholder="none" size="16">'
         else:
             shown = "" if value is None else str(value)
             placeholder = ' placeholder="auto"' if name in OPTIONAL_SETTINGS else ""
@@ -118,7 +120,7 @@ def chat_page(model_label: str, defaults: GenerationSettings, ratings_path: str)
   <textarea id="instruction" name="instruction" rows="3" required></textarea>
   <label for="input">Input (optional)</label>
   <textarea id="input" name="input" rows="2"></textarea>
-  <fieldset class="settings"><legend>Decoding (top_k, top_p, temperature empty: auto; beam search shows the answer when it is complete)</legend>
+  <fieldset class="settings"><legend>Decoding (top_k, top_p, temperature empty: auto; stop: a string the answer ends before, or a JSON list of several, empty: none; beam search shows the answer when it is complete)</legend>
     {"".join(fields)}
   </fieldset>
   <button id="generate" type="submit">Generate</button>

@@ -37,6 +37,7 @@ class StudyConfig:
     assets_dir: str = "assets"
     eval_records: int = 300
     max_new_tokens: int = 128
+    stop: list[str] | None = None  # every generation ends its answers before these strings (inference.py --stop)
     generation_batch_size: int = 32
     sweep: str = "num_beams=1,4 top_k=10,50 temperature=0.7 do_sample=true"
     sweep_records: int = 100
@@ -188,5 +189,8 @@ def check_study_config(config: StudyConfig, path: str) -> None:
         value = getattr(config, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
             fail(f"{path}: {name} must be a whole number >= {minimum}, got {value!r}")
+    if config.stop is not None and (not isinstance(config.stop, list) or not config.stop
+                                    or not all(isinstance(stop, str) and stop for stop in config.stop)):
+        fail(f"{path}: stop must be a list of non-empty texts, e.g. stop: [\"### Instruction:\"], got {config.stop!r}")
     if config.sweep_records > config.eval_records:
         fail(f"{path}: sweep_records ({config.sweep_records}) must not exceed eval_records ({config.eval_records})")

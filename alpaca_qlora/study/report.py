@@ -27,6 +27,7 @@ from .config import PATH_FIELDS as PATH_KEYS, TrainingRun
 METRICS = (("bleu", "BLEU (corpus)", 2), ("sentence_bleu", "BLEU (mean per record)", 2),
            ("rouge_l_f1", "ROUGE-L F1", 4), ("bertscore_f1", "BERTScore F1", 4))
 PRECISION_NAMES = {"nf4": "4-bit NF4", "fp4": "4-bit FP4", "int8": "8-bit", "none": "full precision (bf16/fp32)"}
+UNSET_WHEN_EMPTY = ("recipes", "stop")  # config keys a summary leaves out when empty (see summary)
 REFERENCES_NOTE = ("The references are the Alpaca data's own outputs, written by OpenAI's text-davinci-003 (Taori et al., "
                    "2023), not by people: the scores measure closeness to that model's answers.")
 
@@ -121,6 +122,13 @@ def floor_of(data: StudyData) -> float:
 # ---------------------------------------------------------------------------------------------
 # Sections
 # ---------------------------------------------------------------------------------------------
+def stop_note(stop: list[str] | None) -> str:
+    """How answers were cut, for the report's method line (nothing without stop strings)."""
+    if not stop:
+        return ""
+    return ", each cut before the first of the stop strings " + ", ".join(f"`{json.dumps(s, ensure_ascii=False)}`" for s in stop)
+
+
 def setup_section(data: StudyData) -> list[str]:
     config = data.config
     first_run, first = next(iter(data.runs.items()))
@@ -151,7 +159,8 @@ def setup_section(data: StudyData) -> list[str]:
         "seed's order (at most one epoch).",
         f"- Held-out loss: mean negative log-likelihood per response token over the {counts['val_examples']} held-out "
         f"examples (never trained on), at step 0 and every {config.evaluation_spacing()} steps of every run.",
-        f"- Scores: the first {n_scored} held-out records, greedy decoding, at most {config.max_new_tokens} new tokens; "
+        f"- Scores: the first {n_scored} held-out records, greedy decoding, at most {config.max_new_tokens} new tokens"
+        f"{stop_note(config.stop)}; "
         f"BLEU (sacrebleu) as a corpus and as the mean of per-record BLEU, ROUGE-L F1 (rouge-score), BERTScore F1 "
         f"(`{config.bertscore_model}`: not comparable with other backbones); 95% percentile bootstrap intervals and "
         f"two-sided paired bootstrap p-values, {config.bootstrap} resamples (so no p-value is below "
@@ -411,9 +420,9 @@ def summary(data: StudyData) -> dict:
         return {"a": d.a, "b": d.b, "difference": d.difference, "ci95": list(d.ci95), "p_value": d.p_value}
 
     return {
-        # (an empty `recipes` is left out: reports from before recipes existed rebuild byte for byte)
+        # keys added since (recipes, stop) only when set: the summaries of studies without them stay as committed
         "config": {**{k: v for k, v in vars(data.config).items()
-                      if k not in ("reading", *PATH_KEYS) and not (k == "recipes" and not v)},
+                      if k not in ("reading", *PATH_KEYS) and not (k in UNSET_WHEN_EMPTY and not v)},
                    "base_model": shown(data.config.base_model), "bertscore_model": shown(data.config.bertscore_model)},
         "scores": {name: {"n": len(s.group.records), "empty_predictions": s.group.empty_predictions,
                           **{key: estimate(getattr(s, key)) for key, _, _ in METRICS}} for name, s in data.scores.items()},

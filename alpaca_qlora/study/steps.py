@@ -90,9 +90,14 @@ def generate(config: StudyConfig, name: str, model: list[str], prompts: Path, ex
         skip(title, f"{output} holds its {expected_lines} lines")
         return output
     run_job(title, GENERATE_JOB, [*model, "--prompts_file", str(prompts), "--output_file", str(output),
-                                        "--max_new_tokens", str(config.max_new_tokens),
+                                        "--max_new_tokens", str(config.max_new_tokens), *stop_arguments(config),
                                         "--batch_size", str(config.generation_batch_size), *extra], timings)
     return output
+
+
+def stop_arguments(config: StudyConfig) -> list[str]:
+    """--stop=TEXT for each stop string (the = form: a stop string may begin with '-')."""
+    return [f"--stop={stop}" for stop in config.stop or []]
 
 
 def sweep_size(config: StudyConfig) -> int:
