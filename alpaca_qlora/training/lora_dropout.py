@@ -1,9 +1,12 @@
 """LoRA's input dropout on the CPU, with its random masks drawn by NumPy's PCG64 instead of torch's generator.
 
 Why by hand: PEFT applies dropout to the input of every LoRA layer (seven per Llama block), and torch's CPU
-dropout draws one number per element from its serial Mersenne Twister. On SmolLM2-135M that was 19-20% of a
-training step on two cores (bench/results/HISTORY.md, CPU 2026-12-01 afternoon); PCG64 draws the same masks'
-worth of numbers two to three times faster. The masks have the same distribution: each element is kept with
+dropout draws one number per element from its serial Mersenne Twister. On stories260K, profiled under load, that was
+19-20% of a training step on two cores (bench/results/HISTORY.md, CPU 2026-12-01 afternoon); PCG64 draws the same
+masks' worth of numbers two to three times faster. End to end the gain is not established: in the SmolLM2 run of
+2026-12-01 afternoon `--lora_dropout_rng torch` ran 136 real tok/s against 128 with these masks (one run each, before
+the raw-output draw of 2026-12-02 made them 1.06x faster); to be measured again, ours against ours_no_pcg64 in one
+quiet run, and dropped if it does not pay (issue 25). The masks have the same distribution: each element is kept with
 probability 1 - p (p rounded to a multiple of 1/65536) and scaled by 1 / (1 - p). Each mask's generator is
 seeded from torch's generator, so `--seed` fixes the masks and a resumed run (the Trainer restores torch's RNG
 state) draws the same ones. GPUs keep torch's own dropout, which is fast there.
