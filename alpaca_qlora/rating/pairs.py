@@ -2,7 +2,8 @@
 own order and sides.
 
 - Two or more files from inference.py (batch mode), one line per prompt, answering the same prompts (same ids,
-  same instruction and input, and for a conversation the same earlier turns, its `history`). A sweep file (several settings per prompt) is refused: split it first.
+  same instruction and input, and for a conversation the same earlier turns, its `history`). A sweep file (several
+  settings per prompt) is refused: split it first.
 - An item is (prompt, two files); with k files every prompt gives k(k-1)/2 items.
 - Each annotator sees all items in an order, with sides, drawn from a generator seeded by (--seed, annotator
   name), never from the process: a reload, or a restart of the server, shows the same next pair. The next pair is
