@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import socket
 import sys
@@ -12,6 +11,7 @@ from urllib.parse import urlparse
 import torch
 
 from .cli import UserError, fail
+from .files import file_sha256
 from .vision import (
     IMAGE_TEXT_TO_TEXT, QUANTIZATION_SKIP_PATTERNS, is_processor, model_class, model_kind, not_a_generator,
 )
@@ -62,14 +62,6 @@ def is_gguf(name_or_path: str) -> bool:
 
 def cache_root() -> Path:
     return Path(os.environ.get("ALPACA_QLORA_CACHE", Path.home() / ".cache" / "alpaca_qlora")).expanduser()
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def gguf_folder(gguf_path: str) -> Path:

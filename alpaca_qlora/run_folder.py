@@ -4,7 +4,7 @@ Layout of a finished run (--output_dir):
   adapter_config.json, adapter_model.safetensors   the LoRA adapter (standard PEFT format)
   tokenizer files                                   the tokenizer as used (pad token set)
   README.md          the model card               run_config.json   the options as given, and the plan
-  run_info.json      versions, machine, data, files written
+  run_info.json      versions, machine, data (counts; each data file's sha256 and share), files written
   train_ids.json     ids of the training records  val.jsonl         the held-out records
   train_log.jsonl    the Trainer's log history    eval_results.json held-out loss before/after
   prompt_template.json  the template file trained with (only when --prompt_template is a file)

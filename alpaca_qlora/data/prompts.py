@@ -16,6 +16,7 @@ from typing import Mapping
 
 from ..cli import fail, read_config_file
 from ..vision import IMAGE_FIELD, image_token, is_processor
+from .conversations import MESSAGES, conversation_prompt, require_chat_template
 
 # Byte-exact copies of PROMPT_DICT in tatsu-lab/stanford_alpaca train.py. As there, the response
 # follows "### Response:" directly and the end-of-sequence token follows the response.
@@ -122,10 +123,14 @@ def format_chat_prompt(tokenizer, instruction: str, input_text: str = "", with_i
 
 
 def build_prompt(record: Mapping[str, str], template: str, tokenizer=None) -> str:
-    """The text a model sees before its answer, for one Alpaca record.
+    """The text a model sees before its answer, for one Alpaca record, or for a conversation (its last user turn
+    with the turns before it, by the chat template: data/conversations.py).
 
     A record with an image (image-text models; `tokenizer` is then the processor) gets the model's image token
     once, before the instruction: LLaVA's own layout (`<image>\n` then the question)."""
+    if MESSAGES in record:
+        require_chat_template(record, template)
+        return conversation_prompt(record, tokenizer)
     instruction, input_text = record["instruction"], record.get("input", "")
     with_image = record.get(IMAGE_FIELD) is not None
     if template == "alpaca":

@@ -5,6 +5,10 @@ A record is a dict with string fields `instruction`, `input` (optional: missing 
 A record may also name an `image` (a path, relative to the data file's folder) for image-text models; LLaVA's
 own form, `{"id", "image", "conversations": [{"from": "human", "value": "<image>\n..."}, {"from": "gpt", ...}]}`,
 is read as one Alpaca record per human/gpt turn.
+A multi-turn conversation (`messages`, or ShareGPT's `conversations` without an image: data/conversations.py) is
+one record holding its `messages`, with the derived `instruction` (its last user turn), `input` (empty) and `output`
+(its last assistant turn, the reference; None when it ends with a user turn) that generation lines and the rating
+page show.
 Every record is checked on load; a broken file stops the job with one line naming the file, the record
 and the field.
 """
@@ -16,13 +20,14 @@ import json
 import os
 import random
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..cli import fail
 from ..files import atomic_write_bytes
 from ..jsonl import decode_utf8, read_bytes, read_objects
 from ..vision import IMAGE_FIELD, check_image
+from .conversations import CONVERSATIONS, MESSAGES, conversation_field, prompt_messages, read_messages, reference_answer
 
 REQUIRED_FIELDS = ("instruction", "input", "output")
 DEFAULT_FIELDS = {name: name for name in REQUIRED_FIELDS}
@@ -39,6 +44,11 @@ def default_data_file() -> Path:
     """The default --data_path: alpaca_data.json here, else the checkout's shipped copy, else here (downloaded)."""
     here = Path(DEFAULT_DATA_PATH)
     return here if here.exists() or not SHIPPED_DATA.is_file() else SHIPPED_DATA
+
+
+def data_file(data_path: str) -> Path:
+    """The file a --data_path names (the default: default_data_file's); a hub id gives a path that does not exist."""
+    return default_data_file() if data_path == DEFAULT_DATA_PATH else Path(data_path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -66,12 +76,15 @@ def download_alpaca_data(destination: Path, url: str | None = None) -> None:
 # ---------------------------------------------------------------------------------------------
 # Loading and validation
 # ---------------------------------------------------------------------------------------------
-def load_records(data_path: str, fields: dict[str, str] | None = None, require_output: bool = True) -> list[dict]:
+def load_records(data_path: str, fields: dict[str, str] | None = None, require_output: bool = True,
+                 template: str | None = None) -> list[dict]:
     """Records from a .json list, a .jsonl file or a datasets hub id, each validated and given an `id`.
 
     `fields` maps instruction/input/output to the user's field names (default: the same names). Without
-    `require_output` (prompts to generate answers for) a record may lack its output: it is then None."""
-    path = default_data_file() if data_path == DEFAULT_DATA_PATH else Path(data_path)
+    `require_output` (prompts to generate answers for) a record may lack its output: it is then None.
+    `template` (training's --prompt_template): a conversation is rendered by the chat template only, so any other
+    template is refused at the first conversation, naming it."""
+    path = data_file(data_path)
     if not path.exists() and data_path == DEFAULT_DATA_PATH:
         download_alpaca_data(path)
     if path.is_file():
@@ -90,7 +103,13 @@ def load_records(data_path: str, fields: dict[str, str] | None = None, require_o
     fields = {**DEFAULT_FIELDS, **(fields or {})}
     records = []
     for index, record in enumerate(raw):
-        if is_conversation(record, fields):
+        form = conversation_field(record, fields)
+        if form is not None:
+            if template is not None and template != "chat":
+                fail(f"{data_path}: record {index}: field '{form}': a conversation is rendered with the model's chat "
+                     f"template; pass --prompt_template chat (not {template})")
+            records.append(conversation_record(record, form, data_path, index, require_output))
+        elif is_llava_conversation(record, fields):
             records += [validate_record(turn, data_path, index, fields, require_output)
                         for turn in conversation_records(record, data_path, index)]
         else:
@@ -106,13 +125,28 @@ def load_records(data_path: str, fields: dict[str, str] | None = None, require_o
 
 
 # ---------------------------------------------------------------------------------------------
-# LLaVA's conversation form
+# Multi-turn conversations (messages, ShareGPT)
 # ---------------------------------------------------------------------------------------------
-CONVERSATIONS = "conversations"
+def conversation_record(record: dict, form: str, source: str, index: int, require_output: bool) -> dict:
+    """A conversation record (`form`: its field, messages or conversations): its id and messages, and the derived
+    instruction, input and output."""
+    where = f"{source}: record {index}"
+    messages = read_messages(record, form, where, require_output)
+    if record.get(IMAGE_FIELD) is not None:
+        fail(f"{where}: field '{IMAGE_FIELD}': a '{MESSAGES}' conversation takes no image (LLaVA's '{CONVERSATIONS}' "
+             "form with an image does, one question at a time)")
+    return {"id": record_id(record, where, index), MESSAGES: messages, "instruction": prompt_messages(messages)[-1]["content"],
+            "input": "", "output": reference_answer(messages)}
+
+
+# ---------------------------------------------------------------------------------------------
+# LLaVA's conversation form (with an image)
+# ---------------------------------------------------------------------------------------------
 LLAVA_IMAGE_PLACEHOLDER = "<image>"
 
 
-def is_conversation(record, fields: dict[str, str]) -> bool:
+def is_llava_conversation(record, fields: dict[str, str]) -> bool:
+    """LLaVA's form: `conversations` with an image (conversation_field has taken those without one, ShareGPT's)."""
     return isinstance(record, dict) and CONVERSATIONS in record and fields["instruction"] not in record
 
 
@@ -190,10 +224,7 @@ def validate_record(record, source: str, index: int, fields: dict[str, str] | No
     instruction = text("instruction", required=True)
     if not instruction.strip():
         fail(f"{where}: field '{fields['instruction']}' is empty")
-    record_id = record.get("id", index)
-    if not isinstance(record_id, (str, int)) or isinstance(record_id, bool):
-        fail(f"{where}: field 'id' must be a string or an integer, found {type(record_id).__name__}")
-    validated = {"id": record_id, "instruction": instruction, "input": text("input", required=False),
+    validated = {"id": record_id(record, where, index), "instruction": instruction, "input": text("input", required=False),
                  "output": text("output", required=require_output)}
     if record.get(IMAGE_FIELD) is not None:
         image = record[IMAGE_FIELD]
@@ -201,6 +232,14 @@ def validate_record(record, source: str, index: int, fields: dict[str, str] | No
             fail(f"{where}: field '{IMAGE_FIELD}' must be a path to an image file, found {type(image).__name__}")
         validated[IMAGE_FIELD] = image
     return validated
+
+
+def record_id(record: dict, where: str, index: int):
+    """The record's `id`, or its index in the file when it has none."""
+    value = record.get("id", index)
+    if not isinstance(value, (str, int)) or isinstance(value, bool):
+        fail(f"{where}: field 'id' must be a string or an integer, found {type(value).__name__}")
+    return value
 
 
 # ---------------------------------------------------------------------------------------------
@@ -211,6 +250,12 @@ class DataSplit:
     train: list[dict]
     val: list[dict]
     empty_outputs: int  # records kept whose output is empty: they teach the model to stop at once
+    sources: dict = field(default_factory=dict)  # what each data file gave (data/mix.py): run_info.json keeps it
+
+
+def make_split(train: list[dict], val: list[dict], sources: dict | None = None) -> DataSplit:
+    empty_outputs = sum(1 for record in train + val if not record["output"].strip())
+    return DataSplit(train=train, val=val, empty_outputs=empty_outputs, sources=sources or {})
 
 
 def resolve_val_size(val_set_size: float, n_records: int) -> int:
@@ -225,16 +270,24 @@ def resolve_val_size(val_set_size: float, n_records: int) -> int:
     return size
 
 
-def split_records(records: list[dict], val_set_size: float, max_samples: int | None, seed: int) -> DataSplit:
-    """Deterministic: the same records, seed and sizes always give the same subset and split."""
-    order = list(range(len(records)))
+def shuffled_order(n_records: int, seed: int) -> list[int]:
+    order = list(range(n_records))
     random.Random(seed).shuffle(order)
+    return order
+
+
+def split_order(n_records: int, val_set_size: float, max_samples: int | None, seed: int) -> tuple[list[int], list[int]]:
+    """(held-out, training) indices of the subset and split: the same sizes and seed always give the same ones."""
+    order = shuffled_order(n_records, seed)
     if max_samples is not None:
         if max_samples < 1:
             fail(f"--max_samples must be >= 1, got {max_samples}")
         order = order[:max_samples]
     n_val = resolve_val_size(val_set_size, len(order))
-    val = [records[i] for i in order[:n_val]]
-    train = [records[i] for i in order[n_val:]]
-    empty_outputs = sum(1 for record in train + val if not record["output"].strip())
-    return DataSplit(train=train, val=val, empty_outputs=empty_outputs)
+    return order[:n_val], order[n_val:]
+
+
+def split_records(records: list[dict], val_set_size: float, max_samples: int | None, seed: int) -> DataSplit:
+    """Deterministic: the same records, seed and sizes always give the same subset and split."""
+    val, train = split_order(len(records), val_set_size, max_samples, seed)
+    return make_split([records[i] for i in train], [records[i] for i in val])

@@ -7,6 +7,10 @@ tokenizer whose pad token equals its EOS token cannot mask the EOS out of the lo
 For an image-text model `tokenizer` is its processor: a record with an image is encoded by the processor, which
 expands the prompt's image token into the model's image tokens (part of the prompt, so masked like it); the
 example keeps the image's path, and the collator turns it into pixel values.
+
+A conversation (data/conversations.py) is one example: the whole conversation as the chat template renders it,
+labels on every assistant turn (its content and the template's end-of-turn text) and nowhere else, EOS after the
+last turn unless the template's own turn end is it.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from dataclasses import dataclass, field
 
 from ..cli import fail
 from ..vision import IMAGE_FIELD, is_processor, load_image, text_tokenizer
+from .conversations import MESSAGES, assistant_spans, require_chat_template
 from .prompts import build_prompt
 
 IGNORE_INDEX = -100
@@ -45,6 +50,8 @@ def tokenize_example(
     record: dict, tokenizer, template: str, max_seq_length: int, train_on_inputs: bool
 ) -> TokenizedExample | None:
     """One record as ids and labels; None when its prompt leaves no room for a single response token."""
+    if MESSAGES in record:
+        return tokenize_conversation(record, tokenizer, template, max_seq_length, train_on_inputs)
     prompt = build_prompt(record, template, tokenizer)
     encode = encoder(record, tokenizer)
     text = text_tokenizer(tokenizer)
@@ -64,6 +71,49 @@ def tokenize_example(
     # No token predicts the first one. Ignoring it here also keeps packed examples apart in the
     # loss: in a packed row the previous example's last token would otherwise "predict" it.
     labels[0] = IGNORE_INDEX
+    return TokenizedExample(input_ids=input_ids, labels=labels, truncated=truncated)
+
+
+def tokenize_conversation(
+    record: dict, tokenizer, template: str, max_seq_length: int, train_on_inputs: bool
+) -> TokenizedExample | None:
+    """A conversation as ids and labels; None when the text before its first answer fills max_seq_length.
+
+    The rendered conversation is encoded prefix by prefix, up to the start and the end of every assistant turn
+    (conversations.assistant_spans), as tokenize_example encodes a prompt and then prompt + answer: each piece is
+    what encoding the longer prefix adds, so the labels fall exactly on the answers' tokens and each masked prefix
+    is the tokens generation is given for it; where the tokenizer merged tokens across a boundary, the piece is
+    encoded on its own instead (as tokenize_example does). A cut at max_seq_length that lands after an answer leaves
+    out the masked turns after it (they would teach nothing), so the example still ends on a label, as the
+    collators' token counts expect."""
+    require_chat_template(record, template)
+    text, spans = assistant_spans(record, tokenizer)
+    encode, plain = encoder(record, tokenizer), text_tokenizer(tokenizer)
+    input_ids: list[int] = []
+    labels: list[int] = []
+    prompt_length, done, answer = None, 0, []
+    for start, end in spans:
+        for boundary, is_answer in ((start, False), (end, True)):
+            whole = encode(text[:boundary])
+            piece = (whole[len(input_ids):] if whole[: len(input_ids)] == input_ids
+                     else plain(text[done:boundary], add_special_tokens=False)["input_ids"])
+            input_ids += piece
+            labels += piece if is_answer or train_on_inputs else [IGNORE_INDEX] * len(piece)
+            done, answer = boundary, piece
+            prompt_length = len(input_ids) if prompt_length is None else prompt_length
+    if plain.eos_token_id not in answer:
+        input_ids.append(plain.eos_token_id)
+        labels.append(plain.eos_token_id)
+    if prompt_length >= max_seq_length:
+        return None
+    truncated = len(input_ids) > max_seq_length
+    input_ids, labels = input_ids[:max_seq_length], labels[:max_seq_length]
+    while labels and labels[-1] == IGNORE_INDEX:
+        input_ids.pop()
+        labels.pop()
+    if len(labels) < 2:  # only an empty answer and no room left for its EOS: nothing to learn
+        return None
+    labels[0] = IGNORE_INDEX  # as in tokenize_example: nothing predicts the first token
     return TokenizedExample(input_ids=input_ids, labels=labels, truncated=truncated)
 
 

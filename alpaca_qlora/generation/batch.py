@@ -24,6 +24,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from ..cli import UserError, fail
+from ..data.conversations import HISTORY, MESSAGES, prompt_messages
 from ..data.records import load_records
 from ..jsonl import AppendableFile, append_line, drop_torn_tail, read_appendable
 from ..vision import IMAGE_FIELD, IMAGE_TEXT_TO_TEXT, text_tokenizer
@@ -104,8 +105,9 @@ def expand_grid(base: GenerationSettings, sweep: dict[str, list] | None) -> list
 # Prompts
 # ---------------------------------------------------------------------------------------------
 def load_prompt_records(path: str, max_prompts: int | None, fields: dict[str, str] | None = None) -> list[dict]:
-    """Alpaca records (.json/.jsonl, a run folder's val.jsonl included) with unique ids; the output (the reference
-    answer) is optional: prompts without one are generated for, and their lines carry no reference."""
+    """Alpaca records or conversations (.json/.jsonl, a run folder's val.jsonl included) with unique ids; the output
+    (the reference answer: a conversation's last turn when it is the assistant's) is optional: prompts without one
+    are generated for, and their lines carry no reference."""
     records = load_records(path, fields, require_output=False)
     if max_prompts is not None:
         records = records[:max_prompts]
@@ -221,6 +223,8 @@ def generation_line(record: dict, answer, setting: dict, source: ModelSource, se
     line = {"id": record["id"], "instruction": record["instruction"], "input": record["input"]}
     if record.get(IMAGE_FIELD) is not None:  # only image prompts carry the field: text lines are unchanged
         line[IMAGE_FIELD] = record[IMAGE_FIELD]
+    if MESSAGES in record:  # a conversation: the turns before its last user turn (the instruction), for the rating page
+        line[HISTORY] = prompt_messages(record[MESSAGES])[:-1]
     if record["output"] is not None:  # the reference answer, when the prompts file has one
         line["reference"] = record["output"]
     return {

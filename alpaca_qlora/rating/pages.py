@@ -57,6 +57,9 @@ def blind_pair(blind: BlindSet, annotator: str, shown: Shown, done: int, total: 
     item = shown.item
     answer_a, answer_b = blind.answer(shown.a, item), blind.answer(shown.b, item)
     context = (f'<h2>Input</h2><pre id="input">{escape(answer_a.input)}</pre>' if answer_a.input else "")
+    history = "".join(f'<h2>{escape(turn["role"])}</h2><pre class="turn">{escape(turn["content"])}</pre>'
+                      for turn in answer_a.history)  # a conversation's earlier turns, before its last user turn
+    history = f'<section class="prompt" id="history">{history}</section>' if history else ""
     buttons = "".join(f'<button type="submit" name="choice" value="{value}" id="choose-{value}">{label}</button>'
                       for value, label in CHOICE_BUTTONS)
     return page(f"Pair {done + 1} of {total}", f"""
@@ -65,7 +68,7 @@ def blind_pair(blind: BlindSet, annotator: str, shown: Shown, done: int, total: 
   <progress value="{done}" max="{total}"></progress>
   <a href="/blind">change annotator</a>
 </header>
-<section class="prompt"><h2>Instruction</h2><pre id="instruction">{escape(answer_a.instruction)}</pre>{context}</section>
+{history}<section class="prompt"><h2>Instruction</h2><pre id="instruction">{escape(answer_a.instruction)}</pre>{context}</section>
 <div class="answers">
   <article><h2>Answer A</h2><pre id="answer-a">{escape(answer_a.prediction)}</pre></article>
   <article><h2>Answer B</h2><pre id="answer-b">{escape(answer_b.prediction)}</pre></article>

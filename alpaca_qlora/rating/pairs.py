@@ -2,7 +2,8 @@
 own order and sides.
 
 - Two or more files from inference.py (batch mode), one line per prompt, answering the same prompts (same ids,
-  same instruction and input). A sweep file (several settings per prompt) is refused: split it first.
+  same instruction and input, and for a conversation the same earlier turns, its `history`). A sweep file (several
+  settings per prompt) is refused: split it first.
 - An item is (prompt, two files); with k files every prompt gives k(k-1)/2 items.
 - Each annotator sees all items in an order, with sides, drawn from a generator seeded by (--seed, annotator
   name), never from the process: a reload, or a restart of the server, shows the same next pair. The next pair is
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..cli import fail
+from ..data.conversations import HISTORY
 from ..jsonl import read_jsonl
 
 REQUIRED_TEXT_FIELDS = ("instruction", "prediction")
@@ -31,6 +33,7 @@ class Answer:
     input: str
     prediction: str
     line: int
+    history: list = field(default_factory=list)  # a conversation's turns before the instruction ({"role", "content"})
 
 
 @dataclass
@@ -68,6 +71,15 @@ def _text(row: dict, name: str, where: str, required: bool) -> str:
     return value
 
 
+def _history(row: dict, where: str) -> list:
+    """A conversation line's earlier turns (generation/batch.py writes them); none for an Alpaca prompt."""
+    turns = row.get(HISTORY, [])
+    if not isinstance(turns, list) or not all(isinstance(turn, dict) and isinstance(turn.get("role"), str)
+                                              and isinstance(turn.get("content"), str) for turn in turns):
+        fail(f"{where}: not a generations file: field '{HISTORY}' must be a list of {{\"role\", \"content\"}} turns")
+    return turns
+
+
 def load_generation_file(given: str) -> GenerationFile:
     path = Path(given)
     if not path.is_file():
@@ -80,7 +92,7 @@ def load_generation_file(given: str) -> GenerationFile:
             fail(f"{where}: not a generations file: field 'id' is {'missing' if 'id' not in row else repr(prompt_id)} "
                  "(inference.py --prompts_file ... --output_file writes it)")
         answer = Answer(prompt_id, *(_text(row, name, where, name in REQUIRED_TEXT_FIELDS)
-                                     for name in ("instruction", "input", "prediction")), number)
+                                     for name in ("instruction", "input", "prediction")), number, _history(row, where))
         key = str(prompt_id)
         if key in generations.answers:
             fail(f"{where}: id {prompt_id!r} again (first at line {generations.answers[key].line}); blind rating takes "
@@ -104,7 +116,7 @@ def check_same_prompts(files: list[GenerationFile]) -> None:
                  f"{first.given} ({len(extra)} such id(s)): the files must answer the same prompts")
         for key, answer in first.answers.items():
             theirs = other.answers[key]
-            for name in ("instruction", "input"):
+            for name in ("instruction", "input", "history"):
                 if getattr(theirs, name) != getattr(answer, name):
                     fail(f"{other.given}:{theirs.line}: field '{name}' of id {answer.prompt_id!r} differs from "
                          f"{first.given}:{answer.line}: the files must answer the same prompts")

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from transformers import TrainingArguments
 
 from ..cli import ArgumentParser, fail, given_flags, parse_with_config
+from ..data.mix import check_mix_options
 from ..data.prompts import check_prompt_template
 from ..data.records import DEFAULT_DATA_PATH, DEFAULT_FIELDS
 from ..modeling import COMPUTE_DTYPES, QUANTIZATIONS
@@ -84,9 +85,23 @@ class LoraArguments:
 
 @dataclass
 class DataArguments:
-    data_path: str = field(
-        default=DEFAULT_DATA_PATH,
-        metadata={"help": "Alpaca .json list, .jsonl file or datasets hub id. Default: the Stanford Alpaca data the checkout ships (DATA_LICENSE); an installed copy elsewhere downloads it (sha256-checked)."},
+    data_path: list[str] = field(
+        default_factory=lambda: [DEFAULT_DATA_PATH],
+        metadata={"help": "Alpaca .json list, .jsonl file or datasets hub id; several: their records together (see "
+                          "--data_weights). Records may be conversations (messages, or ShareGPT's conversations; "
+                          "--prompt_template chat). Default: the Stanford Alpaca data the checkout ships (DATA_LICENSE); "
+                          "an installed copy elsewhere downloads it (sha256-checked)."},
+    )
+    data_weights: list[float] | None = field(
+        default=None,
+        metadata={"help": "One weight per --data_path file: the training records are drawn from the files in these "
+                          "proportions (seeded by --split_seed; a file repeats when its share exceeds its records). "
+                          "Default: every record of every file once."},
+    )
+    data_fields: str | None = field(
+        default=None,
+        metadata={"help": 'Field names per --data_path file, as JSON: \'{"b.jsonl": {"instruction": "question", '
+                          '"output": "answer"}}\' (a mapping in a --config file); the --*_field flags for the others.'},
     )
     instruction_field: str = field(default=DEFAULT_FIELDS["instruction"], metadata={"help": "Field of a record holding the instruction."})
     input_field: str = field(default=DEFAULT_FIELDS["input"], metadata={"help": "Field holding the input (context); a record without it has an empty input."})
@@ -165,7 +180,10 @@ class TrainingConfig:
 
     def to_dict(self) -> dict:
         train = {k: v for k, v in self.train.to_dict().items() if not k.startswith("_")}
-        return {"model": asdict(self.model), "data": asdict(self.data), "lora": asdict(self.lora),
+        data = asdict(self.data)
+        if len(self.data.data_path) == 1:  # one file is saved as before, a path: earlier run folders resume and read alike
+            data["data_path"] = self.data.data_path[0]
+        return {"model": asdict(self.model), "data": data, "lora": asdict(self.lora),
                 "run": asdict(self.run), "train": train}
 
     def chose_checkpointing(self) -> bool:
@@ -211,6 +229,7 @@ def check_values(config: TrainingConfig) -> None:
         fail(f"--val_data_path {data.val_data_path} and --val_set_size {data.val_set_size} both choose the held-out "
              "records; pass one (--val_set_size 0 with --val_data_path)")
     positive("max_samples", data.max_samples)
+    check_mix_options(data.data_path, data.data_weights, data.data_fields)
     positive("lora_r", lora.lora_r)
     positive("lora_alpha", lora.lora_alpha)
     if not 0 <= lora.lora_dropout < 1:

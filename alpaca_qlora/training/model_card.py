@@ -24,7 +24,10 @@ def engine_line(plan: dict) -> str:
 
 
 def data_line(config: TrainingConfig) -> str:
-    path = config.data.data_path
+    return "; ".join(file_line(path) for path in config.data.data_path)
+
+
+def file_line(path: str) -> str:
     if Path(path).name == Path(DEFAULT_DATA_PATH).name:
         return (f"`{path}`: the Stanford Alpaca data (52,002 records; sha256 `{ALPACA_DATA_SHA256[:12]}...` when "
                 "unmodified). Its licence is CC BY-NC 4.0: this adapter is a derivative for research use only.")

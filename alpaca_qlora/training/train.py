@@ -22,7 +22,8 @@ from transformers.trainer_callback import ProgressCallback
 
 from ..cli import check_writable_folder, fail
 from ..data.prompts import is_template_file, load_template_file
-from ..data.records import DataSplit, load_records, split_records
+from ..data.mix import load_data_files, read_data_file, split_files
+from ..data.records import DataSplit, make_split
 from ..data.tokenization import TokenizationReport, tokenize_records
 from ..files import as_json, atomic_write_json, staging_folder
 from ..modeling import DTYPES, load_base_model, load_model_config, load_tokenizer_or_processor, resolve_model_path
@@ -126,20 +127,25 @@ class PreparedData:
 
 
 def load_split(config: TrainingConfig) -> DataSplit:
-    """Load, validate and split the records: the data's mistakes are found before any model file is read."""
+    """Load, validate and split the records: the data's mistakes are found before any model file is read.
+
+    Several --data_path files are concatenated or drawn by --data_weights (data/mix.py)."""
     data = config.data
     fields = {"instruction": data.instruction_field, "input": data.input_field, "output": data.output_field}
-    records = load_records(data.data_path, fields)
+    files = load_data_files(data.data_path, fields, data.data_fields, data.prompt_template)
     if data.val_data_path is None:
-        split = split_records(records, data.val_set_size, data.max_samples, data.split_seed)
+        split = split_files(files, data.data_weights, data.val_set_size, data.max_samples, data.split_seed)
     else:  # the held-out records come from their own file: nothing is split off --data_path
         if not Path(data.val_data_path).is_file():
             fail(f"--val_data_path {data.val_data_path}: no such file")
-        train = split_records(records, 0, data.max_samples, data.split_seed).train
-        val = load_records(data.val_data_path, fields)
-        split = DataSplit(train=train, val=val, empty_outputs=sum(not r["output"].strip() for r in train + val))
+        split = split_files(files, data.data_weights, 0, data.max_samples, data.split_seed)
+        val_file = read_data_file(data.val_data_path, fields, data.prompt_template)
+        split = make_split(split.train, val_file.records, {**split.sources, "val_data_path": val_file.facts()})
     print(f"data: {len(split.train)} training and {len(split.val)} held-out records; "
           f"{split.empty_outputs} with an empty output (kept: they teach the model to stop)")
+    if len(files) > 1:
+        print("data files: " + "; ".join(f"{facts['path']}: {facts['train']} training, {facts['val']} held-out"
+                                         for facts in split.sources["files"]) + f" ({split.sources['mix']})")
     return split
 
 
@@ -150,7 +156,7 @@ def check_model_kind(config: TrainingConfig, model_config, split: DataSplit) -> 
         fail(f"--base_model {config.model.base_model}: {not_a_generator(model_config)}")
     with_image = next((r for r in split.train + split.val if r.get(IMAGE_FIELD) is not None), None)
     if with_image is not None and kind != IMAGE_TEXT_TO_TEXT:
-        fail(f"{config.data.data_path}: record {with_image['id']!r} has an '{IMAGE_FIELD}', but --base_model "
+        fail(f"{' '.join(config.data.data_path)}: record {with_image['id']!r} has an '{IMAGE_FIELD}', but --base_model "
              f"{config.model.base_model} is a text-only model; use an image-text model (LLaVA) or drop the images")
     return kind
 
@@ -333,6 +339,7 @@ def start_run_folder(config: TrainingConfig, plan: TrainingPlan, data: PreparedD
             "train_examples": len(data.train_examples),
             "val_examples": len(data.val_examples),
             "empty_outputs": data.split.empty_outputs,
+            "sources": data.split.sources,  # each file's path, sha256, records and what it gave (data/mix.py)
             "tokenization": {name: vars(report) for name, report in data.reports.items()},
             "padding_share": share,
         },
