@@ -182,69 +182,19 @@ def synthetic_images(folder: str | Path, count: int = 8, size: int = 48) -> list
     return paths
 
 
-def _llama_cpp_permute(weight, n_head: int, n_kv_head: int):
-    """llama.cpp stores q/k rows interleaved for its RoPE (convert_hf_to_gguf.py's permute); transformers undoes it."""
-    n_head = n_kv_head if n_kv_head != n_head else n_head
-    return weight.reshape(n_head, 2, weight.shape[0] // n_head // 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
-
-
-GGUF_LAYER_NAMES = {
-    "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
-    "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down",
-    "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm",
-}
-
-
 def write_gguf(model_dir: str | Path, gguf_path: str | Path) -> Path:
-    """The tiny Llama (build_tiny_llama) as an unquantized GGUF file, as llama.cpp's converter lays it out, so the
-    GGUF path is tested with nothing downloaded. Only what this builder makes is supported (Llama, tied embeddings,
-    byte-level BPE)."""
-    import gguf
-    import numpy as np
-    from safetensors.torch import load_file
-    from transformers import AutoConfig, AutoTokenizer
+    """The tiny Llama (build_tiny_llama) as an unquantized (f32) GGUF file, so the GGUF path is tested with nothing
+    downloaded. Written by the project's one GGUF writer, the merge's export (export/to_gguf.py)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    config = AutoConfig.from_pretrained(model_dir)
+    from ..export.to_gguf import gguf_vocab
+    from ..export.to_gguf import write_gguf as export_gguf
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    weights = load_file(Path(model_dir) / "model.safetensors")
-    writer = gguf.GGUFWriter(str(gguf_path), "llama")
-    writer.add_context_length(config.max_position_embeddings)
-    writer.add_embedding_length(config.hidden_size)
-    writer.add_block_count(config.num_hidden_layers)
-    writer.add_feed_forward_length(config.intermediate_size)
-    writer.add_head_count(config.num_attention_heads)
-    writer.add_head_count_kv(config.num_key_value_heads)
-    writer.add_layer_norm_rms_eps(config.rms_norm_eps)
-    writer.add_rope_freq_base(config.rope_parameters["rope_theta"])
-    writer.add_rope_dimension_count(config.hidden_size // config.num_attention_heads)
-    writer.add_vocab_size(config.vocab_size)
-    tokens = [token for token, _ in sorted(tokenizer.get_vocab().items(), key=lambda item: item[1])]
-    special = set(tokenizer.all_special_ids)
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre("default")
-    writer.add_token_list(tokens)
-    writer.add_token_types([gguf.TokenType.CONTROL if i in special else gguf.TokenType.NORMAL for i in range(len(tokens))])
-    merges = json.loads(tokenizer.backend_tokenizer.to_str())["model"]["merges"]
-    writer.add_token_merges([" ".join(merge) if isinstance(merge, list) else merge for merge in merges])
-    writer.add_bos_token_id(tokenizer.bos_token_id)
-    writer.add_eos_token_id(tokenizer.eos_token_id)
-    writer.add_unk_token_id(tokenizer.unk_token_id)
-    writer.add_add_bos_token(True)
-    writer.add_chat_template(tokenizer.chat_template)
-    names = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight"}
-    for layer in range(config.num_hidden_layers):
-        names.update({f"model.layers.{layer}.{hf}.weight": f"blk.{layer}.{name}.weight" for hf, name in GGUF_LAYER_NAMES.items()})
-    for hf_name, gguf_name in names.items():
-        tensor = weights[hf_name].float().numpy()
-        if ".attn_q." in gguf_name:
-            tensor = _llama_cpp_permute(tensor, config.num_attention_heads, config.num_attention_heads)
-        elif ".attn_k." in gguf_name:
-            tensor = _llama_cpp_permute(tensor, config.num_attention_heads, config.num_key_value_heads)
-        writer.add_tensor(gguf_name, np.ascontiguousarray(tensor))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    vocab = gguf_vocab(tokenizer, model.config.vocab_size, str(model_dir))
+    export_gguf(model, vocab, Path(model_dir), Path(gguf_path), "f32", Path(model_dir).name)
     return Path(gguf_path)
 
 

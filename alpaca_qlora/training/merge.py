@@ -8,6 +8,9 @@ AutoModelForCausalLM.from_pretrained and works as `inference.py --base_model`. I
 on a full-precision base does, not as the adapter on the NF4 base it was trained and evaluated with:
 merge_info.json says so, with the precisions, and lists the files the merge wrote: `--overwrite` replaces those
 and keeps anything else in the folder (a user's notes, generations).
+
+`--gguf f16|q8_0` also writes the merged model as `model-<type>.gguf` for llama.cpp / Ollama / LM Studio (Llama
+architecture; export/to_gguf.py) and an Ollama `Modelfile` with the run's prompt template (export/modelfile.py).
 """
 
 from __future__ import annotations
@@ -18,12 +21,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..cli import ArgumentParser, check_writable_folder, fail, parse_dataclasses
-from ..files import atomic_write_json, is_plain_name, move_in, remove_stale_staging, remove_written, staging_folder
-from ..modeling import DTYPES, attach_adapter, base_model_kind, load_base_model, load_tokenizer_or_processor
-from ..files import read_json_object
-from ..run_folder import RUN_CONFIG, TOKENIZER_CONFIG, RunFolder, adapter_base_model
+from ..export.modelfile import ollama_modelfile
+from ..export.to_gguf import OFFERED_TYPES, GgufVocab, check_exportable, gguf_file_name, gguf_vocab, write_gguf
+from ..files import (
+    atomic_write_json, atomic_write_text, is_plain_name, move_in, read_json_object, remove_stale_staging, remove_written,
+    staging_folder,
+)
+from ..generation.source import read_run_config, resolve_prompt_template
+from ..modeling import DTYPES, attach_adapter, base_model_kind, load_base_model, load_model_config, load_tokenizer_or_processor
+from ..run_folder import PROMPT_TEMPLATE_COPY, RUN_CONFIG, TOKENIZER_CONFIG, RunFolder, adapter_base_model
 
 MERGE_INFO = "merge_info.json"
+MODELFILE = "Modelfile"
 
 
 @dataclass
@@ -35,6 +44,12 @@ class MergeArguments:
     overwrite: bool = field(default=False, metadata={"help": "Replace a merged model this command wrote to --output_dir before "
                                                             "(its own files only: others in the folder are kept)."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Run model code from the hub. Off unless you trust it."})
+    gguf: str | None = field(
+        default=None,
+        metadata={"help": "Also write the merged model as model-<type>.gguf (llama.cpp, Ollama, LM Studio) and an Ollama "
+                          "Modelfile: f16, or q8_0 (8-bit blocks; rows not a multiple of 32 stay f16). Llama-architecture "
+                          "models only.", "choices": OFFERED_TYPES},
+    )
 
 
 def check_output(output: Path, overwrite: bool) -> list[str]:
@@ -74,22 +89,53 @@ def trained_precision(adapter: str) -> str:
     return f"{model.get('quantization', '?')} base, {folder.config().get('plan', {}).get('compute_dtype', model.get('compute_dtype', '?'))} compute"
 
 
+@dataclass
+class GgufPlan:
+    """What --gguf writes, decided (and any refusal made) before a weight is loaded."""
+
+    kind: str
+    file_name: str
+    vocab: GgufVocab
+    modelfile: str
+
+
+def plan_gguf(args: MergeArguments, config, base_name: str, tokenizer) -> GgufPlan:
+    """Check that the tokenizer can be written, and build the Modelfile from the run's prompt template (the one
+    generation uses for this adapter: its run_config.json, else alpaca)."""
+    file_name = gguf_file_name(args.gguf)
+    template = resolve_prompt_template(None, read_run_config(args.adapter), args.adapter)
+    return GgufPlan(args.gguf, file_name, gguf_vocab(tokenizer, config.vocab_size, base_name),
+                    ollama_modelfile(file_name, template, tokenizer, config.max_position_embeddings))
+
+
 def merge_adapter(args: MergeArguments) -> Path:
     output = Path(args.output_dir)
     written_before = check_output(output, args.overwrite)
     base_name = args.base_model or adapter_base_model(args.adapter)
     kind = base_model_kind(base_name, args.trust_remote_code)  # an image-text model merges with its processor
-    base = load_base_model(base_name, "none", DTYPES[args.dtype], trust_remote_code=args.trust_remote_code, kind=kind)
-    model = attach_adapter(base, args.adapter).merge_and_unload()
+    config = load_model_config(base_name, args.trust_remote_code) if args.gguf else None
+    if config is not None:  # an architecture the export cannot write is refused before anything else is loaded
+        check_exportable(config, base_name)
     tokenizer_source = args.adapter if (Path(args.adapter) / TOKENIZER_CONFIG).is_file() else base_name
     tokenizer = load_tokenizer_or_processor(tokenizer_source, kind, args.trust_remote_code)
+    export = plan_gguf(args, config, base_name, tokenizer) if config is not None else None
+    for name in (export.file_name, MODELFILE) if export is not None else ():  # --overwrite replaces the merge's own only
+        if (output / name).exists() and name not in written_before:
+            fail(f"--output_dir {output}: {name} there was not written by the merge; nothing was changed: move it out first")
+    base = load_base_model(base_name, "none", DTYPES[args.dtype], trust_remote_code=args.trust_remote_code, kind=kind)
+    model = attach_adapter(base, args.adapter).merge_and_unload()
 
     remove_stale_staging(output.parent, staging_prefix(output))  # left by a merge killed before it moved in
     with staging_folder(output.parent, staging_prefix(output)) as staging:  # a crash never leaves a half-merged model
         model.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
-        if (Path(args.adapter) / RUN_CONFIG).is_file():  # the prompt template travels with the model
-            shutil.copy(Path(args.adapter) / RUN_CONFIG, staging / RUN_CONFIG)
+        for name in (RUN_CONFIG, PROMPT_TEMPLATE_COPY):  # the prompt template travels with the model
+            if (Path(args.adapter) / name).is_file():
+                shutil.copy(Path(args.adapter) / name, staging / name)
+        gguf_info = None
+        if export is not None:  # the GGUF is written under a .partial name inside the aside folder, then renamed
+            gguf_info = write_gguf(model, export.vocab, staging, staging / export.file_name, export.kind, output.name)
+            atomic_write_text(staging / MODELFILE, export.modelfile)
         files = sorted([p.name for p in staging.iterdir()] + [MERGE_INFO])
         atomic_write_json(staging / MERGE_INFO, {
             "base_model": base_name, "adapter": str(Path(args.adapter).resolve()), "dtype": args.dtype,
@@ -97,6 +143,7 @@ def merge_adapter(args: MergeArguments) -> Path:
             "note": "merged into the unquantized base: answers are those of the adapter on a full-precision base, "
                     "which can differ from the adapter on the quantized base it was trained and evaluated with",
             "files": files,  # what --overwrite replaces (and nothing else in the folder)
+            **({"gguf": gguf_info} if gguf_info else {}),
         })
         if output.is_dir() and any(output.iterdir()):  # --overwrite: the earlier merge's files go, the rest stays
             remove_written(output, sorted(set(written_before) - set(files)))
@@ -104,7 +151,8 @@ def merge_adapter(args: MergeArguments) -> Path:
         else:  # a new (or empty) folder: it appears whole
             staging.rename(output)
     print(f"wrote {output}: {base_name} with the adapter {args.adapter} merged in, weights in {args.dtype} "
-          f"(the base model itself is unchanged; trained with {trained_precision(args.adapter)})")
+          f"(the base model itself is unchanged; trained with {trained_precision(args.adapter)})"
+          + (f"; {export.file_name} and {MODELFILE} for llama.cpp and Ollama" if export is not None else ""))
     return output
 
 
