@@ -5,6 +5,7 @@
   python evaluate_metrics.py base.jsonl tuned.jsonl --output_dir compare     # paired comparison (tuned - base)
   python evaluate_metrics.py gens.jsonl --output_dir m --bertscore_model minilm   # fully offline backbone
   python evaluate_metrics.py base.jsonl tuned.jsonl --output_dir m --pairwise_ratings human.jsonl  # blind choices
+  python evaluate_metrics.py base.jsonl tuned.jsonl --output_dir m --pairwise_ratings human.jsonl judge.jsonl  # + a judge
 
 Writes metrics.json, metrics.csv, metrics.md, scores.jsonl and metrics.png to --output_dir; see docs/evaluate.md.
 """

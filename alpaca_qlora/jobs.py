@@ -20,6 +20,7 @@ TRAIN_JOB = "alpaca_qlora.train"  # training_script.py's job
 GENERATE_JOB = "alpaca_qlora.generate"  # inference.py's job
 SCORE_JOB = "alpaca_qlora.score"  # evaluate_metrics.py's job
 TEACHER_JOB = "alpaca_qlora.teacher"
+JUDGE_JOB = "alpaca_qlora.judge"
 
 
 @dataclass

@@ -10,6 +10,7 @@
 # then run with carry [".device-wheels", ".device-data"] and timeout_s 600:
 #   bash bench/gpu.sh "$OUT"            # the benchmark and GPU-only tests (below)
 #   bash bench/gpu.sh "$OUT" engines    # a second call (about 4 minutes): what the CPU cannot check of the engines
+#   bash bench/gpu.sh "$OUT" judge      # a model as judge (about 8 minutes): s/pair and peak memory, 8B-shaped judge
 # Results: $out/summary.txt (what to copy into BENCHMARKS.md), full logs and JSON beside it.
 # Dry run on the CPU with a tiny shape:  SKIP_INSTALL=1 MODEL_ARGS="--hidden_size 64 --num_layers 2 --num_heads 4
 #   --num_kv_heads 2 --intermediate_size 128" bash bench/gpu.sh /tmp/gpu-dry
@@ -42,6 +43,35 @@ PY
 
 data=/tmp/alpaca_data.json
 gunzip -c .device-data/alpaca_data.json.gz > "$data"
+
+if [ "$what" = judge ]; then
+    # A model as judge (bench/judge_time.py, the job's own code): seconds per pair (both orders) and peak GPU memory
+    # with a 7B-8B instruct judge. No hub weights reach this machine, so the judge is Llama-3-8B-shaped (hidden 4096,
+    # 32 layers, 32 heads, 8 KV heads, MLP 14336) with random weights, a 32k BPE and a ChatML chat template: the time
+    # and memory of judging, not its verdicts. JUDGE_MODEL=folder times a real model instead. Only with a GPU.
+    if ! python3 -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+        stage "judge: no GPU here, skipped"
+        cat "$out/summary.txt"
+        exit 0
+    fi
+    judge=${JUDGE_MODEL:-/tmp/llama-8b-judge}
+    if [ -z "${JUDGE_MODEL:-}" ]; then
+        stage "judge: model (Llama 8B shape, random weights, 32k BPE, ChatML)"
+        timeout 200 python3 bench/make_bench_model.py --data "$data" --output_dir "$judge" --hidden_size 4096 \
+            --num_layers 32 --num_heads 32 --num_kv_heads 8 --intermediate_size 14336 --chat_template chatml 2>&1 \
+            | tee "$out/judge-model.log" | grep parameters | tee -a "$out/summary.txt"
+    fi
+    for quantization in ${JUDGE_QUANTIZATIONS:-none nf4}; do
+        stage "judge: 32 pairs x 2 orders, $quantization, batch 16"
+        timeout 150 python3 bench/judge_time.py --judge "$judge" --data "$data" --pairs 32 --batch_size 16 \
+            --quantization "$quantization" --json_out "$out/judge-$quantization.json" > "$out/judge-$quantization.log" 2>&1
+        echo "exit $?" | tee -a "$out/summary.txt"
+        grep -E '^judge |^error:' "$out/judge-$quantization.log" | tee -a "$out/summary.txt"
+    done
+    stage "done"
+    cat "$out/summary.txt"
+    exit 0
+fi
 
 if [ "$what" = engines ]; then
     # What the CPU cannot check (tests/test_scale_out.py checks the rest with 2 CPU processes): DeepSpeed in bf16

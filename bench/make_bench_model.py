@@ -6,12 +6,16 @@ Default shape, about 1.1B parameters: hidden 2048, 16 layers, 32 heads, 8 KV hea
 vocab 32,000. Sequence lengths then resemble a real tokenizer's on Alpaca.
 
     python bench/make_bench_model.py --data alpaca_data.json --output_dir /tmp/llama-1b-random
+
+--chat_template chatml gives the tokenizer a ChatML chat template (the tests' tiny model's), so the model can stand
+for an instruct model where one is timed (bench/judge_time.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 
@@ -41,6 +45,7 @@ def main() -> None:
     parser.add_argument("--num_kv_heads", type=int, default=8)
     parser.add_argument("--intermediate_size", type=int, default=8192)
     parser.add_argument("--vocab_size", type=int, default=32000)
+    parser.add_argument("--chat_template", choices=("none", "chatml"), default="none")
     args = parser.parse_args()
 
     import torch
@@ -49,6 +54,11 @@ def main() -> None:
     records = json.loads(Path(args.data).read_text())
     texts = [" ".join((r["instruction"], r["input"], r["output"])) for r in records]
     tokenizer = train_tokenizer(texts, args.vocab_size)
+    if args.chat_template == "chatml":
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+        from alpaca_qlora.data.synthetic import CHAT_TEMPLATE
+
+        tokenizer.chat_template = CHAT_TEMPLATE
     config = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=args.hidden_size, intermediate_size=args.intermediate_size,
         num_hidden_layers=args.num_layers, num_attention_heads=args.num_heads, num_key_value_heads=args.num_kv_heads,

@@ -91,10 +91,15 @@ def check_prompt_template(template: str, flag: str = "--prompt_template") -> Non
 
 
 def fill(template: str, instruction: str, input_text: str) -> str:
-    """The template's {instruction} and {input} replaced in one pass: str.format would read braces inside the record,
-    and two replace() calls would fill an "{input}" written inside the instruction."""
-    values = {"{instruction}": instruction, "{input}": input_text}
-    return re.sub(r"\{instruction\}|\{input\}", lambda found: values[found[0]], template)
+    """The template's {instruction} and {input} replaced in one pass (fill_placeholders)."""
+    return fill_placeholders(template, {"instruction": instruction, "input": input_text})
+
+
+def fill_placeholders(template: str, values: Mapping[str, str]) -> str:
+    """Each `{name}` of `values` replaced in one pass: str.format would read braces inside the record, and one
+    replace() after another would fill an "{input}" written inside the instruction (or an answer)."""
+    pattern = "|".join(re.escape("{" + name + "}") for name in values)
+    return re.sub(pattern, lambda found: values[found[0][1:-1]], template)
 
 
 def format_alpaca_prompt(instruction: str, input_text: str = "") -> str:

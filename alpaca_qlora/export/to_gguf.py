@@ -29,7 +29,7 @@ from gguf import GGMLQuantizationType, LlamaFileType, TokenType
 
 from ..cli import fail
 from ..modeling import PACKAGE_PREFIX, is_gguf, packaged_gguf, resolve_model_path
-from ..run_folder import read_json_object
+from ..files import read_json_object
 
 # --gguf NAME: the type of the weight matrices, and the file type llama.cpp records for it. f32 is not offered on the
 # command line (twice f16's size, for differences below f16's rounding); the tests' GGUF fixture uses it (synthetic.py).

@@ -295,9 +295,10 @@ def run_batch_job(job: BatchJob, done: set, model, tokenizer) -> BatchResult:
 
 
 @contextmanager
-def output_lock(output_file: str):
+def output_lock(output_file: str, flag: str = "--output_file", writer: str = "inference.py"):
     """Hold --output_file for this process from its check to its last line: a second process on the same file
-    would write the same lines twice. The lock is a `.NAME.lock` file beside it (flock, released on exit)."""
+    would write the same lines twice. The lock is a `.NAME.lock` file beside it (flock, released on exit).
+    `flag` and `writer` name the file and the command in the refusal (the judge holds its --ratings_file so)."""
     path = Path(output_file)
     lock_path = path.parent / f".{path.name}.lock"
     if not path.parent.is_dir():
@@ -308,8 +309,8 @@ def output_lock(output_file: str):
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         handle.close()
-        fail(f"--output_file {output_file} is being written by another inference.py process; wait for it, "
-             "or choose another --output_file")
+        fail(f"{flag} {output_file} is being written by another {writer} process; wait for it, "
+             f"or choose another {flag}")
     try:
         yield
     finally:

@@ -11,10 +11,16 @@ A line (the schema evaluate_metrics.py --pairwise_ratings reads):
 
 Files are named by their absolute path when rated. Nothing here imports the web server, so the scoring can read
 the same file with the same checks.
+
+A model as judge (python -m alpaca_qlora.judge) writes the same lines, two per pair (one in each order: each file
+once on side A), with three more fields: `judge` (the model, the template's name and sha256, the prompt format and
+the precision), `probabilities` (of "A", "B" and "tie", summing to 1) and `logprobs` (each label's log-probability
+after the prompt); its `choice` is the most probable label and its annotator `judge:MODEL#HASH`.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 from dataclasses import dataclass
@@ -29,6 +35,8 @@ KIND = "pairwise"
 LINE_START = '{"kind": "pairwise", '  # how every line begins (its first key): a half-written one too
 CHOICES = ("A", "B", "tie", "both_bad")
 DECISIVE = ("A", "B")
+JUDGE_LABELS = ("A", "B", "tie")  # a judge's verdict is one of these (never "both_bad")
+PROBABILITY_TOLERANCE = 1e-6
 
 
 @dataclass(frozen=True)
@@ -41,6 +49,12 @@ class PairwiseRating:
     comment: str
     time: str
     line: int
+    judge: Optional[dict[str, Any]] = None  # a model's verdict: who judged and how (None: a person's choice)
+    probabilities: Optional[dict[str, float]] = None  # a model's: of A, B and tie
+
+    @property
+    def is_judge(self) -> bool:
+        return self.judge is not None
 
     @property
     def winner_file(self) -> Optional[str]:
@@ -50,6 +64,12 @@ class PairwiseRating:
     def pair_key(self) -> tuple[str, frozenset[str]]:
         """What was compared, whoever rated it and whatever the sides: the prompt and the two files."""
         return str(self.prompt_id), frozenset(self.files)
+
+    @property
+    def line_key(self) -> tuple:
+        """What one line stands for: a person's line the pair; a judge's line the pair in one order (the file on side
+        A), since a judge rates every pair twice, once in each order."""
+        return (*self.pair_key, self.sides["A"]) if self.is_judge else self.pair_key
 
     @property
     def outcome(self) -> str:
@@ -72,7 +92,7 @@ def parse_pairwise_rating(row: dict[str, Any], where: str, line: int = 0) -> Pai
     """A checked line; one-line error naming `where` (file:line) and the field otherwise."""
     if row.get("kind") != KIND:
         fail(f"{where}: not a pairwise rating (field 'kind' is {row.get('kind')!r}, expected {KIND!r}); "
-             "blind ratings come from python -m alpaca_qlora.rating blind")
+             "blind ratings come from python -m alpaca_qlora.rating blind, a judge's from python -m alpaca_qlora.judge")
     prompt_id = row.get("prompt_id")
     if prompt_id in (None, "") or isinstance(prompt_id, (dict, list, bool)):
         fail(f"{where}: field 'prompt_id' must be a text or a number, got {prompt_id!r}")
@@ -96,8 +116,29 @@ def parse_pairwise_rating(row: dict[str, Any], where: str, line: int = 0) -> Pai
     comment = row.get("comment", "")
     if not isinstance(comment, str):
         fail(f"{where}: field 'comment' must be text, got {type(comment).__name__}")
+    judge, probabilities = (_judge_fields(row, where, choice) if "judge" in row else (None, None))
     return PairwiseRating(prompt_id=prompt_id, files=(files[0], files[1]), sides={"A": sides["A"], "B": sides["B"]},
-                          choice=choice, annotator=annotator, comment=comment, time=str(row.get("time", "")), line=line)
+                          choice=choice, annotator=annotator, comment=comment, time=str(row.get("time", "")), line=line,
+                          judge=judge, probabilities=probabilities)
+
+
+def _judge_fields(row: dict[str, Any], where: str, choice: str) -> tuple[dict[str, Any], dict[str, float]]:
+    """A judge's line: who judged, and the probabilities its choice is the most probable label of."""
+    judge = row["judge"]
+    if not isinstance(judge, dict) or not isinstance(judge.get("model"), str) or not judge["model"].strip():
+        fail(f"{where}: field 'judge' must be an object naming the judge's 'model', got {judge!r}")
+    probabilities = row.get("probabilities")
+    if not isinstance(probabilities, dict) or set(probabilities) != set(JUDGE_LABELS) or not all(
+            isinstance(p, (int, float)) and not isinstance(p, bool) and math.isfinite(p) and 0 <= p <= 1
+            for p in probabilities.values()):
+        fail(f"{where}: field 'probabilities' of a judge's line must give A, B and tie each a probability in [0, 1], "
+             f"got {probabilities!r}")
+    if abs(sum(probabilities.values()) - 1) > PROBABILITY_TOLERANCE:
+        fail(f"{where}: field 'probabilities' must sum to 1, they sum to {sum(probabilities.values())!r}")
+    most_probable = max(JUDGE_LABELS, key=lambda label: probabilities[label])
+    if choice != most_probable:
+        fail(f"{where}: a judge's choice is its most probable label ({most_probable}), the line says {choice}")
+    return judge, {label: float(probabilities[label]) for label in JUDGE_LABELS}
 
 
 def is_rating_line(row: dict[str, Any]) -> bool:
@@ -132,16 +173,16 @@ class RatingsStore:
         if not self.existing.tail_is_ours(LINE_START, is_rating_line):
             fail(f"{flag} {self.path}: its last line (with no newline at its end) is not a pairwise rating; blind "
                  f"ratings come from python -m alpaca_qlora.rating blind: choose another {flag}")
-        self.rated: dict[str, set[tuple[str, frozenset[str]]]] = {}
+        self.rated: dict[str, set[tuple]] = {}  # a person's pairs; a judge's pairs in each order (line_key)
         for rating in self.ratings:
-            self.rated.setdefault(rating.annotator, set()).add(rating.pair_key)
+            self.rated.setdefault(rating.annotator, set()).add(rating.line_key)
         self.lock = threading.Lock()
         self.saved = 0
 
-    def has_rated(self, annotator: str, key: tuple[str, frozenset[str]]) -> bool:
+    def has_rated(self, annotator: str, key: tuple) -> bool:
         return key in self.rated.get(annotator, set())
 
-    def rated_by(self, annotator: str) -> set[tuple[str, frozenset[str]]]:
+    def rated_by(self, annotator: str) -> set[tuple]:
         with self.lock:  # a copy: other requests may be appending
             return set(self.rated.get(annotator, set()))
 
@@ -150,10 +191,11 @@ class RatingsStore:
             return sorted(self.rated)
 
     def append(self, row: dict[str, Any]) -> bool:
-        """Write one rating, flushed and fsynced; False (nothing written) if the annotator already rated the pair."""
+        """Write one rating, flushed and fsynced; False (nothing written) if the annotator already rated the pair (a
+        judge: the pair in this order)."""
         rating = parse_pairwise_rating(row, str(self.path))  # never write a line the reader would refuse
         with self.lock:
-            if self.has_rated(rating.annotator, rating.pair_key):
+            if self.has_rated(rating.annotator, rating.line_key):
                 return False
             self.path.parent.mkdir(parents=True, exist_ok=True)
             if self.saved == 0:
@@ -161,5 +203,5 @@ class RatingsStore:
             append_synced(self.path, row)
             self.saved += 1
             self.ratings.append(rating)
-            self.rated.setdefault(rating.annotator, set()).add(rating.pair_key)
+            self.rated.setdefault(rating.annotator, set()).add(rating.line_key)
         return True

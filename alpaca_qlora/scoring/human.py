@@ -18,6 +18,10 @@
   pairs both rated, on the outcome (which file won, tie, or both bad), with the raw share of equal outcomes.
 
 A pair rated twice by the same annotator (two servers on one file) counts once, with the later choice.
+
+--pairwise_ratings takes one file or several (people's and a judge's, say). A judge's lines (python -m
+alpaca_qlora.judge: two per pair, one in each order) are kept apart from the people's: everything above is the
+people's, and scoring/judged.py reports each judge beside them.
 """
 
 from __future__ import annotations
@@ -131,11 +135,17 @@ def _counts(judgements: list[Judgement], system: int) -> tuple[int, int, int, in
 
 def _bootstrap_share(judgements: list[Judgement], score, prompts: list[str], counts: np.ndarray) -> tuple[float, float]:
     """Percentile interval of sum(score) / n when prompts are resampled (rows of `counts`)."""
-    position = {prompt: index for index, prompt in enumerate(prompts)}
-    totals, sizes = np.zeros(len(prompts)), np.zeros(len(prompts))
-    for judgement in judgements:
-        totals[position[judgement.prompt]] += score(judgement)
-        sizes[position[judgement.prompt]] += 1
+    return share_interval([j.prompt for j in judgements], [score(j) for j in judgements], prompts, counts)
+
+
+def share_interval(units: list, scores: list[float], order: list, counts: np.ndarray) -> tuple[float, float]:
+    """Percentile interval of sum(scores) / n when the units (prompts, pairs) are resampled: a resampled unit brings
+    every score of its own. `order` lists the distinct units, one per column of `counts`."""
+    position = {unit: index for index, unit in enumerate(order)}
+    totals, sizes = np.zeros(len(order)), np.zeros(len(order))
+    for unit, value in zip(units, scores):
+        totals[position[unit]] += value
+        sizes[position[unit]] += 1
     with np.errstate(invalid="ignore", divide="ignore"):
         resampled = (counts @ totals) / (counts @ sizes)
     resampled = resampled[np.isfinite(resampled)]
@@ -249,15 +259,18 @@ def annotator_agreement(judgements: list[Judgement]) -> list[AnnotatorAgreement]
 
 @dataclass
 class PairwiseInput:
-    """The ratings of --pairwise_ratings that compare two of the inputs, as judgements between input files."""
+    """The ratings of --pairwise_ratings that compare two of the inputs: people's as judgements between input files,
+    judges' as read (scoring/judged.py combines each judge's two orders)."""
 
-    path: str
+    path: str  # the file(s) holding people's ratings
     systems: list[Group]  # one per input file, in command-line order
-    judgements: list[Judgement]
-    n_ratings: int
+    judgements: list[Judgement]  # people's
+    n_ratings: int  # people's
     unmatched: int
     repeated: int  # ratings replaced by a later one of the same annotator for the same pair
     choices: dict[str, int] = field(default_factory=dict)
+    inputs: list[str] = field(default_factory=list)  # the input files' absolute paths, as ratings name them
+    judge_ratings: list[tuple[str, PairwiseRating]] = field(default_factory=list)  # (ratings file, a judge's line)
 
 
 @dataclass
@@ -298,41 +311,60 @@ def match_file(rated: str, inputs: list[str]) -> Optional[int]:
     return lengths.index(best) if best > 0 and lengths.count(best) == 1 else None
 
 
-def load_pairwise(path: str, paths: list[str], per_input: list[list[Group]]) -> PairwiseInput:
-    """Read and check the ratings file and tie each rating to two of the inputs (before any scoring)."""
-    ratings = read_ratings(path, FLAG)
-    if not ratings:
-        fail(f"{FLAG} {path}: no ratings in it")
-    inputs = [str(Path(p).resolve()) for p in paths]
+def rated_inputs(rating: PairwiseRating, inputs: list[str]) -> Optional[tuple[int, int]]:
+    """The two inputs a rating compares (indices, as its files are listed), or None when it compares no two."""
+    first, second = (match_file(f, inputs) for f in rating.files)
+    return None if first is None or second is None or first == second else (first, second)
+
+
+def load_pairwise(paths: list[str] | str, inputs: list[str], per_input: list[list[Group]]) -> PairwiseInput:
+    """Read and check the ratings file(s) and tie each rating to two of the inputs (before any scoring); every file
+    must compare two of the inputs at least once."""
+    paths = [paths] if isinstance(paths, str) else list(paths)
+    resolved = [str(Path(p).resolve()) for p in inputs]
+    people: list[PairwiseRating] = []
+    people_files: list[str] = []
+    judged: list[tuple[str, PairwiseRating]] = []
+    for path in paths:
+        ratings = read_ratings(path, FLAG)
+        if not ratings:
+            fail(f"{FLAG} {path}: no ratings in it")
+        outside = sum(rated_inputs(rating, resolved) is None for rating in ratings)
+        if outside == len(ratings):
+            named = sorted({f for r in ratings for f in r.files})
+            fail(f"{FLAG} {path}: none of its {len(ratings)} ratings compares two of the inputs (it rates "
+                 f"{', '.join(named[:4])}{', ...' if len(named) > 4 else ''}); give those generation files as inputs")
+        if outside:
+            print(f"warning: {path}: {outside} rating(s) compare files that are not among the inputs (left out)",
+                  file=sys.stderr)
+        own = [rating for rating in ratings if not rating.is_judge]
+        people += own
+        people_files += [path] if own else []
+        judged += [(path, rating) for rating in ratings if rating.is_judge]
     latest: dict[tuple[str, str, frozenset[str]], PairwiseRating] = {}
-    for rating in ratings:
+    for rating in people:
         latest[(rating.annotator, *rating.pair_key)] = rating
     judgements, unmatched, used_inputs = [], 0, set()
     choices = {choice: 0 for choice in ("A", "B", "tie", "both_bad")}
     for rating in latest.values():
-        indices = [match_file(f, inputs) for f in rating.files]
-        if None in indices or indices[0] == indices[1]:
+        indices = rated_inputs(rating, resolved)
+        if indices is None:
             unmatched += 1
             continue
         first, second = sorted(indices)
-        winner = match_file(rating.winner_file, inputs) if rating.winner_file else None
+        winner = match_file(rating.winner_file, resolved) if rating.winner_file else None
         outcome = rating.choice if winner is None else ("first" if winner == first else "second")
         judgements.append(Judgement(str(rating.prompt_id), first, second, outcome, rating.annotator))
         choices[rating.choice] += 1
         used_inputs.update(indices)
-    if not judgements:
-        named = sorted({f for r in ratings for f in r.files})
-        fail(f"{FLAG} {path}: none of its {len(ratings)} ratings compares two of the inputs (it rates "
-             f"{', '.join(named[:4])}{', ...' if len(named) > 4 else ''}); give those generation files as inputs")
+    for _, rating in judged:
+        used_inputs.update(rated_inputs(rating, resolved) or ())
     for index in sorted(used_inputs):
         if len(per_input[index]) != 1:
-            fail(f"{FLAG} {path}: rates {paths[index]} as one system, but it holds {len(per_input[index])} groups "
-                 "(models or settings); blind rating compares files of one group each")
-    if unmatched:
-        print(f"warning: {path}: {unmatched} rating(s) compare files that are not among the inputs (left out)",
-              file=sys.stderr)
-    return PairwiseInput(path, [groups[0] for groups in per_input], judgements, len(ratings), unmatched,
-                         len(ratings) - len(latest), choices)
+            fail(f"{FLAG} {', '.join(paths)}: rates {inputs[index]} as one system, but it holds "
+                 f"{len(per_input[index])} groups (models or settings); blind rating compares files of one group each")
+    return PairwiseInput(", ".join(people_files or paths), [groups[0] for groups in per_input], judgements, len(people),
+                         unmatched, len(people) - len(latest), choices, resolved, judged)
 
 
 def metric_scores(results: list[Optional[GroupScores]], attribute: str) -> dict[tuple[int, str], float]:
@@ -348,8 +380,9 @@ def metric_scores(results: list[Optional[GroupScores]], attribute: str) -> dict[
 
 
 def summarise_pairwise(pairwise: PairwiseInput, results: list[Optional[GroupScores]], resamples: int,
-                       seed: int) -> PairwiseSummary:
-    """Every statistic of the module docstring; `results` are the inputs' scores in command-line order."""
+                       seed: int, with_metrics: bool = True) -> PairwiseSummary:
+    """Every statistic of the module docstring, of the people's ratings; `results` are the inputs' scores in
+    command-line order. Without reference metrics (`with_metrics` False) there is no metric agreement."""
     judgements, n_systems = pairwise.judgements, len(pairwise.systems)
     compared = {j.first for j in judgements} | {j.second for j in judgements}
     return PairwiseSummary(
@@ -366,6 +399,6 @@ def summarise_pairwise(pairwise: PairwiseInput, results: list[Optional[GroupScor
         head_to_head=head_to_head(judgements, n_systems, resamples, seed),
         bradley_terry=bradley_terry(judgements) if len(compared) > 2 else None,
         metric_agreement={name: metric_agreement(judgements, metric_scores(results, attribute))
-                          for name, attribute in AGREEMENT_METRICS},
+                          for name, attribute in AGREEMENT_METRICS} if with_metrics else {},
         annotator_agreement=annotator_agreement(judgements),
     )

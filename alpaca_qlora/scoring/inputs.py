@@ -42,11 +42,13 @@ class InputConfig:
                           "same instruction, input and prediction (or, in a file without predictions, the same id "
                           "and settings)."},
     )
-    pairwise_ratings: Optional[str] = field(
+    pairwise_ratings: Optional[list[str]] = field(
         default=None,
-        metadata={"help": "JSONL of blind side-by-side choices (python -m alpaca_qlora.rating blind): win rate of "
-                          "each input file with a bootstrap CI, Bradley-Terry strengths (3+ files), agreement of each "
-                          "metric with the choices, and between annotators."},
+        metadata={"help": "JSONL file(s) of side-by-side choices: people's (python -m alpaca_qlora.rating blind) and/or "
+                          "a judge's (python -m alpaca_qlora.judge). People's: win rate of each input file with a "
+                          "bootstrap CI, Bradley-Terry strengths (3+ files), agreement of each metric with the choices, "
+                          "and between annotators. A judge's: its win rates, position consistency, length bias and "
+                          "agreement with the people. Without references, the ratings alone are reported."},
     )
 
 
@@ -83,6 +85,7 @@ class Group:
     label: str = ""
     without_reference: list[str] = field(default_factory=list)  # ids of rows with no reference: not scored
     empty_predictions: int = 0
+    answers: dict[str, str] = field(default_factory=dict)  # every row's prediction by id, with a reference or not
 
     @property
     def key(self) -> str:
@@ -145,8 +148,11 @@ def _csv_rows(path: str, text: str) -> Iterator[tuple[int, dict[str, Any]]]:
 # ---------------------------------------------------------------- records and groups
 
 
-def load_groups(path: str, config: InputConfig) -> list[Group]:
-    """Read one input file into groups (in order of first appearance), validating every row."""
+def load_groups(path: str, config: InputConfig, require_references: bool = True) -> list[Group]:
+    """Read one input file into groups (in order of first appearance), validating every row.
+
+    A file none of whose rows has a reference is refused, unless `require_references` is False (pairwise ratings
+    need no reference): its groups then come back with no records, their answers (and ids) only."""
     groups: dict[str, Group] = {}
     seen_ids: dict[str, dict[str, int]] = {}
     has_ids: Optional[bool] = None
@@ -170,6 +176,7 @@ def load_groups(path: str, config: InputConfig) -> list[Group]:
             fail(f"{where}: duplicate id {sample_id!r} in the same group (first at line {seen_ids[key][sample_id]})")
         seen_ids[key][sample_id] = number
         prediction = _text_field(row, config.prediction_field, where, "--prediction_field")
+        group.answers[sample_id] = prediction
         if row.get(config.reference_field) is None and config.reference_field not in row:
             group.without_reference.append(sample_id)  # new instructions have no reference answer: counted, not scored
             continue
@@ -189,8 +196,11 @@ def load_groups(path: str, config: InputConfig) -> list[Group]:
         fail(f"{path}: no records (only blank lines), nothing to score")
     unreferenced = sum(len(g.without_reference) for g in groups.values())
     if not any(g.records for g in groups.values()):
-        fail(f"{path}: none of its {unreferenced} rows has a reference (field '{config.reference_field}'): nothing to "
-             "score against; choose the field with --reference_field")
+        if require_references:
+            fail(f"{path}: none of its {unreferenced} rows has a reference (field '{config.reference_field}'): nothing "
+                 "to score against; choose the field with --reference_field")
+        label_groups(list(groups.values()))
+        return list(groups.values())
     if unreferenced:
         print(f"warning: {path}: {unreferenced} row(s) have no reference (field '{config.reference_field}') and are not "
               "scored; the report lists them", file=sys.stderr)

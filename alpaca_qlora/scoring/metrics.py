@@ -183,6 +183,13 @@ class Scorers:
         }
 
 
+def bootstrap_settings(config: MetricConfig) -> dict[str, Any]:
+    """The report's settings when no reference metric is computed (no reference): the ratings' bootstrap only."""
+    return {"bootstrap": {"resamples": config.bootstrap, "seed": config.seed,
+                          "interval": "95% percentile bootstrap over prompts (win rates) and over pairs (a judge's "
+                                      "statistics, its agreement with people)"}}
+
+
 def check_config(config: MetricConfig) -> None:
     if config.bootstrap < 1:
         fail(f"--bootstrap must be at least 1, got {config.bootstrap}")

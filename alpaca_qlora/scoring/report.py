@@ -16,7 +16,8 @@ from typing import Any, Optional
 from ..cli import fail
 from ..cli import check_writable_folder
 from ..files import move_in, remove_stale_staging, remove_written, staging_folder
-from .human import PairwiseSummary
+from .human import HeadToHead, PairwiseSummary, WinRate
+from .judged import JudgeSummary, Share
 from .metrics import Comparison, Difference, Estimate, GroupScores, RatingSummary, Scorers, at_resampling_floor
 
 METRICS = (("bleu", "BLEU"), ("rougeL_f1", "ROUGE-L F1"), ("bertscore_f1", "BERTScore F1"))
@@ -39,6 +40,8 @@ class Report:
     pooled_ratings: Optional[RatingSummary] = None
     unmatched_ratings: list[int] = field(default_factory=list)  # ratings of answers that are not among the rows
     human: Optional[PairwiseSummary] = None  # blind side-by-side choices (--pairwise_ratings)
+    judges: list[JudgeSummary] = field(default_factory=list)  # a model's verdicts (--pairwise_ratings), per judge
+    reference_metrics_skipped: Optional[str] = None  # why, when the inputs have no reference
 
 
 COMPLETE_MARKER = "metrics.json"  # written last: a report without it was cut short, and a rerun completes it
@@ -55,11 +58,14 @@ def check_report_dir(config: OutputConfig) -> None:
         fail(f"{folder / COMPLETE_MARKER} already exists; pass --overwrite to replace the report in {folder}")
 
 
-def build_report(inputs: list[str], scorers: Scorers, groups: list[GroupScores], comparisons: list[Comparison],
+def build_report(inputs: list[str], scorers: Optional[Scorers], groups: list[GroupScores], comparisons: list[Comparison],
                  pooled: Optional[RatingSummary] = None, unmatched_ratings: Optional[list[int]] = None,
-                 human: Optional[PairwiseSummary] = None) -> Report:
-    return Report(inputs=inputs, settings=scorers.settings(), groups=groups, comparisons=comparisons,
-                  pooled_ratings=pooled, unmatched_ratings=unmatched_ratings or [], human=human)
+                 human: Optional[PairwiseSummary] = None, judges: Optional[list[JudgeSummary]] = None,
+                 skipped: Optional[str] = None, settings: Optional[dict[str, Any]] = None) -> Report:
+    """`scorers` None (no reference metric computed, `skipped` says why): `settings` holds the bootstrap's."""
+    return Report(inputs=inputs, settings=scorers.settings() if scorers is not None else settings, groups=groups,
+                  comparisons=comparisons, pooled_ratings=pooled, unmatched_ratings=unmatched_ratings or [], human=human,
+                  judges=judges or [], reference_metrics_skipped=skipped)
 
 
 def write_report(report: Report, config: OutputConfig) -> list[Path]:
@@ -95,6 +101,8 @@ def to_json(report: Report) -> dict[str, Any]:
         "groups": [group_row(g, report.settings) for g in report.groups],
         "comparisons": [comparison_row(c) for c in report.comparisons],
     }
+    if report.reference_metrics_skipped:
+        data["reference_metrics"] = {"skipped": report.reference_metrics_skipped}
     if report.pooled_ratings is not None:
         data["ratings_all_groups"] = rating_dict(report.pooled_ratings)
     if report.unmatched_ratings:
@@ -102,6 +110,8 @@ def to_json(report: Report) -> dict[str, Any]:
                                      "note": "ratings of answers that are not among the scored rows"}
     if report.human is not None:
         data["human_pairwise"] = human_dict(report.human, report.settings["bootstrap"])
+    if report.judges:
+        data["judge_pairwise"] = [judge_dict(judge, report.settings["bootstrap"]) for judge in report.judges]
     return finite(data)
 
 
@@ -121,12 +131,8 @@ def human_dict(human: PairwiseSummary, bootstrap: dict[str, Any]) -> dict[str, A
         "ties": "a tie or 'both bad' counts half a win for each side",
         "interval": f"95% percentile bootstrap over prompts (a prompt brings all its ratings), "
                     f"{bootstrap['resamples']} resamples, seed {bootstrap['seed']}",
-        "systems": [{"label": labels[r.system], "source": human.sources[r.system], "n": r.n, "wins": r.wins,
-                     "losses": r.losses, "ties": r.ties, "both_bad": r.both_bad, "win_rate": r.win_rate,
-                     "win_rate_ci95": list(r.ci95)} for r in human.win_rates],
-        "head_to_head": [{"a": labels[h.a], "b": labels[h.b], "n": h.n, "a_wins": h.a_wins, "b_wins": h.b_wins,
-                          "ties": h.ties, "both_bad": h.both_bad, "b_win_rate": h.b_win_rate,
-                          "b_win_rate_ci95": list(h.ci95)} for h in human.head_to_head],
+        "systems": win_rate_rows(human.win_rates, labels, human.sources),
+        "head_to_head": head_to_head_rows(human.head_to_head, labels),
         "bradley_terry": None if bt is None else {
             "strengths": {labels[system]: value for system, value in zip(bt.systems, bt.strengths)},
             "exact_ml": bt.exact,
@@ -144,6 +150,62 @@ def human_dict(human: PairwiseSummary, bootstrap: dict[str, Any]) -> dict[str, A
         "annotator_agreement": [{"a": g.a, "b": g.b, "n_shared": g.n_shared, "cohen_kappa": g.cohen_kappa,
                                  "raw_agreement": g.raw_agreement} for g in human.annotator_agreement],
     }
+
+
+def win_rate_rows(rates: list[WinRate], labels: list[str], sources: list[str]) -> list[dict[str, Any]]:
+    return [{"label": labels[r.system], "source": sources[r.system], "n": r.n, "wins": r.wins, "losses": r.losses,
+             "ties": r.ties, "both_bad": r.both_bad, "win_rate": r.win_rate, "win_rate_ci95": list(r.ci95)}
+            for r in rates]
+
+
+def head_to_head_rows(rows: list[HeadToHead], labels: list[str]) -> list[dict[str, Any]]:
+    return [{"a": labels[h.a], "b": labels[h.b], "n": h.n, "a_wins": h.a_wins, "b_wins": h.b_wins, "ties": h.ties,
+             "both_bad": h.both_bad, "b_win_rate": h.b_win_rate, "b_win_rate_ci95": list(h.ci95)} for h in rows]
+
+
+def share_dict(share: Optional[Share]) -> Optional[dict[str, Any]]:
+    if share is None:
+        return None
+    return {"n": share.n, "k": share.k, "value": share.value, "ci95": None if share.ci95 is None else list(share.ci95)}
+
+
+def judge_dict(judge: JudgeSummary, bootstrap: dict[str, Any]) -> dict[str, Any]:
+    agreement = judge.agreement
+    return {
+        "annotator": judge.annotator,
+        "judge": judge.judge,
+        "ratings_files": judge.files,
+        "n_lines": judge.n_lines,
+        "n_repeated": judge.n_repeated,
+        "n_unmatched": judge.n_unmatched,
+        "n_pairs": judge.n_pairs,
+        "n_both_orders": judge.n_both_orders,
+        "n_one_order": judge.n_one_order,
+        "n_swap_ties": judge.n_swap_ties,
+        "outcomes": judge.outcomes,
+        "verdicts": "one per pair: the same outcome in both orders, else a tie (n_swap_ties); a pair judged in one "
+                    "order keeps that order's verdict",
+        "interval": f"95% percentile bootstrap over pairs (win rates: over prompts), {bootstrap['resamples']} "
+                    f"resamples, seed {bootstrap['seed']}",
+        "position_consistency": share_dict(judge.position_consistency),
+        "side_a": share_dict(judge.side_a),
+        "length_bias": {**share_dict(judge.length_bias), "n_equal_length": judge.n_equal_length,
+                        "people": share_dict(judge.people_length_bias),
+                        "note": "share of decisive verdicts (one per pair) won by the longer answer, in characters; "
+                                "0.5: length does not decide"},
+        "systems": win_rate_rows(judge.win_rates, judge.labels, judge.sources),
+        "head_to_head": head_to_head_rows(judge.head_to_head, judge.labels),
+        "agreement_with_people": None if agreement is None else {
+            "n": agreement.n, "n_pairs": agreement.n_pairs, "judge_ties": agreement.judge_ties,
+            "accuracy": agreement.accuracy, "accuracy_ci95": _list(agreement.accuracy_ci95),
+            "cohen_kappa": agreement.cohen_kappa, "cohen_kappa_ci95": _list(agreement.cohen_kappa_ci95),
+            "note": "over each person's decisive choice (A or B) of a pair the judge judged; a judge's tie is a miss; "
+                    "kappa: sklearn cohen_kappa_score on which system won (or tie)"},
+    }
+
+
+def _list(values: Optional[tuple[float, float]]) -> Optional[list[float]]:
+    return None if values is None else list(values)
 
 
 def _mean(values: list[int]) -> float:
@@ -216,6 +278,8 @@ def finite(value: Any) -> Any:
 
 
 def to_csv(report: Report) -> str:
+    if not report.groups:  # no reference metric computed: the inputs, and why
+        return _skipped_csv(report)
     setting_names: list[str] = []
     for result in report.groups:
         setting_names += [name for name in result.group.settings if name not in setting_names]
@@ -224,6 +288,14 @@ def to_csv(report: Report) -> str:
     writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def _skipped_csv(report: Report) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["input", "reference_metrics"])
+    writer.writerows([path, f"skipped: {report.reference_metrics_skipped}"] for path in report.inputs)
     return buffer.getvalue()
 
 
@@ -256,7 +328,10 @@ SMALL_SAMPLE = 30  # below this many records, bootstrap intervals and p-values a
 
 
 def to_markdown(report: Report) -> str:
-    lines = ["## Scores", "", *_score_table(report), "", *_settings_notes(report.settings), *_count_notes(report)]
+    if report.reference_metrics_skipped:
+        lines = ["## Scores", "", f"Reference metrics skipped: {_md(report.reference_metrics_skipped)}."]
+    else:
+        lines = ["## Scores", "", *_score_table(report), "", *_settings_notes(report.settings), *_count_notes(report)]
     if report.comparisons:
         lines += ["", "## Paired comparison (b - a, over shared ids)", "", *_comparison_table(report.comparisons, 1 / (report.settings["bootstrap"]["resamples"] + 1))]
         small = [c for c in report.comparisons if len(c.pairing.shared_ids) < SMALL_SAMPLE]
@@ -268,6 +343,8 @@ def to_markdown(report: Report) -> str:
         lines += ["", "## Human ratings and their correlation with the metrics", "", *_ratings_table(report)]
     if report.human is not None:
         lines += ["", "## Human pairwise choices (blind side by side)", "", *_human_section(report.human)]
+    for judge in report.judges:
+        lines += ["", f"## A model as judge: `{_md(judge.annotator)}`", "", *_judge_section(judge)]
     return "\n".join(lines) + "\n"
 
 
@@ -292,15 +369,16 @@ def _human_section(human: PairwiseSummary) -> list[str]:
         lines += ["", "Bradley-Terry log-strengths (choix, mean 0; P(i beats j) = 1 / (1 + exp(s_j - s_i))"
                       + ("" if bt.exact else "; regularised: some system never won or never lost") + "): "
                       + ", ".join(f"{_md(labels[system])} {value:+.3f}" for value, system in ranked) + "."]
-    lines += ["", "| Metric | rated pairs | decisive | pairwise accuracy | metric ties | Kendall's tau |",
-              "|---|---:|---:|---|---:|---|"]
-    for name, a in human.metric_agreement.items():
-        accuracy = "n/a" if a.pairwise_accuracy is None else f"{a.pairwise_accuracy:.3f}"
-        tau = "n/a" if a.kendall_tau is None else f"{a.kendall_tau:.3f}"
-        lines.append(f"| {name} | {a.n} | {a.n_decisive} | {accuracy} | {a.metric_ties} | {tau} |")
-    lines += ["", "Pairwise accuracy: share of decisive choices where the per-sample metric scores the chosen answer "
-                  "higher (a metric tie is a miss). Kendall's tau-b (scipy) of the choice (+1 / 0 / -1) against the "
-                  "metric difference, each rating in both orientations."]
+    if human.metric_agreement:  # none without reference metrics
+        lines += ["", "| Metric | rated pairs | decisive | pairwise accuracy | metric ties | Kendall's tau |",
+                  "|---|---:|---:|---|---:|---|"]
+        for name, a in human.metric_agreement.items():
+            accuracy = "n/a" if a.pairwise_accuracy is None else f"{a.pairwise_accuracy:.3f}"
+            tau = "n/a" if a.kendall_tau is None else f"{a.kendall_tau:.3f}"
+            lines.append(f"| {name} | {a.n} | {a.n_decisive} | {accuracy} | {a.metric_ties} | {tau} |")
+        lines += ["", "Pairwise accuracy: share of decisive choices where the per-sample metric scores the chosen "
+                      "answer higher (a metric tie is a miss). Kendall's tau-b (scipy) of the choice (+1 / 0 / -1) "
+                      "against the metric difference, each rating in both orientations."]
     if human.annotator_agreement:
         lines += ["", "| Annotators | shared pairs | Cohen's kappa | raw agreement |", "|---|---:|---|---|"]
         for g in human.annotator_agreement:
@@ -313,6 +391,66 @@ def _human_section(human: PairwiseSummary) -> list[str]:
         notes.append(f"{human.repeated} rating(s) were given again by the same annotator for the same pair; the later "
                      "one counts.")
     return lines + (["", *notes] if notes else [])
+
+
+def _judge_section(judge: JudgeSummary) -> list[str]:
+    info = judge.judge
+    precision = info.get("precision") or {}
+    lines = [f"`{_md(str(info.get('name') or info.get('model')))}` judged {judge.n_pairs} pair(s) from "
+             f"{', '.join(f'`{_md(path)}`' for path in judge.files)} ({judge.n_lines} lines; template "
+             f"`{_md(str(info.get('template')))}` {str(info.get('template_sha256', ''))[:12]}, "
+             f"{info.get('format')} prompt, {precision.get('quantization', '?')}/{precision.get('compute_dtype', '?')}). "
+             f"Each pair is asked in both orders; a verdict that changes with the order counts as a tie: "
+             f"**{judge.n_swap_ties} of {judge.n_both_orders}** pair(s) judged in both orders"
+             + (f"; {judge.n_one_order} pair(s) were judged in one order only and keep that verdict" if judge.n_one_order
+                else "") + ".", "",
+             "| What to trust | value [95% interval] | n |", "|---|---|---:|",
+             _share_row("Position consistency (the verdict survives the swap)", judge.position_consistency, "pairs"),
+             _share_row("Answer A picked (decisive verdicts of one order; 0.5: no side preferred)", judge.side_a,
+                        "verdicts"),
+             _share_row("Longer answer wins (decisive verdicts; 0.5: length does not decide)", judge.length_bias,
+                        "pairs")]
+    if judge.people_length_bias is not None:
+        lines.append(_share_row("People: longer answer wins (their decisive choices)", judge.people_length_bias,
+                                "choices"))
+    agreement = judge.agreement
+    if agreement is not None:
+        lines += [f"| Agreement with people: accuracy (pairs a person did not call a tie; a judge's tie misses) | "
+                  f"{_value_ci(agreement.accuracy, agreement.accuracy_ci95)} | {agreement.n} |",
+                  f"| Agreement with people: Cohen's kappa | {_value_ci(agreement.cohen_kappa, agreement.cohen_kappa_ci95)}"
+                  f" | {agreement.n} |"]
+    labels = judge.labels
+    if judge.win_rates:
+        lines += ["", "| System | comparisons | wins | losses | ties | judge's win rate |", "|---|---:|---:|---:|---:|---|"]
+        for r in judge.win_rates:
+            lines.append(f"| {_md(labels[r.system])} | {r.n} | {r.wins} | {r.losses} | {r.ties} | "
+                         f"{r.win_rate:.3f} [{r.ci95[0]:.3f}, {r.ci95[1]:.3f}] |")
+    if len(judge.head_to_head) > 1:
+        lines += ["", "| a | b | n | a wins | b wins | ties | b's win rate |", "|---|---|---:|---:|---:|---:|---|"]
+        for h in judge.head_to_head:
+            lines.append(f"| {_md(labels[h.a])} | {_md(labels[h.b])} | {h.n} | {h.a_wins} | {h.b_wins} | {h.ties} | "
+                         f"{h.b_win_rate:.3f} [{h.ci95[0]:.3f}, {h.ci95[1]:.3f}] |")
+    notes = ["A judge's verdict is a model's reading, not a person's: trust it as far as the rows above allow "
+             "(a small judge, such as a 135M model, is expected to be poor). Intervals: bootstrap over pairs; win rates "
+             "over prompts, ties counting half."]
+    if judge.length_bias.n and judge.n_equal_length:
+        notes.append(f"{judge.n_equal_length} decisive verdict(s) between answers of equal length are not in the "
+                     "length row.")
+    if judge.n_unmatched:
+        notes.append(f"{judge.n_unmatched} line(s) compare files that are not among the inputs and are left out.")
+    if judge.n_repeated:
+        notes.append(f"{judge.n_repeated} line(s) were given again for the same pair and order; the later one counts.")
+    return lines + ["", *notes]
+
+
+def _value_ci(value: Optional[float], ci95: Optional[tuple[float, float]]) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:.3f}" if ci95 is None else f"{value:.3f} [{ci95[0]:.3f}, {ci95[1]:.3f}]"
+
+
+def _share_row(what: str, share: Share, unit: str) -> str:
+    return f"| {what} | {_value_ci(share.value, share.ci95)} | {share.n} {unit} |"
 
 
 def _count_notes(report: Report) -> list[str]:
@@ -406,6 +544,8 @@ def _md(text: str) -> str:
 
 
 def to_scores_jsonl(report: Report) -> str:
+    if not report.groups:  # no reference metric computed: no per-sample score
+        return ""
     lines = []
     for result in report.groups:
         samples = result.samples
@@ -425,12 +565,49 @@ def to_scores_jsonl(report: Report) -> str:
 
 
 def to_png(report: Report) -> bytes:
-    """Horizontal grouped bars, one block per group, all metrics on one 0-1 axis (BLEU divided by 100)."""
+    """Horizontal grouped bars, one block per group, all metrics on one 0-1 axis (BLEU divided by 100); below them
+    the people's win rates and each judge's, when given (the rating panels alone without reference metrics)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    panels = []  # (height in inches, drawing function)
+    if report.groups:
+        panels.append((1.6 + 0.7 * len(report.groups), lambda axes: _metric_bars(axes, report)))
+    if report.human is not None:
+        human = report.human
+        panels.append((1.2 + 0.45 * len(human.win_rates), lambda axes: _win_rate_bars(
+            axes, human.win_rates, human.labels, "human win rate in blind side-by-side choices (ties count half), "
+                                                 "95% bootstrap interval over prompts")))
+    for judge in report.judges:
+        if judge.win_rates:
+            panels.append((1.2 + 0.45 * len(judge.win_rates), lambda axes, judge=judge: _win_rate_bars(
+                axes, judge.win_rates, judge.labels, f"win rate by {judge.annotator} (one verdict per pair from both "
+                                                     "orders, ties count half), 95% bootstrap interval over prompts")))
+    if not panels:
+        panels.append((1.5, lambda axes: axes.text(0.5, 0.5, "no ratings compare two inputs", ha="center")))
+    heights = [height for height, _ in panels]
+    if len(panels) == 1:
+        figure, axes = plt.subplots(figsize=(9, heights[0]), layout="constrained")
+        axes_list = [axes]
+    else:
+        figure, axes_list = plt.subplots(len(panels), 1, figsize=(9, sum(heights)), height_ratios=heights,
+                                         layout="constrained")
+    for axes, (_, draw) in zip(axes_list, panels):
+        draw(axes)
+    if report.groups:
+        figure.legend(loc="outside lower center", ncol=3, fontsize=8, frameon=False)
+        figure.suptitle(f"Scores per group with 95% bootstrap intervals (n = {_sizes(report)} per group)", fontsize=10)
+    else:
+        figure.suptitle("Pairwise ratings (no reference metrics: the inputs have no reference)", fontsize=10)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=150)
+    plt.close(figure)
+    return buffer.getvalue()
+
+
+def _metric_bars(axes, report: Report) -> None:
     bert = report.settings["bertscore"]
     series = [
         ("BLEU / 100 (corpus, sacrebleu)", [_scaled(r.bleu, 0.01) for r in report.groups], "#4C72B0", 100.0),
@@ -440,14 +617,6 @@ def to_png(report: Report) -> bytes:
     ]
     labels = [r.group.label for r in report.groups]
     height = 0.26
-    metric_height = 1.6 + 0.7 * len(labels)
-    if report.human is None:
-        figure, axes = plt.subplots(figsize=(9, metric_height), layout="constrained")
-    else:
-        human_height = 1.2 + 0.45 * len(report.human.win_rates)
-        figure, (axes, human_axes) = plt.subplots(2, 1, figsize=(9, metric_height + human_height),
-                                                  height_ratios=[metric_height, human_height], layout="constrained")
-        _win_rate_bars(human_axes, report.human)
     for offset, (name, values, color, unscale) in enumerate(series):
         positions = [i + (offset - 1) * height for i in range(len(labels))]
         errors = [[value - low for value, low, _ in values], [high - value for value, _, high in values]]
@@ -462,17 +631,10 @@ def to_png(report: Report) -> bytes:
     axes.set_xlim(min(0.0, lowest * 1.1), 1.0)
     axes.set_xlabel("score (BLEU divided by 100; numbers: BLEU 0-100, others 0-1)")
     axes.grid(axis="x", alpha=0.3)
-    figure.legend(loc="outside lower center", ncol=3, fontsize=8, frameon=False)
-    figure.suptitle(f"Scores per group with 95% bootstrap intervals (n = {_sizes(report)} per group)", fontsize=10)
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=150)
-    plt.close(figure)
-    return buffer.getvalue()
 
 
-def _win_rate_bars(axes, human: PairwiseSummary) -> None:
-    """Each system's human win rate (ties half) with its bootstrap interval, 0.5 marked."""
-    rates = human.win_rates
+def _win_rate_bars(axes, rates: list[WinRate], labels: list[str], xlabel: str) -> None:
+    """Each system's win rate (ties half) with its bootstrap interval, 0.5 marked."""
     values = [r.win_rate for r in rates]
     errors = [[r.win_rate - r.ci95[0] for r in rates], [r.ci95[1] - r.win_rate for r in rates]]
     axes.barh(range(len(rates)), values, height=0.5, xerr=errors, color="#8172B3",
@@ -480,11 +642,11 @@ def _win_rate_bars(axes, human: PairwiseSummary) -> None:
     for position, rate in enumerate(rates):
         axes.text(rate.ci95[1] + 0.01, position, f"{rate.win_rate:.2f} (n = {rate.n})", va="center", fontsize=6.5)
     axes.axvline(0.5, color="#555555", linestyle="--", linewidth=0.8)
-    axes.set_yticks(range(len(rates)), labels=[human.labels[r.system] for r in rates], fontsize=8)
+    axes.set_yticks(range(len(rates)), labels=[labels[r.system] for r in rates], fontsize=8)
     axes.invert_yaxis()
     axes.set_xlim(0.0, 1.15)  # room for the numbers right of an interval that reaches 1
     axes.set_xticks([0.0, 0.2, 0.4, 0.6, 0.8, 1.0])
-    axes.set_xlabel("human win rate in blind side-by-side choices (ties count half), 95% bootstrap interval over prompts")
+    axes.set_xlabel(xlabel, fontsize=8)
     axes.grid(axis="x", alpha=0.3)
 
 

@@ -88,8 +88,17 @@ def check_training(config: StudyConfig, path: str) -> None:
              "keeps (training.val_set_size and training.max_samples set them)")
 
 
+def check_judge(config: StudyConfig, path: str) -> None:
+    """The judge, as python -m alpaca_qlora.judge takes it: a causal LM that is there (a folder, cached, or the Hub)."""
+    from ..judge.job import check_judge_model
+
+    with refused_as(path, {"judge": "judge"}):
+        check_judge_model(config.judge)
+
+
 def check_steps_accept(config: StudyConfig, path: str) -> None:
-    """The sweep, the scoring's backbone and the training runs (their data last), as the steps will take them."""
+    """The sweep, the scoring's backbone, the judge and the training runs (their data last), as the steps will take
+    them."""
     from ..scoring.metrics import resolve_backbone
 
     with refused_as(path, {"sweep": "sweep"}):
@@ -97,4 +106,6 @@ def check_steps_accept(config: StudyConfig, path: str) -> None:
     with refused_as(f"{path}: bertscore_model {config.bertscore_model}",
                     {"bertscore_model": "bertscore_model", "bertscore_num_layers": "bertscore_num_layers"}):
         resolve_backbone(metric_config(config))
+    if config.judge:
+        check_judge(config, path)
     check_training(config, path)

@@ -7,6 +7,7 @@ results_dir/
                              eval_results.json (held-out loss before and after training)
   scores/scores.jsonl        per-record sentence BLEU, ROUGE-L F1 and BERTScore F1 of every generation file
   sweep_scores/scores.jsonl  the same for the decoding sweep
+  judge/<tuned>.jsonl        with a `judge` in the config: its verdicts on base against each tuned file, both orders
   timings.json               wall seconds of every step, legs of a resumed step added
 
 The report is made from these files by `load_study_data`, in the study and in `python -m alpaca_qlora.study.rebuild`
@@ -17,7 +18,7 @@ texts and must equal the per-record values on file; BERTScore is read from the f
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -27,15 +28,19 @@ from ..files import atomic_write_json
 from ..jsonl import read_objects
 from ..files import read_json_file
 from ..run_folder import EVAL_RESULTS, RUN_CONFIG, RUN_INFO, TRAIN_LOG, RunFolder
+from ..scoring.human import load_pairwise
 from ..scoring.inputs import Group, InputConfig, load_groups, pair_groups
+from ..scoring.judged import JudgeSummary, summarise_judges
 from ..scoring.metrics import (
     Comparison, GroupScores, SampleScores, Scorers, bleu_statistics, compare, rouge_l_f1, sentence_bleu, summarise,
 )
-from .comparisons import comparison_pairs
+from .comparisons import comparison_pairs, judged_runs
 from .config import StudyConfig, TrainingRun
+from .scores import metric_config
 
 RUN_SMALL_FILES = (RUN_CONFIG, RUN_INFO, TRAIN_LOG, EVAL_RESULTS)
 SCORES_FILE = "scores.jsonl"
+JUDGE_FOLDER = "judge"
 TIMINGS_FILE = "timings.json"
 # Per-record BLEU and ROUGE-L recomputed from the texts must equal the committed values to this tolerance (the
 # committed file holds Python floats written by json: the same computation gives the same float).
@@ -52,6 +57,7 @@ class StudyData:
     comparisons: dict[tuple[str, str], Comparison]  # (a, b) -> b minus a
     sweep: list[GroupScores]
     timings: dict[str, float]
+    judged: dict[str, JudgeSummary] = field(default_factory=dict)  # tuned name -> the judge on base vs it (if any)
 
 
 def generations_folder(results_dir: Path) -> Path:
@@ -63,12 +69,16 @@ def committed_generations(results_dir: Path, files: dict[str, Path]) -> dict[str
 
 
 def save_inputs(config: StudyConfig, runs: dict[TrainingRun, RunFolder], files: dict[str, Path], sweep_file: Path,
-                timings, results_dir: Path) -> None:
-    """Copy the generations, the runs' small files and the timings into results_dir (all small; committed)."""
+                timings, results_dir: Path, judged: dict[str, Path] | None = None) -> None:
+    """Copy the generations, the judge's verdicts, the runs' small files and the timings into results_dir (all small;
+    committed)."""
     generations = generations_folder(results_dir)
     generations.mkdir(parents=True, exist_ok=True)
     for name, path in {**files, "sweep": sweep_file}.items():
         shutil.copyfile(path, generations / f"{name}.jsonl")
+    for name, path in (judged or {}).items():
+        (results_dir / JUDGE_FOLDER).mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, results_dir / JUDGE_FOLDER / f"{name}.jsonl")
     for run, folder in runs.items():
         target = results_dir / "runs" / run.name
         target.mkdir(parents=True, exist_ok=True)
@@ -95,7 +105,27 @@ def load_study_data(config: StudyConfig, scorers: Scorers) -> StudyData:
              for group in load_groups(str(generations_folder(results_dir) / "sweep.jsonl"), InputConfig())]
     timings_path = results_dir / TIMINGS_FILE
     timings = read_json_file(timings_path) if timings_path.is_file() else {}
-    return StudyData(config, runs, scores, comparisons, sweep, timings)
+    judged = judge_summaries(config, groups) if config.judge else {}
+    return StudyData(config, runs, scores, comparisons, sweep, timings, judged)
+
+
+def judge_summaries(config: StudyConfig, groups: dict[str, Group]) -> dict[str, JudgeSummary]:
+    """The committed verdicts of the judge on base against each tuned file, read and summarised as
+    evaluate_metrics.py --pairwise_ratings does (the same bootstrap as the scores)."""
+    results_dir = Path(config.results_dir)
+    base = f"base-{config.main_quantization}"
+    summaries = {}
+    for run in judged_runs(config):
+        path = results_dir / JUDGE_FOLDER / f"{run.tuned}.jsonl"
+        if not path.is_file():
+            fail(f"{path}: missing; the study has not judged '{run.tuned}' yet (run the study again)")
+        files = [str(generations_folder(results_dir) / f"{name}.jsonl") for name in (base, run.tuned)]
+        pairwise = load_pairwise([str(path)], files, [[groups[base]], [groups[run.tuned]]])
+        judges = summarise_judges(pairwise, config.bootstrap, metric_config(config).seed)
+        if len(judges) != 1:
+            fail(f"{path}: expected the verdicts of one judge, found {len(judges)} (people's ratings or other judges)")
+        summaries[run.tuned] = judges[0]
+    return summaries
 
 
 def named_group(path: Path, name: str) -> Group:

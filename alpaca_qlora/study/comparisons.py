@@ -38,6 +38,11 @@ def budget_pairs(config: StudyConfig) -> list[tuple[str, str]]:
             for budget in config.budgets[1:] for seed in config.seeds_at(budget) if seed in config.seeds_at(smallest)]
 
 
+def judged_runs(config: StudyConfig) -> list[TrainingRun]:
+    """The runs a configured judge compares with the untuned base: the main precision's, every budget and seed."""
+    return [run for run in config.runs() if run.precision == config.main_quantization]
+
+
 def sweep_run_of(config: StudyConfig) -> TrainingRun:
     """The decoding sweep runs on the main precision's largest budget, first seed."""
     budget = config.budgets[-1]

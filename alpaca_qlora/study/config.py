@@ -46,6 +46,7 @@ class StudyConfig:
     bertscore_num_layers: int | None = None  # the layer BERTScore uses; a model folder needs it
     bootstrap: int = 1000
     reading: str = ""  # the authors' reading of the results, printed in the report
+    judge: str | None = None  # a causal LM that judges tuned against base (python -m alpaca_qlora.judge); None: no judge
 
     @property
     def main_quantization(self) -> str:
@@ -115,7 +116,7 @@ def load_study_config(path: str, overrides: dict) -> StudyConfig:
     for name in PATH_FIELDS:
         if isinstance(values.get(name), str):
             values[name] = resolve(values[name], config_folder)
-    for name in ("base_model", "bertscore_model"):  # a model folder, or a name (a hub id, minilm, package:...)
+    for name in ("base_model", "bertscore_model", "judge"):  # a model folder, or a name (a hub id, minilm, package:...)
         model = values.get(name)
         if isinstance(model, str) and not model.startswith(PACKAGE_PREFIX) and (looks_like_path(model) or (config_folder / model).exists()):
             values[name] = resolve(model, config_folder)
@@ -179,6 +180,8 @@ def check_study_config(config: StudyConfig, path: str) -> None:
         value = getattr(config, name)
         if not isinstance(value, str) or (name != "reading" and not value.strip()):
             fail(f"{path}: {name} must be a text, got {value!r}")
+    if config.judge is not None and (not isinstance(config.judge, str) or not config.judge.strip()):
+        fail(f"{path}: judge must name a model (a causal LM), got {config.judge!r}")
     if "/" in config.name:
         fail(f"{path}: name {config.name!r} begins the figures' file names ({config.name}_sweep.png); use no '/'")
     minimums = {"eval_records": 1, "max_new_tokens": 1, "generation_batch_size": 1, "sweep_records": 1, "bootstrap": 1,

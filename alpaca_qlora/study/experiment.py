@@ -1,6 +1,7 @@
 """The study end to end: fine-tune, generate on held-out records with the base and the tuned model at the same
 base precision, score with paired tests, follow the scores over training budgets, compare base precisions
-(quantization), and sweep decoding settings.
+(quantization), and sweep decoding settings; with `judge: MODEL` in the config, a model also judges tuned against
+base (python -m alpaca_qlora.judge) and the report gives its win rate beside the metrics.
 
     python -m alpaca_qlora.experiment --config experiments/stories260k.yaml
 
@@ -21,11 +22,11 @@ from ..cli import fail
 from .checks import check_steps_accept
 from .config import StudyConfig, load_study_config
 from .committed import committed_generations, load_study_data, save_inputs
-from .comparisons import comparison_pairs, sweep_run_of
+from .comparisons import comparison_pairs, judged_runs, sweep_run_of
 from .report import write_study_report
 from .scores import make_scorers, score_files, score_sweep
 from ..jobs import Timings
-from .steps import base_model_arguments, generate, prompt_files, sweep_size, train, train_folder
+from .steps import base_model_arguments, generate, judge, prompt_files, sweep_size, train, train_folder
 
 
 def run_study(config: StudyConfig) -> Path:
@@ -43,16 +44,19 @@ def run_study(config: StudyConfig) -> Path:
     sweep_run = sweep_run_of(config)
     sweep_file = generate(config, "sweep", ["--adapter", str(train_folder(config, sweep_run))], sweep_prompts,
                           config.sweep_records * sweep_size(config), timings, ["--sweep", config.sweep])
+    base = files[f"base-{config.main_quantization}"]
+    judged = {run.tuned: judge(config, base, files[run.tuned], run.tuned, timings)
+              for run in judged_runs(config)} if config.judge else {}
 
     print("[score] every generation file, in this process", flush=True)
     started = time.time()
     scorers = make_scorers(config)
     results_dir = Path(config.results_dir)
-    save_inputs(config, runs, files, sweep_file, timings, results_dir)
+    save_inputs(config, runs, files, sweep_file, timings, results_dir, judged)
     score_files(committed_generations(results_dir, files), comparison_pairs(config), scorers, results_dir / "scores")
     score_sweep(results_dir / "generations" / "sweep.jsonl", scorers, results_dir / "sweep_scores")
     timings.record("score", time.time() - started)
-    save_inputs(config, runs, files, sweep_file, timings, results_dir)  # the scoring's time too
+    save_inputs(config, runs, files, sweep_file, timings, results_dir, judged)  # the scoring's time too
     report = write_study_report(load_study_data(config, scorers))
     print(f"report: {report}")
     return report

@@ -17,10 +17,12 @@ from pathlib import Path
 from ..files import atomic_write_text
 from ..plots import plt, save_figure
 from ..run_folder import RunFolder
+from ..scoring.human import WinRate
+from ..scoring.judged import JudgeSummary
 from ..scoring.metrics import Comparison, Difference, Estimate, at_resampling_floor
 from ..scoring.report import SMALL_SAMPLE, finite
 from .committed import StudyData
-from .comparisons import budget_pairs, holm, p_text, sweep_run_of
+from .comparisons import budget_pairs, holm, judged_runs, p_text, sweep_run_of
 from .config import PATH_FIELDS as PATH_KEYS, TrainingRun
 
 # (key, label, decimals): corpus BLEU and per-record (sentence) BLEU side by side; they can disagree.
@@ -168,8 +170,22 @@ def setup_section(data: StudyData) -> list[str]:
         f"- {REFERENCES_NOTE}",
         "- Base and tuned models are compared at the same base precision; the effect of quantizing the base is a "
         "comparison of its own.",
+        *judge_setup(data),
         f"- Machine(s): {', '.join(machines)}, {first.info()['machine']['platform']}; {versions}.", "",
     ]
+
+
+def judge_setup(data: StudyData) -> list[str]:
+    """The judge's line of the setup: none without a judge in the config."""
+    if not data.config.judge:
+        return []
+    info = next(iter(data.judged.values())).judge
+    return [f"- A model as judge: `{shown(data.config.judge)}` (python -m alpaca_qlora.judge, template "
+            f"`{info.get('template')}` {str(info.get('template_sha256', ''))[:12]}, {info.get('format')} prompt) says "
+            "which of the base's and the tuned model's answers is better, asked in both orders; a verdict that "
+            "changes with the order counts as a tie. Its win rate of the tuned model counts ties half, with a 95% "
+            "bootstrap interval over records; it is a model's reading, to be trusted only as far as its position "
+            "consistency (below) allows."]
 
 
 def warmup_text(warmup: float) -> str:
@@ -190,16 +206,18 @@ def budgets_section(data: StudyData) -> list[str]:
              "Each value is the mean over the budget's seeds, with their range in brackets; each seed's interval is "
              "in the paired table below and in metrics.json.", "",
              "| model | steps | records trained on | seeds | held-out loss | "
-             + " | ".join(label for _, label, _ in METRICS) + " | empty answers |",
-             "|---|---:|---:|---:|---:|" + "---|" * len(METRICS) + "---:|",
+             + " | ".join(label for _, label, _ in METRICS) + judge_header(data) + " | empty answers |",
+             "|---|---:|---:|---:|---:|" + "---|" * len(METRICS) + ("---|" if data.judged else "") + "---:|",
              f"| base (untuned) | 0 | 0 | - | {base_loss:.4f} | "
              + " | ".join(fmt_estimate(getattr(data.scores[base], key), digits) for key, _, digits in METRICS)
-             + f" | {data.scores[base].group.empty_predictions} |"]
+             + (" | -" if data.judged else "") + f" | {data.scores[base].group.empty_predictions} |"]
     for budget in config.budgets:
         runs = budget_runs(data, budget)
         batch = data.runs[runs[0]].config()["train"]["per_device_train_batch_size"]
         cells = [fmt_spread([getattr(data.scores[run.tuned], key).value for run in runs], digits) for key, _, digits in METRICS]
         empty = fmt_spread([data.scores[run.tuned].group.empty_predictions for run in runs], 1)
+        if data.judged:
+            cells.append(fmt_spread([tuned_win_rate(data.judged[run.tuned]).win_rate for run in runs], 3))
         lines.append(f"| tuned | {budget} | {budget * batch:,} | {len(runs)} | "
                      f"{fmt_spread([final_loss(data.runs[run]) for run in runs], 4)} | {' | '.join(cells)} | {empty} |")
     table = Table(floor_of(data))
@@ -216,9 +234,38 @@ def budgets_section(data: StudyData) -> list[str]:
         table.add([f"{run.budget} - {config.budgets[0]}", f"{run.seed}", str(len(comparison.pairing.shared_ids))],
                   differences_of(comparison))
     lines += table.lines(["steps", "seed", "n"]) if table.rows else ["(only one budget)"]
+    lines += judge_table(data)
     lines += caution(list(data.comparisons.values()))
     return lines + ["", "The learning curves (every held-out evaluation of every run, step 0 included) and the scores "
                         "by budget (one point per seed):", "", "![learning curve](learning_curve.png)", ""]
+
+
+def judge_header(data: StudyData) -> str:
+    return " | judge: tuned's win rate vs base" if data.judged else ""
+
+
+def tuned_win_rate(judged: JudgeSummary) -> WinRate:
+    """The tuned model's (the second file's) win rate against the base, ties half."""
+    return next(rate for rate in judged.win_rates if rate.system == 1)
+
+
+def judge_table(data: StudyData) -> list[str]:
+    """One row per judged run: the tuned model's win rate with its interval and how far the judge can be trusted."""
+    if not data.judged:
+        return []
+    lines = ["", f"### A model as judge (`{shown(data.config.judge)}`): tuned against base, one row per run", "",
+             "| steps | seed | pairs | tuned wins | base wins | ties | tuned's win rate [95% CI] | position consistency | "
+             "verdict changed with the order (tie) |", "|---:|---:|---:|---:|---:|---:|---|---|---:|"]
+    for run in judged_runs(data.config):
+        judged = data.judged[run.tuned]
+        rate = tuned_win_rate(judged)
+        consistency = judged.position_consistency
+        consistency_text = "-" if consistency.value is None else f"{consistency.value:.3f}"
+        lines.append(f"| {run.budget} | {run.seed} | {judged.n_pairs} | {rate.wins} | {rate.losses} | {rate.ties} | "
+                     f"{rate.win_rate:.3f} [{rate.ci95[0]:.3f}, {rate.ci95[1]:.3f}] | {consistency_text} | "
+                     f"{judged.n_swap_ties} |")
+    return lines + ["", "A win rate above 0.5 favours the tuned model; ties count half. Position consistency: the share "
+                        "of pairs whose verdict survives swapping the answers' order."]
 
 
 def caution(comparisons: list[Comparison]) -> list[str]:
@@ -420,10 +467,11 @@ def summary(data: StudyData) -> dict:
         return {"a": d.a, "b": d.b, "difference": d.difference, "ci95": list(d.ci95), "p_value": d.p_value}
 
     return {
-        # keys added since (recipes, stop) only when set: the summaries of studies without them stay as committed
+        # keys added since (recipes, stop, judge) only when set: the summaries of studies without them stay as committed
         "config": {**{k: v for k, v in vars(data.config).items()
-                      if k not in ("reading", *PATH_KEYS) and not (k in UNSET_WHEN_EMPTY and not v)},
-                   "base_model": shown(data.config.base_model), "bertscore_model": shown(data.config.bertscore_model)},
+                      if k not in ("reading", "judge", *PATH_KEYS) and not (k in UNSET_WHEN_EMPTY and not v)},
+                   "base_model": shown(data.config.base_model), "bertscore_model": shown(data.config.bertscore_model),
+                   **({"judge": shown(data.config.judge)} if data.config.judge else {})},
         "scores": {name: {"n": len(s.group.records), "empty_predictions": s.group.empty_predictions,
                           **{key: estimate(getattr(s, key)) for key, _, _ in METRICS}} for name, s in data.scores.items()},
         "comparisons": [{"a": a, "b": b, "n": len(c.pairing.shared_ids), **{key: difference(getattr(c, key)) for key, _, _ in METRICS}}
@@ -434,7 +482,22 @@ def summary(data: StudyData) -> dict:
         "sweep": [{"label": r.group.label, "n": len(r.group.records), **{key: estimate(getattr(r, key)) for key, _, _ in METRICS}}
                   for r in data.sweep],
         "timings_seconds": data.timings,
+        **judge_summary(data),
     }
+
+
+def judge_summary(data: StudyData) -> dict:
+    """The judge's numbers for metrics.json: nothing without a judge in the config."""
+    if not data.judged:
+        return {}
+    rows = {}
+    for name, judged in data.judged.items():
+        rate = tuned_win_rate(judged)
+        rows[name] = {"n_pairs": judged.n_pairs, "tuned_wins": rate.wins, "base_wins": rate.losses, "ties": rate.ties,
+                      "tuned_win_rate": rate.win_rate, "ci95": list(rate.ci95),
+                      "position_consistency": judged.position_consistency.value, "n_swap_ties": judged.n_swap_ties,
+                      "annotator": judged.annotator}
+    return {"judge": {"model": shown(data.config.judge), "tuned_vs_base": rows}}
 
 
 def render_report(data: StudyData) -> str:

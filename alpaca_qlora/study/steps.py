@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..cli import fail
-from ..jobs import GENERATE_JOB, TRAIN_JOB, Timings, run_job
+from ..jobs import GENERATE_JOB, JUDGE_JOB, TRAIN_JOB, Timings, run_job
 from ..jsonl import read_appendable, write_jsonl
 from ..run_folder import RunFolder
 from .config import StudyConfig, TrainingRun
@@ -98,6 +98,23 @@ def generate(config: StudyConfig, name: str, model: list[str], prompts: Path, ex
 def stop_arguments(config: StudyConfig) -> list[str]:
     """--stop=TEXT for each stop string (the = form: a stop string may begin with '-')."""
     return [f"--stop={stop}" for stop in config.stop or []]
+
+
+def judge_file(config: StudyConfig, name: str) -> Path:
+    return Path(config.run_dir) / "judge" / f"{name}.jsonl"
+
+
+def judge(config: StudyConfig, base: Path, tuned: Path, name: str, timings: Timings) -> Path:
+    """The configured judge on base against tuned, every record in both orders; skipped when every verdict is there
+    (the judge resumes a partial file itself)."""
+    output = judge_file(config, name)
+    title = f"judge ({name})"
+    expected = 2 * config.eval_records
+    if complete_lines(output) >= expected:
+        skip(title, f"{output} holds its {expected} verdicts")
+        return output
+    run_job(title, JUDGE_JOB, [str(base), str(tuned), "--judge", config.judge, "--ratings_file", str(output)], timings)
+    return output
 
 
 def sweep_size(config: StudyConfig) -> int:
