@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import sys
+import tempfile
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -79,8 +80,12 @@ def gguf_folder(gguf_path: str) -> Path:
         return target
     print(f"converting {source.name} to a model folder once (weights dequantized to fp32): {target}", file=sys.stderr)
     try:
-        model = AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name, dtype=torch.float32)
-        tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
+        # Read from a folder holding the file alone: beside other files (a merged model's folder) transformers takes
+        # a tokenizer.json it finds there instead of the GGUF's vocabulary, and then sets no BOS/EOS.
+        with tempfile.TemporaryDirectory(prefix="alpaca-qlora-gguf-") as alone:
+            (Path(alone) / source.name).symlink_to(source.resolve())
+            model = AutoModelForCausalLM.from_pretrained(alone, gguf_file=source.name, dtype=torch.float32)
+            tokenizer = AutoTokenizer.from_pretrained(alone, gguf_file=source.name)
     except ImportError as error:
         fail(f"--base_model {gguf_path}: reading GGUF files needs the gguf package (pip install gguf): {_first_line(error)}")
     except Exception as error:  # noqa: BLE001 - a file that is not a GGUF checkpoint fails in many ways

@@ -248,6 +248,7 @@ def test_bad_inputs_are_one_line_exit_2_and_write_nothing(tiny_model, tmp_path, 
         "batch size": ([base, tuned], out, ["--batch_size", "0"], "--batch_size must be >= 1, got 0"),
     }
     kept = {path: path.read_bytes() for path in (generations_as_ratings, people, tuned)}
+    capsys.readouterr()  # the fixtures' own output (saving the tiny BERT prints a progress bar)
     for name, (files, ratings, extra, message) in cases.items():
         argv = [*map(str, files), "--ratings_file", str(ratings), *extra]
         if "--judge" not in extra:
