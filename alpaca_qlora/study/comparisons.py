@@ -39,8 +39,9 @@ def budget_pairs(config: StudyConfig) -> list[tuple[str, str]]:
 
 
 def judged_runs(config: StudyConfig) -> list[TrainingRun]:
-    """The runs a configured judge compares with the untuned base: the main precision's, every budget and seed."""
-    return [run for run in config.runs() if run.precision == config.main_quantization]
+    """The runs a configured judge compares with the untuned base: the main precision's, every budget and seed (the
+    recipes are compared with the plain recipe by the metrics)."""
+    return [run for run in config.runs() if run.precision == config.main_quantization and not run.recipe]
 
 
 def sweep_run_of(config: StudyConfig) -> TrainingRun:
