@@ -109,50 +109,69 @@ def test_fast_study_produces_every_artifact_and_resumes(tiny_model, tiny_data, t
     assert without_timings((results / "report.md").read_text()) == without_timings(report)
 
 
-def test_zero_learning_rate_adapter_is_exactly_the_base(tiny_model, tiny_data, tmp_path):
-    """Trained with learning rate 0, the adapter is a no-op: at the same precision its answers and scores are the base's."""
-    config = write_config(tmp_path, tiny_model, tiny_data, budgets=[2], seeds=[42], seeded_budgets=None,
+def test_a_zero_learning_rate_run_a_recipe_and_a_judge_in_one_study(tiny_model, tiny_data, tmp_path):
+    """One small study holds three checks (one study, not three: CI time).
+    - Trained with learning rate 0, the main run's adapter is a no-op: at the same precision its answers and scores
+      are the base's.
+    - A recipe (NEFTune, at a learning rate that trains) is a run of its own per seed, its options in its
+      run_config.json, compared with the plain recipe of the same seed in a section of its own.
+    - A judge (the tiny model) compares base and tuned in both orders; the report gives its win rate; the report
+      rebuilds identically and a rerun skips the judge."""
+    folder = tmp_path / "configs"
+    recipe = {"neftune_noise_alpha": 5, "learning_rate": 3.0e-3}
+    config = write_config(folder, tiny_model, tiny_data, budgets=[2], seeds=[42], seeded_budgets=None,
                           quantizations=[], sweep="top_k=1", sweep_records=4,
-                          training={**FAST_STUDY["training"], "learning_rate": 0.0})
-    result = run_script("-m", "alpaca_qlora.experiment", "--config", str(config), env={"OMP_NUM_THREADS": "1"})
+                          training={**FAST_STUDY["training"], "learning_rate": 0.0}, recipes={"neftune5": recipe},
+                          judge=os.path.relpath(tiny_model, folder))
+    result = run_script("-m", "alpaca_qlora.experiment", "--config", str(config), env={"OMP_NUM_THREADS": "1"},
+                        timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    generations = tmp_path / "run" / "generations"
-    base = [json.loads(line) for line in (generations / "base-nf4.jsonl").read_text().splitlines()]
-    tuned = [json.loads(line) for line in (generations / "tuned-nf4-2-seed42.jsonl").read_text().splitlines()]
+    run_dir, results = folder / "run", folder / "results"
+    summary = json.loads((results / "metrics.json").read_text())
+    report = (results / "report.md").read_text()
+
+    # learning rate 0: the tuned answers are the base's, at the same precision, and so are the scores and the loss
+    base = [json.loads(line) for line in (run_dir / "generations" / "base-nf4.jsonl").read_text().splitlines()]
+    tuned = [json.loads(line) for line in (run_dir / "generations" / "tuned-nf4-2-seed42.jsonl").read_text().splitlines()]
     assert [row["prediction"] for row in base] == [row["prediction"] for row in tuned]
     assert {json.dumps(row["precision"], sort_keys=True) for row in base + tuned} == {
         json.dumps(base[0]["precision"], sort_keys=True)}
-    summary = json.loads((tmp_path / "results" / "metrics.json").read_text())
-    [comparison] = [c for c in summary["comparisons"] if c["b"] == "tuned-nf4-2-seed42"]
+    [comparison] = [c for c in summary["comparisons"] if (c["a"], c["b"]) == ("base-nf4", "tuned-nf4-2-seed42")]
     assert all(comparison[key]["difference"] == 0 for key in ("bleu", "sentence_bleu", "rouge_l_f1", "bertscore_f1"))
     [before, after] = summary["heldout_curves"]["nf4-2-seed42"]
     assert after["eval_loss"] == before["eval_loss"]
 
-
-def test_recipes_are_trained_beside_the_plain_one_and_compared_seed_by_seed(tiny_model, tiny_data, tmp_path):
-    """A NEFTune recipe at the smallest budget: its own run per seed (its option in its run_config.json), compared with
-    the plain recipe of the same seed, in its own section of the report."""
-    config = write_config(tmp_path, tiny_model, tiny_data, budgets=[2], seeds=[42], seeded_budgets=None,
-                          quantizations=[], sweep="top_k=1", sweep_records=4,
-                          recipes={"neftune5": {"neftune_noise_alpha": 5}})
-    result = run_script("-m", "alpaca_qlora.experiment", "--config", str(config), env={"OMP_NUM_THREADS": "1"})
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    recipe_run = tmp_path / "run" / "train" / "neftune5-nf4-2-seed42"
+    # the recipe: its own run, its options recorded, compared with the plain recipe of its seed
+    recipe_run = run_dir / "train" / "neftune5-nf4-2-seed42"
     assert json.loads((recipe_run / "run_config.json").read_text())["train"]["neftune_noise_alpha"] == 5
-    plain_run = tmp_path / "run" / "train" / "nf4-2-seed42"
-    assert json.loads((plain_run / "run_config.json").read_text())["train"].get("neftune_noise_alpha") is None
-    summary = json.loads((tmp_path / "results" / "metrics.json").read_text())
-    assert summary["config"]["recipes"] == {"neftune5": {"neftune_noise_alpha": 5}}
+    assert json.loads((run_dir / "train" / "nf4-2-seed42" / "run_config.json").read_text())["train"].get(
+        "neftune_noise_alpha") is None
+    assert summary["config"]["recipes"] == {"neftune5": recipe}
     pairs = {(c["a"], c["b"]) for c in summary["comparisons"]}
-    assert ("tuned-nf4-2-seed42", "tuned-neftune5-nf4-2-seed42") in pairs
-    assert ("base-nf4", "tuned-neftune5-nf4-2-seed42") in pairs
+    assert {("tuned-nf4-2-seed42", "tuned-neftune5-nf4-2-seed42"), ("base-nf4", "tuned-neftune5-nf4-2-seed42")} <= pairs
     curves = summary["heldout_curves"]
     assert curves["neftune5-nf4-2-seed42"][0] == curves["nf4-2-seed42"][0]  # same base, same held-out records
-    assert curves["neftune5-nf4-2-seed42"][-1] != curves["nf4-2-seed42"][-1]  # the noise changed the training
-    report = (tmp_path / "results" / "report.md").read_text()
-    assert "## Recipes" in report and "| neftune5 | neftune_noise_alpha 5 | 42 |" in report
-    budgets = report[report.index("## Budgets"):report.index("## Recipes")]
-    assert "neftune5" not in budgets  # the budget tables hold the plain recipe only
+    assert curves["neftune5-nf4-2-seed42"][-1] != curves["neftune5-nf4-2-seed42"][0]  # its learning rate trains
+    assert "## Recipes" in report and "| neftune5 | neftune_noise_alpha 5, learning_rate 0.003 | 42 |" in report
+    assert "neftune5" not in report[report.index("## Budgets"):report.index("## Recipes")]  # budgets: plain only
+
+    # the judge: base against the plain run (not the recipe), both orders of every record
+    assert "[run] judge (tuned-nf4-2-seed42)" in result.stdout and "judge (tuned-neftune5" not in result.stdout
+    verdicts = [json.loads(line) for line in (results / "judge" / "tuned-nf4-2-seed42.jsonl").read_text().splitlines()
+                if line.strip()]
+    assert len(verdicts) == 2 * 12
+    assert len({(str(v["prompt_id"]), v["sides"]["A"]) for v in verdicts}) == 24
+    assert "judge: tuned's win rate vs base" in report and "### A model as judge" in report
+    judged_run = summary["judge"]["tuned_vs_base"]["tuned-nf4-2-seed42"]
+    assert judged_run["n_pairs"] == 12
+    assert judged_run["tuned_wins"] + judged_run["base_wins"] + judged_run["ties"] == 12
+    assert judged_run["tuned_win_rate"] == pytest.approx((judged_run["tuned_wins"] + judged_run["ties"] / 2) / 12)
+    assert summary["config"]["judge"] == tiny_model.name
+
+    rebuilt = run_script("-m", "alpaca_qlora.study.rebuild", "--config", str(config))
+    assert rebuilt.returncode == 0 and "identical" in rebuilt.stdout, rebuilt.stdout[-3000:] + rebuilt.stderr[-3000:]
+    rerun = run_script("-m", "alpaca_qlora.experiment", "--config", str(config), env={"OMP_NUM_THREADS": "1"})
+    assert rerun.returncode == 0 and "[skip] judge (tuned-nf4-2-seed42)" in rerun.stdout, rerun.stderr[-3000:]
 
 
 TRAINING = FAST_STUDY["training"]

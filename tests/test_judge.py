@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import sys
 from pathlib import Path
@@ -440,32 +439,5 @@ def test_evaluate_metrics_scores_the_judge_file_unchanged(judged, tmp_path):
     assert "## A model as judge" in markdown and "## Scores" in markdown and "BLEU" in markdown
 
 
-# ---------------------------------------------------------------------------------------------
-# The study with a judge
-# ---------------------------------------------------------------------------------------------
-def test_a_study_with_a_judge_reports_its_win_rate_and_rebuilds(tiny_model, tiny_data, tmp_path):
-    from test_experiment import write_config
-
-    folder = tmp_path / "configs"
-    config = write_config(folder, tiny_model, tiny_data, budgets=[2], seeds=[1], seeded_budgets=None,
-                          quantizations=[], sweep="top_k=1", sweep_records=4,
-                          judge=os.path.relpath(tiny_model, folder))
-    result = run_script("-m", "alpaca_qlora.experiment", "--config", str(config), env={"OMP_NUM_THREADS": "1"},
-                        timeout=900)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "[run] judge (tuned-nf4-2-seed1)" in result.stdout
-    results = folder / "results"
-    verdicts = read_lines(results / "judge" / "tuned-nf4-2-seed1.jsonl")
-    assert len(verdicts) == 2 * 12 and len({line_key(row) for row in verdicts}) == 24
-    report = (results / "report.md").read_text(encoding="utf-8")
-    assert "judge: tuned's win rate vs base" in report and "### A model as judge" in report
-    summary = json.loads((results / "metrics.json").read_text(encoding="utf-8"))
-    judged_run = summary["judge"]["tuned_vs_base"]["tuned-nf4-2-seed1"]
-    assert judged_run["n_pairs"] == 12
-    assert judged_run["tuned_wins"] + judged_run["base_wins"] + judged_run["ties"] == 12
-    assert judged_run["tuned_win_rate"] == pytest.approx((judged_run["tuned_wins"] + judged_run["ties"] / 2) / 12)
-    assert summary["config"]["judge"] == tiny_model.name
-    rebuilt = run_script("-m", "alpaca_qlora.study.rebuild", "--config", str(config))
-    assert rebuilt.returncode == 0 and "identical" in rebuilt.stdout, rebuilt.stdout[-3000:] + rebuilt.stderr[-3000:]
-    rerun = run_script("-m", "alpaca_qlora.experiment", "--config", str(config), env={"OMP_NUM_THREADS": "1"})
-    assert rerun.returncode == 0 and "[skip] judge (tuned-nf4-2-seed1)" in rerun.stdout, rerun.stderr[-3000:]
+# The study with a judge is tested with the study: tests/test_experiment.py
+# (test_a_zero_learning_rate_run_a_recipe_and_a_judge_in_one_study).
