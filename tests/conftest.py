@@ -48,6 +48,18 @@ def _require(path: Path) -> Path:
 # ---------------------------------------------------------------------------------------------
 # The core tier: everything built here
 # ---------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """For a module that runs the tiny model in this process: it runs fastest on one thread, and the machine is
+    shared (pytestmark = pytest.mark.usefixtures("one_torch_thread"))."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(autouse=True)
 def no_deepspeed_config_left_behind():
     """transformers remembers the last DeepSpeed config built in this process (a weak reference that lives until

@@ -30,13 +30,7 @@ LINE_KEYS = {"id", "instruction", "input", "reference", "prediction", "settings"
 RATING_KEYS = {"id", "instruction", "input", "prediction", "rating", "comment", "settings", "base_model", "adapter", "precision"}
 SETTING_KEYS = {"top_k", "top_p", "temperature", "num_beams", "max_new_tokens", "repetition_penalty", "no_repeat_ngram_size", "do_sample", "seed"}
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tiny model runs fastest on one thread, and the machine is shared."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
 
 @pytest.fixture(scope="module")
