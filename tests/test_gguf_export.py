@@ -4,6 +4,8 @@
   rounded as the file stores them (gguf's own quantizer and dequantizer), and are within a stated bound of the
   merged model's; its tokenizer gives the tokens the merged model's tokenizer gives.
 - The file's layout is llama.cpp's: tensor names and types, no output.weight when tied, the pre-tokenizer.
+- The same for a tiny random Mistral (written as llama.cpp's `llama`, read back as a Llama) and Qwen2 (`qwen2`: q/k/v
+  biases, rows unpermuted, tied, RoPE theta 1e6, Qwen2's pre-tokenizer), f16 and q8_0.
 - The Ollama Modelfile holds the run's prompt template: rendered for one instruction, it is training's prompt.
 - Refusals (another architecture, an unknown type, an existing output, a file the merge did not write) are one line,
   exit 2, and write nothing.
@@ -27,9 +29,10 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from alpaca_qlora.cli import run_cli
+from alpaca_qlora.cli import UserError, run_cli
 from alpaca_qlora.data.prompts import build_prompt
 from alpaca_qlora.export.modelfile import ollama_modelfile
+from alpaca_qlora.export.to_gguf import check_exportable
 from alpaca_qlora.modeling import gguf_folder
 from alpaca_qlora.training.merge import main as merge_main
 from conftest import run_script, training_args
@@ -187,6 +190,156 @@ def test_the_file_is_laid_out_as_llama_cpp_lays_it_out(merged_q8_0, merged_f16):
 
 
 # ---------------------------------------------------------------------------------------------
+# Mistral and Qwen2: tiny random models built here with the tiny tokenizer
+# ---------------------------------------------------------------------------------------------
+# The tiny Mistral's sliding window: below its max_position_embeddings (512), so it is the Modelfile's num_ctx; above
+# every prompt here, so transformers' Mistral and the file read back (as a Llama: full attention) attend alike.
+MISTRAL_WINDOW = 256
+# transformers reads llama.cpp's `llama` back as a Llama (a Mistral only for a file whose general.name is exactly
+# "mistral"), and `qwen2` as a Qwen2.
+READ_BACK_AS = {"mistral": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}
+OTHER_ARCHITECTURES = tuple(READ_BACK_AS)
+
+
+def build_tiny_base(model_type: str, tiny_model: Path, folder: Path) -> Path:
+    """A random 2-layer Mistral or Qwen2 (hidden 64, MLP 128: every row splits into q8_0's blocks of 32; 4 heads,
+    2 kv heads) saved with the tiny tokenizer.
+
+    Qwen2: tied embeddings, RoPE theta 1e6, random q/k/v biases (transformers initialises them to zero, which would
+    hide a bias written wrong or not at all), and Qwen2's own pre-tokenizer on the tiny vocabulary, which the export
+    must name "qwen2". Its pad token is EOS: transformers loads a qwen2 folder's tokenizer as Qwen2Tokenizer, whose
+    default pad token <|endoftext|> would otherwise be added as a 513th token. Mistral: an output layer of its own
+    and a sliding window (MISTRAL_WINDOW)."""
+    from tokenizers import Regex, pre_tokenizers
+    from transformers import MistralConfig, MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM
+    from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    shape = {"vocab_size": len(tokenizer), "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+             "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 512,
+             "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id}
+    torch.manual_seed(0)
+    if model_type == "qwen2":
+        tokenizer.backend_tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+        tokenizer.pad_token = tokenizer.eos_token
+        model = Qwen2ForCausalLM(Qwen2Config(**shape, tie_word_embeddings=True,
+                                             rope_parameters={"rope_type": "default", "rope_theta": 1e6}))
+        with torch.no_grad():
+            for name, weight in model.named_parameters():
+                if name.endswith(".bias"):
+                    weight.normal_(0, 0.2)
+    else:
+        model = MistralForCausalLM(MistralConfig(**shape, tie_word_embeddings=False, sliding_window=MISTRAL_WINDOW))
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def other_merged(tmp_path_factory, tiny_model):
+    """merged(model_type, kind): the merge, with --gguf kind, of a LoRA adapter with random updates on a tiny random
+    Mistral or Qwen2 (each base, adapter and merge built once)."""
+    adapters: dict[str, Path] = {}
+    merges: dict[tuple[str, str], Path] = {}
+
+    def merged(model_type: str, kind: str) -> Path:
+        if model_type not in adapters:
+            root = tmp_path_factory.mktemp(model_type)
+            adapters[model_type] = untrained_adapter(build_tiny_base(model_type, tiny_model, root / "base"), root / "adapter")
+        if (model_type, kind) not in merges:
+            output = tmp_path_factory.mktemp(f"{model_type}_{kind}") / "merged"
+            result = merge(adapters[model_type], output, "--gguf", kind)
+            assert result.returncode == 0, result.stderr[-3000:]
+            merges[(model_type, kind)] = output
+        return merges[(model_type, kind)]
+
+    return merged
+
+
+@pytest.mark.parametrize("model_type", OTHER_ARCHITECTURES)
+@pytest.mark.parametrize("kind,bound", [("f16", F16_BOUND), ("q8_0", Q8_0_BOUND)])
+def test_mistral_and_qwen2_read_back_with_the_merged_models_logits(model_type, kind, bound, other_merged, tmp_path):
+    """As the Llama test above, with its bounds. The Mistral export is read back as a Llama, with full attention:
+    the same as transformers' Mistral for prompts within its sliding window, which these are."""
+    merged = other_merged(model_type, kind)
+    gguf_path = alone(merged / f"model-{kind}.gguf", tmp_path / "alone")
+    prompts = prompt_ids(AutoTokenizer.from_pretrained(merged))
+    assert max(ids.shape[1] for ids in prompts) < MISTRAL_WINDOW
+    from_file = reloaded_model(gguf_path)
+    assert type(from_file).__name__ == READ_BACK_AS[model_type]
+
+    as_stored = rounded_as_stored(AutoModelForCausalLM.from_pretrained(merged, dtype=torch.float32).eval(), kind)
+    difference, _ = largest_difference(from_file, as_stored, prompts)
+    assert difference < SAME_WEIGHTS_BOUND, (model_type, kind, difference)
+
+    exact = AutoModelForCausalLM.from_pretrained(merged, dtype=torch.float32).eval()
+    difference, largest = largest_difference(from_file, exact, prompts)
+    assert 0 < difference <= bound * largest, (model_type, kind, difference, largest)
+
+
+@pytest.mark.parametrize("model_type", OTHER_ARCHITECTURES)
+def test_mistral_and_qwen2_tokenizers_read_back_give_the_same_tokens(model_type, other_merged, tmp_path):
+    """Mistral keeps the tiny tokenizer's GPT-2 split ('gpt-2'); the tiny Qwen2 has Qwen2's split ('qwen2'), which cuts
+    numbers digit by digit where GPT-2's keeps digit runs whole: the file read back must split as the original."""
+    merged = other_merged(model_type, "f16")
+    gguf_path = alone(merged / "model-f16.gguf", tmp_path / "alone")
+    assert gguf.GGUFReader(gguf_path).fields["tokenizer.ggml.pre"].contents() == {"mistral": "gpt-2", "qwen2": "qwen2"}[model_type]
+    original = AutoTokenizer.from_pretrained(merged)
+    from_file = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+    for text in (*TEXTS, build_prompt({"instruction": INSTRUCTIONS[0], "input": ""}, "alpaca")):
+        assert from_file(text)["input_ids"] == original(text)["input_ids"], (model_type, text)
+
+
+def layer_norms(layers: int) -> set[str]:
+    return {"output_norm.weight"} | {f"blk.{i}.{n}_norm.weight" for i in range(layers) for n in ("attn", "ffn")}
+
+
+def test_qwen2_is_written_as_llama_cpps_qwen2_with_its_biases_and_rows_unpermuted(other_merged):
+    merged = other_merged("qwen2", "f16")
+    reader = gguf.GGUFReader(merged / "model-f16.gguf")
+    tensors = {tensor.name: tensor for tensor in reader.tensors}
+    assert reader.fields["general.architecture"].contents() == "qwen2"
+    assert reader.fields["qwen2.rope.freq_base"].contents() == 1e6
+    assert reader.fields["qwen2.context_length"].contents() == 512
+    assert "output.weight" not in tensors  # tied, as llama.cpp writes a tied model
+    biases = {f"blk.{i}.attn_{p}.bias" for i in range(2) for p in "qkv"}
+    assert {name for name in tensors if name.endswith(".bias")} == biases
+    weights = load_file(merged / "model.safetensors")
+    for i in range(2):
+        for p in "qkv":  # as the merge computed them: llama.cpp's qwen2 rotates q/k by halves (NEOX), as transformers does
+            weight, bias = (weights[f"model.layers.{i}.self_attn.{p}_proj.{part}"] for part in ("weight", "bias"))
+            stored = np.asarray(tensors[f"blk.{i}.attn_{p}.weight"].data).reshape(weight.shape)
+            assert np.array_equal(stored, weight.half().numpy()), (i, p)
+            assert tensors[f"blk.{i}.attn_{p}.bias"].tensor_type.name == "F32"
+            assert np.array_equal(np.asarray(tensors[f"blk.{i}.attn_{p}.bias"].data), bias.numpy()), (i, p)
+            assert bias.abs().max() > 0.1  # the random biases of build_tiny_base, not transformers' zeros
+
+    q8_0 = {tensor.name: tensor.tensor_type.name
+            for tensor in gguf.GGUFReader(other_merged("qwen2", "q8_0") / "model-q8_0.gguf").tensors}
+    assert {name for name, t in q8_0.items() if t == "F32"} == layer_norms(2) | biases
+    assert {name for name, t in q8_0.items() if t == "Q8_0"} == set(q8_0) - layer_norms(2) - biases  # no F16 fallback
+
+
+def test_mistral_is_written_as_llama_cpps_llama_with_its_output_layer_and_a_context_within_its_window(other_merged):
+    merged = other_merged("mistral", "q8_0")
+    reader = gguf.GGUFReader(merged / "model-q8_0.gguf")
+    types = {tensor.name: tensor.tensor_type.name for tensor in reader.tensors}
+    fields = reader.fields
+    assert fields["general.architecture"].contents() == "llama"  # llama.cpp's converter: MistralForCausalLM is a LlamaModel
+    assert fields["llama.context_length"].contents() == 512  # max_position_embeddings, as the converter writes it
+    assert fields["llama.rope.dimension_count"].contents() == 16
+    assert not [key for key in fields if "sliding_window" in key]  # nor does it write the window
+    assert "output.weight" in types  # not tied
+    assert {name for name, t in types.items() if t == "F32"} == layer_norms(2)
+    assert {name for name, t in types.items() if t == "Q8_0"} == set(types) - layer_norms(2)  # no F16 fallback
+    assert json.loads((merged / "merge_info.json").read_text())["gguf"]["f16_fallbacks"] == []
+    # llama.cpp attends over the whole context, transformers' Mistral over the window: Ollama is given the window
+    assert f"PARAMETER num_ctx {MISTRAL_WINDOW}\n" in (merged / "Modelfile").read_text()
+
+
+# ---------------------------------------------------------------------------------------------
 # The Ollama Modelfile
 # ---------------------------------------------------------------------------------------------
 ALPACA_MODELFILE = '''\
@@ -298,30 +451,43 @@ def refused(argv: list[str], capsys) -> str:
 
 
 @pytest.fixture(scope="module")
-def qwen2_adapter(tmp_path_factory, tiny_model) -> Path:
-    """A LoRA adapter on a tiny random Qwen2 (another architecture), built here with the tiny tokenizer."""
+def gemma_adapter(tmp_path_factory, tiny_model) -> Path:
+    """A LoRA adapter on a tiny random Gemma (an architecture the export does not write), built here with the tiny
+    tokenizer."""
     from peft import LoraConfig, get_peft_model
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+    from transformers import GemmaConfig, GemmaForCausalLM
 
-    root = tmp_path_factory.mktemp("qwen2")
+    root = tmp_path_factory.mktemp("gemma")
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
-    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=1,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=True)
+    config = GemmaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                         num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=512)
     torch.manual_seed(0)
-    Qwen2ForCausalLM(config).save_pretrained(root / "base")
+    GemmaForCausalLM(config).save_pretrained(root / "base")
     tokenizer.save_pretrained(root / "base")
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(root / "base"), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
     model.save_pretrained(root / "adapter")
     return root / "adapter"
 
 
-def test_another_architecture_is_refused_naming_it_and_nothing_is_written(qwen2_adapter, tmp_path, capsys):
+def test_another_architecture_is_refused_naming_it_and_nothing_is_written(gemma_adapter, tmp_path, capsys):
     before = snapshot(tmp_path)
-    line = refused(["--adapter", str(qwen2_adapter), "--output_dir", str(tmp_path / "merged"), "--gguf", "f16"], capsys)
-    base = json.loads((qwen2_adapter / "adapter_config.json").read_text())["base_model_name_or_path"]
-    assert line == (f"error: --gguf: {base} is a 'qwen2' model; the GGUF export writes Llama-architecture models only "
-                    "(model_type llama: Llama, SmolLM2, stories260K); nothing was written")
+    line = refused(["--adapter", str(gemma_adapter), "--output_dir", str(tmp_path / "merged"), "--gguf", "f16"], capsys)
+    base = json.loads((gemma_adapter / "adapter_config.json").read_text())["base_model_name_or_path"]
+    assert line == (f"error: --gguf: {base} is a 'gemma' model; the GGUF export writes model_type llama (Llama, SmolLM2, "
+                    "stories260K), mistral (Mistral) and qwen2 (Qwen2, Qwen2.5) only; nothing was written")
     assert snapshot(tmp_path) == before  # no output folder, no aside folder
+
+
+def test_a_qwen2_with_sliding_window_layers_is_refused():
+    """transformers' Qwen2 slides its window in the layers from max_window_layers on; llama.cpp's qwen2 never does."""
+    from transformers import Qwen2Config
+
+    shape = {"hidden_size": 64, "num_attention_heads": 4, "num_key_value_heads": 2, "num_hidden_layers": 2}
+    assert check_exportable(Qwen2Config(**shape), "Qwen2-tiny").arch == gguf.MODEL_ARCH.QWEN2
+    with pytest.raises(UserError) as error:
+        check_exportable(Qwen2Config(**shape, use_sliding_window=True, max_window_layers=1), "Qwen2-tiny")
+    assert str(error.value) == ("--gguf: Qwen2-tiny uses sliding-window attention in some layers; llama.cpp's qwen2 "
+                                "attends over the whole context in every layer; nothing was written")
 
 
 def test_a_type_that_is_not_offered_is_refused(run_dir, tmp_path, capsys):
@@ -401,15 +567,15 @@ def import_llama_cpp():
     return llama_cpp
 
 
-def test_llama_cpp_tokenizes_and_scores_the_export_as_transformers_does(merged_f16):
-    """llama.cpp's tokenizer (the 'gpt-2' pre-tokenizer) gives the ids of the merged model's tokenizer, and its logits
-    on them are within Q8_0_BOUND of the largest logit of the merged model with its weights rounded to f16 (ggml's CPU
+def llama_cpp_agrees_with_transformers(merged: Path) -> None:
+    """llama.cpp's tokenizer gives the ids of the merged model's tokenizer on TEXTS and a prompt, and its logits on
+    them are within Q8_0_BOUND of the largest logit of the merged model with its weights rounded to f16 (ggml's CPU
     path also rounds activations and the KV cache to f16, so the f16-weights bound does not apply)."""
     llama_cpp = import_llama_cpp()
 
-    llm = llama_cpp.Llama(model_path=str(merged_f16 / "model-f16.gguf"), n_ctx=512, n_threads=1, logits_all=True, verbose=False)
-    tokenizer = AutoTokenizer.from_pretrained(merged_f16)
-    reference = rounded_as_stored(AutoModelForCausalLM.from_pretrained(merged_f16, dtype=torch.float32).eval(), "f16")
+    llm = llama_cpp.Llama(model_path=str(merged / "model-f16.gguf"), n_ctx=512, n_threads=1, logits_all=True, verbose=False)
+    tokenizer = AutoTokenizer.from_pretrained(merged)
+    reference = rounded_as_stored(AutoModelForCausalLM.from_pretrained(merged, dtype=torch.float32).eval(), "f16")
     for text in (*TEXTS[:3], build_prompt({"instruction": INSTRUCTIONS[0], "input": ""}, "alpaca")):
         ids = tokenizer(text)["input_ids"]
         assert llm.tokenize(text.encode("utf-8"), add_bos=True, special=False) == ids, text
@@ -419,6 +585,19 @@ def test_llama_cpp_tokenizes_and_scores_the_export_as_transformers_does(merged_f
         with torch.no_grad():
             expected = reference(input_ids=torch.tensor([ids])).logits[0].numpy()
         assert np.abs(scores - expected).max() <= Q8_0_BOUND * np.abs(expected).max(), text
+
+
+def test_llama_cpp_tokenizes_and_scores_the_export_as_transformers_does(merged_f16):
+    """The tiny Llama, with the 'gpt-2' pre-tokenizer."""
+    llama_cpp_agrees_with_transformers(merged_f16)
+
+
+@pytest.mark.parametrize("model_type", OTHER_ARCHITECTURES)
+def test_llama_cpp_tokenizes_and_scores_mistral_and_qwen2_as_transformers_does(model_type, other_merged):
+    """Mistral as llama.cpp's `llama` (full attention: the prompts are within its window); Qwen2 as its `qwen2`
+    (biases, NEOX RoPE, the 'qwen2' pre-tokenizer)."""
+    import_llama_cpp()  # skips before anything is built when llama.cpp is not there
+    llama_cpp_agrees_with_transformers(other_merged(model_type, "f16"))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""A merged Llama-architecture model as one GGUF file (llama.cpp's format, which Ollama and LM Studio run).
+"""A merged Llama, Mistral or Qwen2 model as one GGUF file (llama.cpp's format, which Ollama and LM Studio run).
 
 Written with the `gguf` package, llama.cpp's own Python library: its writer, its map of tensor names, its
 quantizers and its SpecialVocab (merges, special token ids, chat template). llama.cpp's converter is the reference
@@ -8,10 +8,13 @@ needs that repository's conversion/ folder and a gguf-py of the same commit; the
 gguf_dump and its kin, and the PyPI names that wrap the script are third-party repackagings), it reads a model
 folder from disk (the merged model would be written and read back), and it writes no Modelfile.
 
-Supported: model_type `llama` (Llama 1/2, SmolLM2, stories260K, the tests' tiny Llama) with default RoPE, no
-attention or MLP biases; tokenizers that are byte-level BPE (GPT-2 style: SmolLM2, the tiny tokenizer) or
-SentencePiece-style BPE with byte fallback (Llama 2, stories260K). Anything else is refused in one line before a
-weight is loaded.
+Supported (ARCHITECTURES): model_type `llama` (Llama 1/2, SmolLM2, stories260K, the tests' tiny Llama) and `mistral`,
+both written as llama.cpp's `llama` architecture with q/k rows permuted, as llama.cpp's converter writes them (it
+registers MistralForCausalLM on its LlamaModel); `qwen2` (Qwen2, Qwen2.5), written as llama.cpp's `qwen2` with its
+q/k/v biases and no permutation (its Qwen2Model). All with default RoPE, full attention in every layer (a Mistral's
+sliding window: see attention_span) and no Llama attention or MLP biases; tokenizers that are byte-level BPE (GPT-2
+style: SmolLM2, Qwen2, the tiny tokenizer) or SentencePiece-style BPE with byte fallback (Llama 2, Mistral 7B,
+stories260K). Anything else is refused in one line before a weight is loaded.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import gguf
 import numpy as np
 import torch
 from gguf import GGMLQuantizationType, LlamaFileType, TokenType
+from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX as QWEN2_PRETOKENIZE_REGEX
 
 from ..cli import fail
 from ..modeling import PACKAGE_PREFIX, is_gguf, packaged_gguf, resolve_model_path
@@ -39,8 +43,22 @@ GGUF_TYPES = {
     "q8_0": (GGMLQuantizationType.Q8_0, LlamaFileType.MOSTLY_Q8_0),
 }
 OFFERED_TYPES = ("f16", "q8_0")
-SUPPORTED_MODEL_TYPES = ("llama",)
-ARCH = gguf.MODEL_ARCH.LLAMA
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """How llama.cpp's converter writes one model_type (its conversion/llama.py and conversion/qwen.py)."""
+
+    arch: gguf.MODEL_ARCH
+    permute_qk: bool  # llama: q/k rows interleaved for its RoPE (LlamaModel.permute); qwen2 (NEOX RoPE): as they are
+    examples: str  # for the refusal line
+
+
+ARCHITECTURES = {
+    "llama": Architecture(gguf.MODEL_ARCH.LLAMA, True, "Llama, SmolLM2, stories260K"),
+    "mistral": Architecture(gguf.MODEL_ARCH.LLAMA, True, "Mistral"),  # llama.cpp: MistralForCausalLM is a LlamaModel
+    "qwen2": Architecture(gguf.MODEL_ARCH.QWEN2, False, "Qwen2, Qwen2.5"),
+}
 GGUF_SOURCE = "gguf_source.json"  # modeling.gguf_folder's record of the GGUF file a cached folder was converted from
 BYTE_TOKEN = re.compile(r"<0x[0-9A-Fa-f]{2}>")
 
@@ -60,21 +78,46 @@ def head_dim(config) -> int:
     return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
 
 
-def check_exportable(config, name: str) -> None:
-    """Refuse, in one line, a model the export cannot write faithfully."""
+def supported_line() -> str:
+    """'llama (Llama, SmolLM2, stories260K), mistral (Mistral) and qwen2 (Qwen2, Qwen2.5)'"""
+    named = [f"{model_type} ({written.examples})" for model_type, written in ARCHITECTURES.items()]
+    return ", ".join(named[:-1]) + " and " + named[-1]
+
+
+def architecture(config) -> Architecture:
+    return ARCHITECTURES[config.model_type]
+
+
+def check_exportable(config, name: str) -> Architecture:
+    """Refuse, in one line, a model the export cannot write faithfully; else how llama.cpp holds it."""
     model_type = getattr(config, "model_type", None)
-    if model_type not in SUPPORTED_MODEL_TYPES:
-        fail(f"--gguf: {name} is a '{model_type}' model; the GGUF export writes Llama-architecture models only "
-             f"(model_type {', '.join(SUPPORTED_MODEL_TYPES)}: Llama, SmolLM2, stories260K); nothing was written")
+    if model_type not in ARCHITECTURES:
+        fail(f"--gguf: {name} is a '{model_type}' model; the GGUF export writes model_type {supported_line()} only; "
+             "nothing was written")
     rope_type = rope_parameters(config).get("rope_type", "default")
     if rope_type != "default":  # llama3/yarn/linear scaling need keys and a rope_freqs tensor not written here
         fail(f"--gguf: {name} uses RoPE scaling '{rope_type}'; the GGUF export writes default RoPE only; nothing was written")
-    for flag in ("attention_bias", "mlp_bias"):
+    for flag in ("attention_bias", "mlp_bias"):  # Llama's optional biases (Qwen2's q/k/v biases are no flag: written)
         if getattr(config, flag, False):
-            fail(f"--gguf: {name} has {flag} set; the GGUF export writes Llama models without biases only; nothing was written")
+            fail(f"--gguf: {name} has {flag} set; the GGUF export writes {model_type} models without attention or MLP "
+                 "biases only; nothing was written")
+    if "sliding_attention" in (getattr(config, "layer_types", None) or ()):  # Qwen2 with use_sliding_window
+        fail(f"--gguf: {name} uses sliding-window attention in some layers; llama.cpp's {model_type} attends over the "
+             "whole context in every layer; nothing was written")
     if head_dim(config) * config.num_attention_heads != config.hidden_size:
         fail(f"--gguf: {name} has head_dim {head_dim(config)} with {config.num_attention_heads} heads and hidden size "
              f"{config.hidden_size}; the GGUF export writes head_dim = hidden_size / heads only; nothing was written")
+    return architecture(config)
+
+
+def attention_span(config) -> int:
+    """The longest context in which llama.cpp computes what transformers computes: max_position_embeddings, or a
+    Mistral's sliding window when shorter (Mistral 7B v0.1: 4096). llama.cpp's converter writes no window for a
+    Mistral (LlamaModel.set_gguf_parameters) and llama.cpp attends over the whole context, while transformers lets a
+    token see the last `sliding_window` positions only: the two agree up to that length. The Modelfile's num_ctx
+    stays within it."""
+    window = getattr(config, "sliding_window", None)
+    return min(config.max_position_embeddings, window) if window else config.max_position_embeddings
 
 
 @dataclass
@@ -115,6 +158,11 @@ def source_gguf(base_name: str) -> Path | None:
 # ids llama.cpp produces (digits, punctuation) without any error.
 GPT2_BYTE_LEVEL = {"type": "ByteLevel", "add_prefix_space": False, "use_regex": True}
 SMOLLM_DIGITS = {"type": "Digits", "individual_digits": True}
+# Qwen2's split (its tokenizer.json; the regex llama.cpp's "qwen2" runs, with (?i:...) spelled out there, and the one
+# transformers' GGUF loader rebuilds for "qwen2"), then byte-level without GPT-2's regex. The regex is transformers'
+# own constant rather than a copy: its Qwen2Tokenizer builds exactly this pre-tokenizer.
+QWEN2_SPLIT = {"type": "Split", "pattern": {"Regex": QWEN2_PRETOKENIZE_REGEX}, "behavior": "Isolated", "invert": False}
+BYTE_LEVEL_AFTER_SPLIT = {"type": "ByteLevel", "add_prefix_space": False, "use_regex": False}
 
 
 def _matches(spec: dict | None, expected: dict) -> bool:
@@ -123,12 +171,15 @@ def _matches(spec: dict | None, expected: dict) -> bool:
 
 def byte_level_pre(pre_tokenizer: dict | None) -> str | None:
     """llama.cpp's name for a byte-level tokenizer's pre-tokenizer: GPT-2's regex alone is "gpt-2"; single digits
-    split first, then GPT-2's regex, is "smollm" (SmolLM, SmolLM2)."""
+    split first, then GPT-2's regex, is "smollm" (SmolLM, SmolLM2); Qwen2's split, then byte-level without a
+    regex, is "qwen2" (Qwen2, Qwen2.5)."""
     if _matches(pre_tokenizer, GPT2_BYTE_LEVEL):
         return "gpt-2"
     steps = pre_tokenizer.get("pretokenizers") if isinstance(pre_tokenizer, dict) and pre_tokenizer.get("type") == "Sequence" else None
     if steps and len(steps) == 2 and _matches(steps[0], SMOLLM_DIGITS) and _matches(steps[1], GPT2_BYTE_LEVEL):
         return "smollm"
+    if steps and len(steps) == 2 and _matches(steps[0], QWEN2_SPLIT) and _matches(steps[1], BYTE_LEVEL_AFTER_SPLIT):
+        return "qwen2"
     return None
 
 
@@ -214,8 +265,8 @@ def byte_level_pre_name(pre_tokenizer: dict | None, base_name: str) -> str:
     pre = byte_level_pre(pre_tokenizer)
     if pre is None:
         fail(f"--gguf: cannot tell which llama.cpp pre-tokenizer matches the tokenizer of {base_name} (its "
-             f"pre_tokenizer is {json.dumps(pre_tokenizer)[:120]}); the export knows GPT-2's ('gpt-2') and SmolLM's "
-             "('smollm'); nothing was written")
+             f"pre_tokenizer is {json.dumps(pre_tokenizer)[:120]}); the export knows GPT-2's ('gpt-2'), SmolLM's "
+             "('smollm') and Qwen2's ('qwen2'); nothing was written")
     return pre
 
 
@@ -248,9 +299,10 @@ def tensor_type(gguf_name: str, shape: tuple[int, ...], qtype: GGMLQuantizationT
 
 
 def plan_tensors(state: dict, config, qtype: GGMLQuantizationType) -> list[PlannedTensor]:
-    """Every weight with its GGUF name and type; an output layer equal to the embedding (tied) is not written, as
-    llama.cpp and transformers' GGUF loader both read a missing output.weight as tied."""
-    names = gguf.get_tensor_name_map(ARCH, config.num_hidden_layers)
+    """Every weight (and Qwen2's q/k/v biases) with its GGUF name and type; an output layer equal to the embedding
+    (tied) is not written, as llama.cpp and transformers' GGUF loader both read a missing output.weight as tied."""
+    arch = architecture(config).arch
+    names = gguf.get_tensor_name_map(arch, config.num_hidden_layers)
     tied = "lm_head.weight" in state and torch.equal(state["lm_head.weight"], state["model.embed_tokens.weight"])
     planned, unknown = [], []
     for hf_name, tensor in state.items():
@@ -263,17 +315,20 @@ def plan_tensors(state: dict, config, qtype: GGMLQuantizationType) -> list[Plann
         shape = tuple(tensor.shape)
         planned.append(PlannedTensor(hf_name, gguf_name, shape, tensor_type(gguf_name, shape, qtype)))
     if unknown:
-        fail(f"--gguf: the merged model has weights llama.cpp's Llama has no place for ({', '.join(unknown[:4])}); nothing was written")
+        fail(f"--gguf: the merged model has weights llama.cpp's {gguf.MODEL_ARCH_NAMES[arch]} has no place for "
+             f"({', '.join(unknown[:4])}); nothing was written")
     return planned
 
 
 def converted(tensor: torch.Tensor, planned: PlannedTensor, config) -> np.ndarray:
-    """One weight as the bytes the file holds: fp32, q/k permuted for llama.cpp's RoPE, then cast or quantized by
-    the gguf package (gguf.quants: F16 is numpy's cast, Q8_0 bit-exact with ggml's reference quantizer)."""
+    """One weight as the bytes the file holds: fp32, q/k permuted for llama.cpp's RoPE where its architecture wants
+    it (llama, mistral; not qwen2), then cast or quantized by the gguf package (gguf.quants: F16 is numpy's cast,
+    Q8_0 bit-exact with ggml's reference quantizer)."""
     data = tensor.detach().to(device="cpu", dtype=torch.float32).numpy()
-    if ".attn_q." in planned.gguf_name:
+    permute = architecture(config).permute_qk
+    if permute and ".attn_q." in planned.gguf_name:
         data = llama_cpp_permute(data, config.num_attention_heads, config.num_attention_heads)
-    elif ".attn_k." in planned.gguf_name:
+    elif permute and ".attn_k." in planned.gguf_name:
         data = llama_cpp_permute(data, config.num_attention_heads, config.num_key_value_heads)
     with np.errstate(over="ignore"):
         stored = gguf.quants.quantize(np.ascontiguousarray(data), planned.qtype)
@@ -284,8 +339,10 @@ def converted(tensor: torch.Tensor, planned: PlannedTensor, config) -> np.ndarra
 
 
 def write_metadata(writer: gguf.GGUFWriter, config, name: str, file_type: LlamaFileType) -> None:
-    """The hyper-parameters under llama.cpp's keys (its LlamaModel.set_gguf_parameters; transformers reads the same
-    keys back through GGUF_CONFIG_MAPPING["llama"])."""
+    """The hyper-parameters under llama.cpp's keys, prefixed with the architecture's name (its
+    TextModel/LlamaModel.set_gguf_parameters; transformers reads the same keys back through GGUF_CONFIG_MAPPING
+    ["llama"] and ["qwen2"]). vocab_size and rope.dimension_count are written for qwen2 too, where the converter leaves
+    them out: their values are the ones llama.cpp derives without them (the token list's length, the head size)."""
     writer.add_name(name)
     writer.add_context_length(config.max_position_embeddings)
     writer.add_embedding_length(config.hidden_size)
@@ -328,7 +385,7 @@ def write_gguf(model, vocab: GgufVocab, tokenizer_folder: Path, path: Path, kind
     state = model.state_dict()
     planned = plan_tensors(state, config, qtype)
     partial = path.with_name(path.name + ".partial")
-    writer = gguf.GGUFWriter(partial, gguf.MODEL_ARCH_NAMES[ARCH])
+    writer = gguf.GGUFWriter(partial, gguf.MODEL_ARCH_NAMES[architecture(config).arch])
     try:
         write_metadata(writer, config, name, file_type)
         write_vocab(writer, vocab, tokenizer_folder)

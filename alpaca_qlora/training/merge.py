@@ -9,8 +9,9 @@ on a full-precision base does, not as the adapter on the NF4 base it was trained
 merge_info.json says so, with the precisions, and lists the files the merge wrote: `--overwrite` replaces those
 and keeps anything else in the folder (a user's notes, generations).
 
-`--gguf f16|q8_0` also writes the merged model as `model-<type>.gguf` for llama.cpp / Ollama / LM Studio (Llama
-architecture; export/to_gguf.py) and an Ollama `Modelfile` with the run's prompt template (export/modelfile.py).
+`--gguf f16|q8_0` also writes the merged model as `model-<type>.gguf` for llama.cpp / Ollama / LM Studio (model_type
+llama, mistral or qwen2; export/to_gguf.py) and an Ollama `Modelfile` with the run's prompt template
+(export/modelfile.py).
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ from pathlib import Path
 
 from ..cli import ArgumentParser, check_writable_folder, fail, parse_dataclasses
 from ..export.modelfile import ollama_modelfile
-from ..export.to_gguf import OFFERED_TYPES, GgufVocab, check_exportable, gguf_file_name, gguf_vocab, write_gguf
+from ..export.to_gguf import (
+    OFFERED_TYPES, GgufVocab, attention_span, check_exportable, gguf_file_name, gguf_vocab, write_gguf,
+)
 from ..files import (
     atomic_write_json, atomic_write_text, is_plain_name, move_in, read_json_object, remove_stale_staging, remove_written,
     staging_folder,
@@ -47,8 +50,8 @@ class MergeArguments:
     gguf: str | None = field(
         default=None,
         metadata={"help": "Also write the merged model as model-<type>.gguf (llama.cpp, Ollama, LM Studio) and an Ollama "
-                          "Modelfile: f16, or q8_0 (8-bit blocks; rows not a multiple of 32 stay f16). Llama-architecture "
-                          "models only.", "choices": OFFERED_TYPES},
+                          "Modelfile: f16, or q8_0 (8-bit blocks; rows not a multiple of 32 stay f16). Llama, Mistral and "
+                          "Qwen2 models (model_type llama, mistral, qwen2) only.", "choices": OFFERED_TYPES},
     )
 
 
@@ -101,11 +104,12 @@ class GgufPlan:
 
 def plan_gguf(args: MergeArguments, config, base_name: str, tokenizer) -> GgufPlan:
     """Check that the tokenizer can be written, and build the Modelfile from the run's prompt template (the one
-    generation uses for this adapter: its run_config.json, else alpaca)."""
+    generation uses for this adapter: its run_config.json, else alpaca), its context within the span where llama.cpp
+    attends as transformers does (a Mistral's sliding window)."""
     file_name = gguf_file_name(args.gguf)
     template = resolve_prompt_template(None, read_run_config(args.adapter), args.adapter)
     return GgufPlan(args.gguf, file_name, gguf_vocab(tokenizer, config.vocab_size, base_name),
-                    ollama_modelfile(file_name, template, tokenizer, config.max_position_embeddings))
+                    ollama_modelfile(file_name, template, tokenizer, attention_span(config)))
 
 
 def merge_adapter(args: MergeArguments) -> Path:
