@@ -152,7 +152,7 @@ def test_a_zero_learning_rate_run_a_recipe_and_a_judge_in_one_study(tiny_model, 
     curves = summary["heldout_curves"]
     assert curves["neftune5-nf4-2-seed42"][0] == curves["nf4-2-seed42"][0]  # same base, same held-out records
     assert curves["neftune5-nf4-2-seed42"][-1] != curves["neftune5-nf4-2-seed42"][0]  # its learning rate trains
-    assert "## Recipes" in report and "| neftune5 | neftune_noise_alpha 5, learning_rate 0.003 | 42 |" in report
+    assert "## Recipes" in report and "| neftune5 | learning_rate 0.003, neftune_noise_alpha 5 | 42 |" in report
     assert "neftune5" not in report[report.index("## Budgets"):report.index("## Recipes")]  # budgets: plain only
 
     # the judge: base against the plain run (not the recipe), both orders of every record
