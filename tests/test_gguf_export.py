@@ -641,15 +641,14 @@ def test_stories260k_exports_with_its_sentencepiece_vocabulary(model_dir, tmp_pa
 
 
 @pytest.mark.real_model
-def test_smollm2_exports_with_the_vocabulary_of_its_packaged_gguf(tmp_path, monkeypatch):
+def test_smollm2_exports_with_the_vocabulary_of_its_packaged_gguf(tmp_path):
     """SmolLM2 loaded from its packaged GGUF (made by llama.cpp's converter and llama-quantize) and exported again:
     the vocabulary, merges and pre-tokenizer equal the packaged file's, and the export reads back."""
     from test_gguf import smollm2_gguf
 
     from alpaca_qlora.modeling import load_base_model, packaged_gguf
 
-    name = smollm2_gguf()
-    monkeypatch.setenv("ALPACA_QLORA_CACHE", str(tmp_path / "cache"))
+    name = smollm2_gguf()  # its converted folder from the user's cache, as every SmolLM2 test (CI time)
     adapter = untrained_adapter(name, tmp_path / "adapter", load=lambda: load_base_model(name, "none", torch.float32))
     output = tmp_path / "merged"
     result = merge(adapter, output, "--gguf", "f16")
