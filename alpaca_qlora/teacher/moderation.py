@@ -22,6 +22,11 @@ alone, re-reads every verdict from its answer, and exits 1 printing the differin
 
 Every step runs the project's own command as a subprocess (as a user would) and is skipped or resumed by that
 command itself when the experiment is started again. Paths in the config are relative to the config file.
+
+Why it is kept in the package (issue 25 asked of its weight): it is the teacher's worked example, whose committed
+results (experiments/results/moderation) are rebuilt by `--check` in the suite (tests/test_committed_results.py), and
+the end-to-end test of the teacher -> student chain (tests/test_teacher.py); it adds no rule of its own (the steps
+are the jobs', the statistics scoring's).
 """
 
 from __future__ import annotations
