@@ -132,6 +132,19 @@ def run_script(*args: str, env: dict | None = None, timeout: int = 600) -> subpr
     )
 
 
+def cli_error_line(main, argv: list[str], capsys) -> str:
+    """The one error line a job's `main` prints for argv, which must exit with code 2 (earlier output is dropped)."""
+    from alpaca_qlora.cli import run_cli
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(lambda: main(argv))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    return err[0]
+
+
 def training_args(model_dir: Path, data: Path, output_dir: Path, *extra: str) -> list[str]:
     """A short, fast QLoRA run on a tiny model."""
     return [

@@ -75,20 +75,21 @@ def merge(adapter: Path, output: Path, *extra: str):
     return run_script("-m", "alpaca_qlora.merge", "--adapter", str(adapter), "--output_dir", str(output), "--dtype", "fp32", *extra)
 
 
-@pytest.fixture(scope="module")
-def merged_f16(tmp_path_factory, run_dir) -> Path:
-    output = tmp_path_factory.mktemp("merged_f16") / "merged"
-    result = merge(run_dir, output, "--gguf", "f16")
+def merged_with_gguf(tmp_path_factory, run_dir, kind: str) -> Path:
+    output = tmp_path_factory.mktemp(f"merged_{kind}") / "merged"
+    result = merge(run_dir, output, "--gguf", kind)
     assert result.returncode == 0, result.stderr[-3000:]
     return output
+
+
+@pytest.fixture(scope="module")
+def merged_f16(tmp_path_factory, run_dir) -> Path:
+    return merged_with_gguf(tmp_path_factory, run_dir, "f16")
 
 
 @pytest.fixture(scope="module")
 def merged_q8_0(tmp_path_factory, run_dir) -> Path:
-    output = tmp_path_factory.mktemp("merged_q8_0") / "merged"
-    result = merge(run_dir, output, "--gguf", "q8_0")
-    assert result.returncode == 0, result.stderr[-3000:]
-    return output
+    return merged_with_gguf(tmp_path_factory, run_dir, "q8_0")
 
 
 def alone(gguf_path: Path, folder: Path) -> Path:

@@ -25,6 +25,7 @@ from alpaca_qlora.data.tokenization import IGNORE_INDEX, tokenize_example  # noq
 from alpaca_qlora.generation import generate  # noqa: E402
 from alpaca_qlora.generation.settings import GenerationSettings, resolve_settings  # noqa: E402
 from alpaca_qlora.generation.source import InferenceModelArguments as ModelArguments, resolve_model_source  # noqa: E402
+from conftest import cli_error_line  # noqa: E402
 
 LINE_KEYS = {"id", "instruction", "input", "reference", "prediction", "settings", "base_model", "adapter", "precision", "new_tokens", "seconds"}
 RATING_KEYS = {"id", "instruction", "input", "prediction", "rating", "comment", "settings", "base_model", "adapter", "precision"}
@@ -336,12 +337,7 @@ def no_loading(monkeypatch):
 
 
 def cli_error(argv: list[str], capsys) -> str:
-    with pytest.raises(SystemExit) as exit_info:
-        run_cli(lambda: inference.main(argv))
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: ")
-    return err[0]
+    return cli_error_line(inference.main, argv, capsys)
 
 
 @pytest.mark.parametrize("flags,message", INVALID, ids=[" ".join(f) for f, _ in INVALID])

@@ -27,7 +27,7 @@ if str(ROOT) not in sys.path:  # evaluate_metrics.py is a script at the reposito
     sys.path.insert(0, str(ROOT))
 
 import evaluate_metrics  # noqa: E402
-from alpaca_qlora.cli import UserError, run_cli  # noqa: E402
+from alpaca_qlora.cli import UserError  # noqa: E402
 from alpaca_qlora.generation.generate import load_for_inference  # noqa: E402
 from alpaca_qlora.generation.source import InferenceModelArguments, resolve_model_source  # noqa: E402
 from alpaca_qlora.judge import job as judge_job  # noqa: E402
@@ -37,7 +37,7 @@ from alpaca_qlora.scoring.inputs import InputConfig  # noqa: E402
 from alpaca_qlora.scoring.metrics import MetricConfig  # noqa: E402
 from alpaca_qlora.scoring.report import OutputConfig  # noqa: E402
 
-from conftest import run_script  # noqa: E402
+from conftest import cli_error_line, run_script  # noqa: E402
 
 LABELS = ("A", "B", "tie")
 PROMPTS = [("Name three primary colors.", ""), ("What is the capital of France?", ""),
@@ -195,12 +195,7 @@ def test_a_rerun_resumes_cuts_a_torn_line_and_duplicates_nothing(judged, tiny_mo
 # Bad input: one line, exit 2, nothing written, no model loaded
 # ---------------------------------------------------------------------------------------------
 def cli_error(argv: list[str], capsys) -> str:
-    with pytest.raises(SystemExit) as exit_info:
-        run_cli(lambda: judge_job.main(argv))
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: "), err
-    return err[0]
+    return cli_error_line(judge_job.main, argv, capsys)
 
 
 def test_bad_inputs_are_one_line_exit_2_and_write_nothing(tiny_model, tmp_path, capsys, monkeypatch):

@@ -17,12 +17,13 @@ if str(REPO) not in sys.path:  # inference.py is a script at the repository root
     sys.path.insert(0, str(REPO))
 
 import inference  # noqa: E402
-from alpaca_qlora.cli import UserError, run_cli  # noqa: E402
+from alpaca_qlora.cli import UserError  # noqa: E402
 from alpaca_qlora.generation import generate  # noqa: E402
 from alpaca_qlora.generation.settings import (  # noqa: E402
     GenerationSettings, parse_setting_value, parse_stop_text, resolve_settings, stop_text,
 )
 from alpaca_qlora.generation.stop_strings import StreamedUntilStop, cut_at_stop  # noqa: E402
+from conftest import cli_error_line  # noqa: E402
 
 # Greedy, and long varied answers: the tiny model repeats one token when greedy, the repetition knobs vary its text.
 KNOBS = ["--repetition_penalty", "1.5", "--no_repeat_ngram_size", "2", "--max_new_tokens", "40"]
@@ -49,14 +50,7 @@ def read_lines(path: Path) -> list[dict]:
 
 
 def cli_error(argv: list[str], capsys) -> str:
-    """The one error line of inference.py for argv, which must exit with code 2."""
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exit_info:
-        run_cli(lambda: inference.main(argv))
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: ")
-    return err[0]
+    return cli_error_line(inference.main, argv, capsys)
 
 
 def stop_within(answer: str) -> tuple[str, str] | None:
