@@ -348,21 +348,33 @@ def to_markdown(report: Report) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _win_rate_tables(win_rates, head_to_head, labels: dict, with_both_bad: bool, who: str) -> list[str]:
+    """Each system's win rate, then (with more than one pair of systems) each pair head to head: people's choices
+    (with a 'both bad' column) and a judge's verdicts (without) in one layout."""
+    both = " both bad |" if with_both_bad else ""
+    lines = [f"| System | comparisons | wins | losses | ties |{both} {who}win rate |",
+             "|---|---:|---:|---:|---:|" + ("---:|" if with_both_bad else "") + "---|"]
+    for r in win_rates:
+        lines.append(f"| {_md(labels[r.system])} | {r.n} | {r.wins} | {r.losses} | {r.ties} | "
+                     + (f"{r.both_bad} | " if with_both_bad else "")
+                     + f"{r.win_rate:.3f} [{r.ci95[0]:.3f}, {r.ci95[1]:.3f}] |")
+    if len(head_to_head) > 1:
+        lines += ["", f"| a | b | n | a wins | b wins | ties |{both} b's win rate |",
+                  "|---|---|---:|---:|---:|---:|" + ("---:|" if with_both_bad else "") + "---|"]
+        for h in head_to_head:
+            lines.append(f"| {_md(labels[h.a])} | {_md(labels[h.b])} | {h.n} | {h.a_wins} | {h.b_wins} | {h.ties} | "
+                         + (f"{h.both_bad} | " if with_both_bad else "")
+                         + f"{h.b_win_rate:.3f} [{h.ci95[0]:.3f}, {h.ci95[1]:.3f}] |")
+    return lines
+
+
 def _human_section(human: PairwiseSummary) -> list[str]:
     labels = human.labels
     choices = ", ".join(f"{name} {count}" for name, count in human.choices.items())
     lines = [f"{human.n_used} choices from `{_md(human.path)}` by {len(human.annotators)} annotator(s) "
              f"({choices}). Win rate: a win counts 1, a tie or both bad 1/2, a loss 0; "
-             "[95% bootstrap interval over prompts].", "",
-             "| System | comparisons | wins | losses | ties | both bad | win rate |", "|---|---:|---:|---:|---:|---:|---|"]
-    for r in human.win_rates:
-        lines.append(f"| {_md(labels[r.system])} | {r.n} | {r.wins} | {r.losses} | {r.ties} | {r.both_bad} | "
-                     f"{r.win_rate:.3f} [{r.ci95[0]:.3f}, {r.ci95[1]:.3f}] |")
-    if len(human.head_to_head) > 1:
-        lines += ["", "| a | b | n | a wins | b wins | ties | both bad | b's win rate |", "|---|---|---:|---:|---:|---:|---:|---|"]
-        for h in human.head_to_head:
-            lines.append(f"| {_md(labels[h.a])} | {_md(labels[h.b])} | {h.n} | {h.a_wins} | {h.b_wins} | {h.ties} | "
-                         f"{h.both_bad} | {h.b_win_rate:.3f} [{h.ci95[0]:.3f}, {h.ci95[1]:.3f}] |")
+             "[95% bootstrap interval over prompts].", ""]
+    lines += _win_rate_tables(human.win_rates, human.head_to_head, labels, with_both_bad=True, who="")
     if human.bradley_terry is not None:
         bt = human.bradley_terry
         ranked = sorted(zip(bt.strengths, bt.systems), reverse=True)
@@ -421,15 +433,8 @@ def _judge_section(judge: JudgeSummary) -> list[str]:
                   f" | {agreement.n} |"]
     labels = judge.labels
     if judge.win_rates:
-        lines += ["", "| System | comparisons | wins | losses | ties | judge's win rate |", "|---|---:|---:|---:|---:|---|"]
-        for r in judge.win_rates:
-            lines.append(f"| {_md(labels[r.system])} | {r.n} | {r.wins} | {r.losses} | {r.ties} | "
-                         f"{r.win_rate:.3f} [{r.ci95[0]:.3f}, {r.ci95[1]:.3f}] |")
-    if len(judge.head_to_head) > 1:
-        lines += ["", "| a | b | n | a wins | b wins | ties | b's win rate |", "|---|---|---:|---:|---:|---:|---|"]
-        for h in judge.head_to_head:
-            lines.append(f"| {_md(labels[h.a])} | {_md(labels[h.b])} | {h.n} | {h.a_wins} | {h.b_wins} | {h.ties} | "
-                         f"{h.b_win_rate:.3f} [{h.ci95[0]:.3f}, {h.ci95[1]:.3f}] |")
+        lines += [""] + _win_rate_tables(judge.win_rates, judge.head_to_head, labels, with_both_bad=False,
+                                         who="judge's ")
     notes = ["A judge's verdict is a model's reading, not a person's: trust it as far as the rows above allow "
              "(a small judge, such as a 135M model, is expected to be poor). Intervals: bootstrap over pairs; win rates "
              "over prompts, ties counting half."]
