@@ -77,6 +77,24 @@ def as_json(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
+def first_changed_option(recorded: dict, given: dict, sections: Iterable[str], may_change: Iterable[str] = (),
+                         only_recorded: bool = False) -> tuple[str, str, Any, Any] | None:
+    """(section, name, recorded value, value now) of the first option given now that differs from the options a
+    folder recorded, both as JSON reads them; None when they agree. Names in `may_change` are not compared; with
+    `only_recorded`, neither are options the record lacks (a folder written before they existed). The one rule of
+    "resume only the same job": a resumed training run, a resumed teacher job."""
+    may_change = set(may_change)
+    given = as_json(given)
+    for section in sections:
+        saved = recorded.get(section, {})
+        for name, value in given[section].items():
+            if name in may_change or (only_recorded and name not in saved):
+                continue
+            if as_json(saved.get(name)) != value:
+                return section, name, saved.get(name), value
+    return None
+
+
 @contextmanager
 def staging_folder(parent: str | os.PathLike, prefix: str) -> Iterator[Path]:
     """A temporary folder inside `parent` (the destination's filesystem, so moving out of it is a rename).

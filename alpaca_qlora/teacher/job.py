@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..cli import check_writable_folder, fail
-from ..files import as_json, atomic_write_json, atomic_write_text, read_json_object, remove_written
+from ..files import atomic_write_json, atomic_write_text, first_changed_option, read_json_object, remove_written
 from ..generation import batch
 from ..generation.generate import load_for_inference
 from ..generation.settings import GenerationSettings, resolve_settings
@@ -104,12 +104,11 @@ def check_output(job: TeacherJob) -> None:
     if job.args.overwrite:
         return
     saved = read_json_object(config, "the options this folder was written with")
-    current = as_json(job.options())
-    for section in ("teacher", "filters", "settings", "templates"):
-        for name, value in current[section].items():
-            if saved.get(section, {}).get(name) != value:
-                fail(f"--output_dir {output}: written with {section} option {name} = {saved.get(section, {}).get(name)!r}, "
-                     f"now {value!r}; run the same command to resume it, or pass --overwrite to start again")
+    changed = first_changed_option(saved, job.options(), ("teacher", "filters", "settings", "templates"))
+    if changed is not None:
+        section, name, recorded, given = changed
+        fail(f"--output_dir {output}: written with {section} option {name} = {recorded!r}, now {given!r}; run the same "
+             "command to resume it, or pass --overwrite to start again")
 
 
 def prepare(args: TeacherArguments, filters: FilterArguments, settings: GenerationSettings) -> TeacherJob:

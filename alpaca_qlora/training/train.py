@@ -25,7 +25,7 @@ from ..data.prompts import is_template_file, load_template_file
 from ..data.mix import load_data_files, read_data_file, split_files
 from ..data.records import DataSplit, make_split
 from ..data.tokenization import TokenizationReport, tokenize_records
-from ..files import as_json, atomic_write_json, staging_folder
+from ..files import atomic_write_json, first_changed_option, staging_folder
 from ..modeling import DTYPES, load_base_model, load_model_config, load_tokenizer_or_processor, resolve_model_path
 from ..plots import plot_loss_curve
 from ..run_folder import (
@@ -77,14 +77,12 @@ def resolve_resume(config: TrainingConfig) -> Path | None:
 
 def check_resume_options(config: TrainingConfig, folder: RunFolder) -> None:
     """A resumed run must be the same run: the first option that differs from the run's own is named."""
-    saved, current = folder.config(), config.to_dict()
-    for section in ("model", "data", "lora", "train"):
-        for name, value in current[section].items():
-            if name in RESUMABLE_CHANGES or name not in saved.get(section, {}):
-                continue
-            if as_json(saved[section][name]) != as_json(value):
-                fail(f"--resume_from_checkpoint: --{name} is {as_json(value)!r} here but {as_json(saved[section][name])!r} "
-                     f"in {folder.file('run_config.json')}; resume with the run's own options (nothing was changed)")
+    changed = first_changed_option(folder.config(), config.to_dict(), ("model", "data", "lora", "train"),
+                                   may_change=RESUMABLE_CHANGES, only_recorded=True)
+    if changed is not None:
+        _, name, recorded, given = changed
+        fail(f"--resume_from_checkpoint: --{name} is {given!r} here but {recorded!r} in {folder.file('run_config.json')}; "
+             "resume with the run's own options (nothing was changed)")
 
 
 def check_resume_engine(folder: RunFolder, engine: EngineSettings) -> None:
