@@ -4,6 +4,10 @@ the CPU, with the tiny random Llama of conftest.py as the judge (its verdicts me
 - The job end to end: every pair of every prompt in both orders, probabilities over A / B / tie that sum to 1, the
   verdict their argmax, each label's log-probability equal to a plain unbatched forward pass; a rerun resumes (a torn
   last line cut, nothing duplicated, a complete file untouched); every bad input one line, exit 2, nothing written.
+- What the judge reads: one BOS under a chat template that writes its own; one tokenization for the three labels;
+  no verdict from log-probabilities that are not finite; no conversation judged without its earlier turns.
+- One judge and one job per ratings file: another template, other generation files, or answers written again since
+  they were judged are refused; one annotator of two models or two precisions is refused by the scoring.
 - The statistics on worked cases: a hand-written judge file (position consistency, swap ties, side A, length bias,
   win rates) and a hand-made people's file (Cohen's kappa and accuracy computed here by formula), on generations
   without references (the reference metrics skipped, the ratings reported); judge lines scored as evaluate_metrics.py
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -31,7 +36,8 @@ from alpaca_qlora.cli import UserError  # noqa: E402
 from alpaca_qlora.generation.generate import load_for_inference  # noqa: E402
 from alpaca_qlora.generation.source import InferenceModelArguments, resolve_model_source  # noqa: E402
 from alpaca_qlora.judge import job as judge_job  # noqa: E402
-from alpaca_qlora.judge.template import load_judge_template  # noqa: E402
+from alpaca_qlora.judge.template import JudgeTemplate, load_judge_template  # noqa: E402
+from alpaca_qlora.modeling import load_tokenizer  # noqa: E402
 from alpaca_qlora.judge.verdict import context_text, tokenize  # noqa: E402
 from alpaca_qlora.scoring.inputs import InputConfig  # noqa: E402
 from alpaca_qlora.scoring.metrics import MetricConfig  # noqa: E402
@@ -134,7 +140,7 @@ def test_each_label_log_probability_is_a_plain_forward_pass(judged, tiny_model):
         instruction, context_input = PROMPTS[row["prompt_id"]]
         question = template.question(instruction, context_input, answers[row["sides"]["A"]][row["prompt_id"]],
                                      answers[row["sides"]["B"]][row["prompt_id"]])
-        tokenized = tokenize(tokenizer, context_text(template, tokenizer, "chat", question), template)
+        tokenized = tokenize(tokenizer, context_text(template, tokenizer, "chat", question), template, "chat")
         start = len(tokenized.context)
         for label, ids in tokenized.labels.items():
             with torch.no_grad():
@@ -189,6 +195,138 @@ def test_a_rerun_resumes_cuts_a_torn_line_and_duplicates_nothing(judged, tiny_mo
     complete = resumed.read_bytes()
     again = judge_job.main(judge_argv(files, tiny_model, resumed))
     assert (again.written, again.already) == (0, 24) and resumed.read_bytes() == complete
+
+
+def test_a_chat_template_that_writes_its_own_bos_gives_the_judge_one_bos(tiny_model, tmp_path):
+    """Llama-3's, Mistral-Instruct's and Gemma's chat templates write {{ bos_token }}, and their tokenizers add a
+    BOS too unless told not to: the text the chat template wrote is encoded without the tokenizer's own."""
+    files = [write_generations(tmp_path / f"{name}.jsonl", ANSWERS[name]) for name in ("base", "tuned")]
+    args, generations = judge_job.parse_args(judge_argv(files, tiny_model, tmp_path / "judge.jsonl"))
+    job = judge_job.prepare(args, generations)
+    assert job.judge_format == "chat"
+    tokenizer = load_tokenizer(str(tiny_model))
+    bos = tokenizer.bos_token_id
+    assert tokenizer("Hi")["input_ids"][0] == bos  # the tiny tokenizer adds a BOS of its own
+    tokenizer.chat_template = "{{ bos_token }}" + tokenizer.chat_template
+    for order in job.orders()[:2]:
+        ids = judge_job.prompt_of(job, order, tokenizer).context
+        assert ids[0] == bos and ids.count(bos) == 1, ids[:4]
+    job.judge_format = "plain"  # plain text: the tokenizer's own BOS, once
+    ids = judge_job.prompt_of(job, job.orders()[0], tokenizer).context
+    assert ids[0] == bos and ids.count(bos) == 1, ids[:4]
+
+
+def test_when_one_label_merges_into_the_context_all_three_labels_are_tokenized_alone():
+    """A SentencePiece-like tokenizer, built here with the tokenizers library: characters, a space marker before the
+    first word, one merge (':' + 't'). After the context "X:", the label "tie" merges into the context's last token
+    and must be tokenized alone; "A" and "B" do not merge, and are tokenized alone too (with the marker, as "tie"
+    is), so the three labels are read alike."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<unk>": 0, "\u2581": 1, "X": 2, ":": 3, "A": 4, "B": 5, "t": 6, "i": 7, "e": 8, ":t": 9}
+    words = Tokenizer(models.BPE(vocab=vocab, merges=[(":", "t")], unk_token="<unk>"))
+    words.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first", split=False)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=words, unk_token="<unk>")
+    assert tokenizer("X:")["input_ids"] == [1, 2, 3]
+    assert tokenizer("X:A")["input_ids"] == [1, 2, 3, 4]  # "A" follows the context's tokens as they are
+    assert tokenizer("X:tie")["input_ids"] == [1, 2, 9, 7, 8]  # "t" merged into the context's ":"
+    template = JudgeTemplate(name="merging", prompt="{instruction}{input}{answer_a}{answer_b}", empty_input="",
+                             verdict_prefix="", labels={"A": "A", "B": "B", "tie": "tie"})
+    tokenized = tokenize(tokenizer, "X:", template, "plain")
+    assert tokenized.context == [1, 2, 3]
+    assert tokenized.labels == {"A": [1, 4], "B": [1, 5], "tie": [1, 6, 7, 8]}  # each alone: one tokenization
+
+
+def refuse_to_load(*args, **kwargs):
+    raise AssertionError("the judge was loaded before every input was checked")
+
+
+def test_log_probabilities_that_are_not_finite_are_one_line_naming_the_order_and_the_precision(tiny_model, tmp_path,
+                                                                                               monkeypatch):
+    """fp16 logits that overflow give nan or inf log-probabilities: refused by name, never a verdict nor a line."""
+    files = [write_generations(tmp_path / f"{name}.jsonl", ANSWERS[name]) for name in ("base", "tuned")]
+    ratings = tmp_path / "judge.jsonl"
+
+    def overflowed(model, items, pad_token_id):
+        return [{"A": float("nan"), "B": float("-inf"), "tie": -1.0} for _ in items]
+
+    monkeypatch.setattr(judge_job, "label_logprobs", overflowed)
+    with pytest.raises(UserError) as refused:
+        judge_job.main(judge_argv(files, tiny_model, ratings))
+    message = str(refused.value)
+    assert re.match(r"id \d with .*(base|tuned)\.jsonl as answer A and .*(base|tuned)\.jsonl as answer B \(full-precision "
+                    r"base weights, \w+ compute\): log P\(A\) is nan, not a finite number", message), message
+    assert "run again with --compute_dtype fp32" in message and "\n" not in message
+    assert not ratings.exists()
+
+
+def test_conversation_generations_are_refused_as_the_template_has_no_place_for_earlier_turns(tiny_model, tmp_path,
+                                                                                             capsys, monkeypatch):
+    monkeypatch.setattr(judge_job, "load_for_inference", refuse_to_load)
+    history = [{"role": "user", "content": "Hi."}, {"role": "assistant", "content": "Hello! How can I help?"}]
+    files = []
+    for name in ("base", "tuned"):
+        rows = read_lines(write_generations(tmp_path / f"{name}.jsonl", ANSWERS[name]))
+        rows[1]["history"] = history  # id 1 goes on a conversation (the same in both files, as inference.py writes)
+        files.append(write_lines(tmp_path / f"{name}.jsonl", rows))
+    out = tmp_path / "out" / "judge.jsonl"
+    message = cli_error(judge_argv(files, tiny_model, out), capsys)
+    assert f"{files[0]}:2: id 1 is a conversation (field 'history')" in message
+    assert "judge single-turn generations only" in message
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_rerun_with_another_judge_or_other_generation_files_is_refused_and_writes_nothing(judged, tiny_model,
+                                                                                            tmp_path, capsys,
+                                                                                            monkeypatch):
+    """One judge (model and template) and one set of generation files per ratings file."""
+    files, ratings, _ = judged
+    monkeypatch.setattr(judge_job, "load_for_inference", refuse_to_load)
+    copy = tmp_path / "judge.jsonl"
+    shutil.copy(ratings, copy)
+    kept = copy.read_bytes()
+    shipped = load_judge_template(None)
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(template_file_text(shipped, prompt=shipped.prompt.replace("one word", "a single word")),
+                       encoding="utf-8")
+    other = load_judge_template(str(changed))
+    message = cli_error(judge_argv(files, tiny_model, copy, "--judge_template", str(changed)), capsys)
+    assert (f"--ratings_file {copy}:1: verdicts of 'judge:{tiny_model.name}#{shipped.sha256[:12]}', this judge is "
+            f"'judge:{tiny_model.name}#{other.sha256[:12]}' (another model or template)") in message
+    assert copy.read_bytes() == kept
+    # two of the three files: the verdicts on the third would stay in the file as this job's
+    message = cli_error(judge_argv(files[:2], tiny_model, copy), capsys)
+    assert f"--ratings_file {copy}:1: judged with generations " in message and "one set of generation files" in message
+    assert copy.read_bytes() == kept
+    # another file in place of the third
+    replaced = write_generations(tmp_path / "replaced.jsonl", ANSWERS["other"])
+    message = cli_error(judge_argv([*files[:2], replaced], tiny_model, copy), capsys)
+    assert f"--ratings_file {copy}:1: judged with generations " in message
+    assert copy.read_bytes() == kept
+    assert not list(tmp_path.glob("**/.*.lock"))
+
+
+def test_a_resume_on_answers_written_again_since_is_refused(tiny_model, tmp_path, capsys, monkeypatch):
+    """Each line records the sha256 of the two answers it judged: a generation file written again at the same path
+    with other answers never keeps the old verdicts."""
+    base = write_generations(tmp_path / "base.jsonl", ANSWERS["base"])
+    tuned = write_generations(tmp_path / "tuned.jsonl", ANSWERS["tuned"])
+    ratings = tmp_path / "judge.jsonl"
+    first = judge_job.main(judge_argv([base, tuned], tiny_model, ratings))
+    assert (first.written, first.total) == (8, 8)
+    rows = read_lines(ratings)
+    assert all(set(row["answers_sha256"]) == {"A", "B"} for row in rows)
+    assert len({row["answers_sha256"]["A"] for row in rows}) == 8  # 4 prompts x 2 files: 8 different answers
+    kept = ratings.read_bytes()
+    monkeypatch.setattr(judge_job, "load_for_inference", refuse_to_load)
+    write_generations(tuned, ANSWERS["tuned"])  # written again with the same answers: resumes, nothing left to do
+    again = judge_job.main(judge_argv([base, tuned], tiny_model, ratings))
+    assert (again.written, again.already) == (0, 8) and ratings.read_bytes() == kept
+    write_generations(tuned, [*ANSWERS["tuned"][:2], "Cheerful.", ANSWERS["tuned"][3]])  # id 2 answered anew
+    message = cli_error(judge_argv([base, tuned], tiny_model, ratings), capsys)
+    assert f"{tuned}: the answer to id 2 is not the one judged at --ratings_file {ratings}:" in message
+    assert ratings.read_bytes() == kept
 
 
 # ---------------------------------------------------------------------------------------------

@@ -117,6 +117,14 @@ def tokenize_conversation(
     return TokenizedExample(input_ids=input_ids, labels=labels, truncated=truncated)
 
 
+def encode_text(tokenizer, text: str, from_chat_template: bool) -> list[int]:
+    """The token ids of one text. Text a chat template wrote already holds every special token the template wants
+    (Llama-3's, Mistral-Instruct's and Gemma's write {{ bos_token }} themselves): it is encoded without the
+    tokenizer's own, as transformers' apply_chat_template(tokenize=True) encodes it (a second BOS otherwise); any
+    other text with them."""
+    return text_tokenizer(tokenizer)(text, add_special_tokens=not from_chat_template)["input_ids"]
+
+
 def encoder(record: dict, tokenizer):
     """text -> ids: the tokenizer's; for a record with an image, the processor's (image tokens expanded)."""
     if not is_processor(tokenizer):

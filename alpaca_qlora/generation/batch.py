@@ -239,15 +239,19 @@ def generation_line(record: dict, answer, setting: dict, source: ModelSource, se
     }
 
 
-def warn_long_prompts(lengths: list[int], settings: list[dict], model) -> None:
+def warn_past_context(lengths: list[int], model, what: str, consequence: str) -> None:
+    """One warning for the texts (their lengths in tokens, all that follows them counted) longer than the model's
+    context: generation's prompts and the judge's (judge/job.py)."""
     limit = context_length(model)
-    longest_answer = max(s["max_new_tokens"] for s in settings)
-    too_long = sum(1 for n in lengths if limit and n + longest_answer > limit)
+    too_long = sum(1 for n in lengths if limit and n > limit)
     if too_long:
-        print(
-            f"warning: {too_long} of {len(lengths)} prompts plus max_new_tokens {longest_answer} exceed the model's "
-            f"{limit}-token context; what is generated past it is unreliable"
-        )
+        print(f"warning: {too_long} of {len(lengths)} {what} exceed the model's {limit}-token context; {consequence}")
+
+
+def warn_long_prompts(lengths: list[int], settings: list[dict], model) -> None:
+    longest_answer = max(s["max_new_tokens"] for s in settings)
+    warn_past_context([n + longest_answer for n in lengths], model, f"prompts plus max_new_tokens {longest_answer}",
+                      "what is generated past it is unreliable")
 
 
 @dataclass

@@ -8,16 +8,23 @@ orders, into the rating page's pairwise ratings file.
 - Each pair is judged twice, once with each file on side A: two lines per pair, so how often the verdict survives
   the swap (position consistency) can be read from the file. evaluate_metrics.py --pairwise_ratings combines the two
   into one verdict per pair (a verdict that changes with the order counts as a tie) and reports how far to trust it.
-- A line is the page's line (rating/store.py) with the judge's fields: `judge`, `probabilities`, `logprobs`; its
-  annotator is `judge:MODEL#HASH` (the judge's name and the template's sha256, 12 digits).
+- A line is the page's line (rating/store.py) with the judge's fields: `judge`, `probabilities`, `logprobs`,
+  `answers_sha256`; its annotator is `judge:MODEL#HASH` (the judge's name and the template's sha256, 12 digits).
 - Resumable and kill-safe as batch generation is: each line is appended and fsynced as soon as it is computed; the
   same command again skips the pairs and orders already in the file and writes the rest (a half-written last line
   left by a kill is cut off first). The judge loads only when something is left to judge.
+- One judge and one job per ratings file: a rerun with another model, template, format, precision or set of
+  generation files, or on answers that changed since they were judged (a generation file written again), is
+  refused (check_existing_lines).
+- Single-turn generations only: a conversation's line (field `history`) is refused, as the template has no place
+  for the turns before the instruction.
 - Every check a user can fail runs before the judge loads and before anything is written.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import sys
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -27,15 +34,18 @@ import torch
 from tqdm.auto import tqdm
 
 from ..cli import ArgumentParser, check_writable_folder, fail, parse_dataclasses
+from ..files import first_changed_option
 from ..generation import batch
-from ..generation.generate import context_length, describe_device, load_for_inference
+from ..generation.generate import describe_device, load_for_inference
 from ..generation.source import InferenceModelArguments, ModelSource, resolve_model_source
-from ..modeling import COMPUTE_DTYPES, QUANTIZATIONS, base_model_kind, load_tokenizer
-from ..rating.pairs import BlindSet, Item
-from ..rating.store import RatingsStore, rating_row
+from ..modeling import COMPUTE_DTYPES, QUANTIZATIONS, base_model_kind, load_tokenizer, resolve_model_path
+from ..rating.pairs import Answer, BlindSet, Item
+from ..rating.store import PairwiseRating, RatingsStore, rating_row
 from ..vision import CAUSAL_LM, text_tokenizer
 from .template import JudgeTemplate, load_judge_template
-from .verdict import FORMATS, Tokenized, context_text, label_logprobs, resolve_format, tokenize, verdict_of
+from .verdict import (
+    FORMATS, Tokenized, check_finite, context_text, label_logprobs, resolve_format, tokenize, verdict_of,
+)
 
 DESCRIPTION = ("A model as judge: which of two answers is better, asked in both orders, for every prompt and every two "
                "generation files; the verdicts go to a pairwise ratings file that evaluate_metrics.py scores.")
@@ -90,7 +100,7 @@ class JudgeJob:
         """Who judged and how: the `judge` field of every line."""
         return {"model": self.source.base_model, "name": judge_name(self.source.base_model),
                 "template": self.template.name, "template_sha256": self.template.sha256, "format": self.judge_format,
-                "precision": self.source.precision()}
+                "precision": self.source.precision(), "generations": [file.path for file in self.blind.files]}
 
     def orders(self) -> list[Order]:
         """Every pair of every prompt, each file once on side A."""
@@ -112,6 +122,18 @@ def judge_name(model: str) -> str:
 
 def judge_annotator(model: str, template: JudgeTemplate) -> str:
     return f"{ANNOTATOR_PREFIX}{judge_name(model)}#{template.sha256[:HASH_DIGITS]}"
+
+
+def shipped_template_annotator(judge: str) -> str:
+    """The annotator this job writes for --judge `judge` with the shipped template (what the study runs)."""
+    return judge_annotator(resolve_model_path(judge), load_judge_template(None))
+
+
+def answer_sha256(answer: Answer) -> str:
+    """What the judge read of one file for one prompt (the instruction, the input, the answer), hashed: recorded in
+    every line (`answers_sha256`), so a resume on answers written again since is refused."""
+    read = {"instruction": answer.instruction, "input": answer.input, "prediction": answer.prediction}
+    return hashlib.sha256(json.dumps(read, sort_keys=True, ensure_ascii=False).encode("utf-8")).hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -155,27 +177,60 @@ def judge_source(args: JudgeArguments) -> ModelSource:
         trust_remote_code=args.trust_remote_code))
 
 
+def check_single_turn(blind: BlindSet) -> None:
+    """The template shows one instruction and its input: a conversation's earlier turns would be left out."""
+    for file in blind.files:
+        for answer in file.answers.values():
+            if answer.history:
+                fail(f"{file.given}:{answer.line}: id {answer.prompt_id!r} is a conversation (field 'history'); the "
+                     "judge's template shows one instruction and its input, not the turns before it: judge "
+                     "single-turn generations only")
+
+
 def check_existing_lines(job: JudgeJob) -> None:
-    """The file holds judges' lines only, and this judge's were written as they would be now (else a rerun would
-    mix two ways of judging under one name)."""
+    """The file holds this judge's lines only, each written as it would be now, on the same generation files and
+    the same answers: one judge and one job per ratings file (else a rerun would mix two ways of judging, or
+    verdicts on answers replaced since, under one name). The options are compared as a resumed training run's are
+    (files.first_changed_option); a line written before an option was recorded is not compared on it."""
     info = job.info
+    given = {file.path: file for file in job.blind.files}
     for rating in job.store.ratings:
         where = f"--ratings_file {job.store.path}:{rating.line}"
         if not rating.is_judge:
             fail(f"{where}: a person's rating (annotator {rating.annotator!r}); a judge's verdicts go to a file of "
                  "their own: choose another --ratings_file")
         if rating.annotator != job.annotator:
-            continue
-        for name in ("model", "format", "precision"):
-            if rating.judge.get(name) != info[name]:
-                fail(f"{where}: judged with {name} {rating.judge.get(name)!r}, now {info[name]!r}; run it as it was "
-                     "run, or choose another --ratings_file")
+            fail(f"{where}: verdicts of {rating.annotator!r}, this judge is {job.annotator!r} (another model or "
+                 "template); one judge per ratings file: choose another --ratings_file")
+        changed = first_changed_option({"judge": rating.judge}, {"judge": info}, ["judge"], only_recorded=True)
+        if changed:
+            _, name, recorded, now = changed
+            fail(f"{where}: judged with {name} {recorded!r}, now {now!r}; one judge and one set of generation files "
+                 "per ratings file: run it as it was run, or choose another --ratings_file")
+        outside = [path for path in rating.files if path not in given]
+        if outside:
+            fail(f"{where}: judged {outside[0]}, which is not among the generation files given now; one set of "
+                 "generation files per ratings file: give the same files, or choose another --ratings_file")
+        check_same_answers(rating, given, where)
+
+
+def check_same_answers(rating: PairwiseRating, given: dict, where: str) -> None:
+    """The two answers a line judged are those in the files now (a line written before they were hashed: unchecked)."""
+    if rating.answers_sha256 is None:
+        return
+    for side, path in rating.sides.items():
+        file = given[path]
+        answer = file.answers.get(str(rating.prompt_id))
+        if answer is None or answer_sha256(answer) != rating.answers_sha256[side]:
+            fail(f"{file.given}: the answer to id {rating.prompt_id!r} is not the one judged at {where} (the file was "
+                 "written again since); judge the new answers into another --ratings_file")
 
 
 def prepare(args: JudgeArguments, generations: list[str]) -> JudgeJob:
     """Everything checked (after check_args); nothing is loaded but the judge's config and tokenizer."""
     template = load_judge_template(args.judge_template)
     blind = BlindSet(generations)
+    check_single_turn(blind)
     store = RatingsStore(args.ratings_file)
     source = judge_source(args)
     judge_format = resolve_format(args.judge_format, load_tokenizer(source.tokenizer_path, args.trust_remote_code),
@@ -192,7 +247,8 @@ def prompt_of(job: JudgeJob, order: Order, tokenizer) -> Tokenized:
     first = job.blind.answer(order.a, order.item)
     second = job.blind.answer(order.b, order.item)
     question = job.template.question(first.instruction, first.input, first.prediction, second.prediction)
-    return tokenize(tokenizer, context_text(job.template, tokenizer, job.judge_format, question), job.template)
+    return tokenize(tokenizer, context_text(job.template, tokenizer, job.judge_format, question), job.template,
+                    job.judge_format)
 
 
 def verdict_row(job: JudgeJob, order: Order, logprobs: dict[str, float]) -> dict:
@@ -200,16 +256,17 @@ def verdict_row(job: JudgeJob, order: Order, logprobs: dict[str, float]) -> dict
     sides = {"A": job.blind.files[order.a].path, "B": job.blind.files[order.b].path}
     prompt_id = job.blind.answer(order.a, order.item).prompt_id
     row = rating_row(prompt_id, job.blind.pair_files(order.item), sides, verdict.choice, "", job.annotator)
-    return {**row, "judge": job.info, "probabilities": verdict.probabilities, "logprobs": verdict.logprobs}
+    answers = {"A": answer_sha256(job.blind.answer(order.a, order.item)),
+               "B": answer_sha256(job.blind.answer(order.b, order.item))}
+    return {**row, "judge": job.info, "probabilities": verdict.probabilities, "logprobs": verdict.logprobs,
+            "answers_sha256": answers}
 
 
-def warn_long_prompts(prompts: list[Tokenized], model) -> None:
-    limit = context_length(model)
-    longest = [len(p.context) + max(len(ids) for ids in p.labels.values()) for p in prompts]
-    too_long = sum(1 for n in longest if limit and n > limit)
-    if too_long:
-        print(f"warning: {too_long} of {len(prompts)} prompts to the judge exceed its {limit}-token context; their "
-              "verdicts are unreliable", file=sys.stderr)
+def order_text(job: JudgeJob, order: Order) -> str:
+    """A pair in one order as an error names it: the prompt, which file was answer A, and the judge's precision."""
+    prompt_id = job.blind.answer(order.a, order.item).prompt_id
+    return (f"id {prompt_id!r} with {job.blind.files[order.a].given} as answer A and {job.blind.files[order.b].given} "
+            f"as answer B ({job.source.describe_precision()})")
 
 
 @dataclass
@@ -225,7 +282,8 @@ def run_judging(job: JudgeJob, model, tokenizer) -> JudgeResult:
     total = len(job.orders())
     words = text_tokenizer(tokenizer)
     prompts = [prompt_of(job, order, words) for order in missing]
-    warn_long_prompts(prompts, model)
+    batch.warn_past_context([len(p.context) + max(len(ids) for ids in p.labels.values()) for p in prompts], model,
+                            "prompts to the judge", "their verdicts are unreliable")
     written = 0
     with tqdm(total=total, initial=total - len(missing), unit="verdict", file=sys.stderr) as bar:
         for indices in batch.plan_batches([len(p.context) for p in prompts], job.batch_size):
@@ -235,6 +293,7 @@ def run_judging(job: JudgeJob, model, tokenizer) -> JudgeResult:
                 fail(f"out of GPU memory at --batch_size {job.batch_size}; run again with a smaller one (the verdicts "
                      "written so far are kept)")
             for i, logprobs in zip(indices, values):
+                check_finite(logprobs, order_text(job, missing[i]))
                 written += job.store.append(verdict_row(job, missing[i], logprobs))
                 bar.update(1)
     return JudgeResult(written, total - len(missing), total)

@@ -4,10 +4,14 @@ The verdict is read from the model, never from text it generates, so every pair 
 
 - The prompt (template.py) goes into the judge's chat template when it has one (the user's turn, the assistant's
   reply opened), else it is plain text followed by a blank line; the template's verdict_prefix follows either way.
+  Text the chat template wrote is encoded without the tokenizer's own special tokens (the template writes the BOS
+  it wants: data/tokenization.encode_text); plain text with them.
 - Each label ("A", "B", "tie" as the template writes them) is tokenized as it follows that text: the whole
   `context + label` is tokenized and the context's tokens cut off its beginning, so the label's tokens are those a
-  model reading the text would see. Should the label's first characters merge into the context's last token, the
-  label is tokenized alone instead.
+  model reading the text would see. Should any label's first characters merge into the context's last token, all
+  three labels are tokenized alone instead: one tokenization for the three, so no label is read differently.
+- A log-probability that is not a finite number (fp16 logits that overflowed) is refused, one line naming the
+  prompt, the order and --compute_dtype (check_finite).
 - log P(label | context) is the sum over the label's tokens of their log-probabilities, teacher-forced: one forward
   pass over `context + label[:-1]` gives them all. Labels of one token share one pass over the context alone, so
   with single-token labels an order costs one pass; a batch of orders is one left-padded forward call, positions
@@ -26,6 +30,7 @@ from dataclasses import dataclass
 import torch
 
 from ..cli import fail
+from ..data.tokenization import encode_text
 from ..generation.shared_prefix import left_padded
 from ..rating.store import JUDGE_LABELS
 from .template import JudgeTemplate
@@ -70,16 +75,18 @@ def context_text(template: JudgeTemplate, tokenizer, judge_format: str, question
     return f"{question}\n\n{template.verdict_prefix}"
 
 
-def tokenize(tokenizer, context: str, template: JudgeTemplate) -> Tokenized:
-    context_ids = tokenizer(context)["input_ids"]
+def tokenize(tokenizer, context: str, template: JudgeTemplate, judge_format: str) -> Tokenized:
+    """The context's tokens (context_text's, in `judge_format`) and each label's tokens as they follow it."""
+    from_chat_template = judge_format == "chat"
+    context_ids = encode_text(tokenizer, context, from_chat_template)
     labels = {}
     for label in JUDGE_LABELS:
-        text = template.labels[label]
-        whole = tokenizer(context + text)["input_ids"]
+        whole = encode_text(tokenizer, context + template.labels[label], from_chat_template)
         if len(whole) > len(context_ids) and whole[: len(context_ids)] == context_ids:
             labels[label] = whole[len(context_ids):]
-        else:  # the label's first characters merged into the context's last token
-            labels[label] = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if len(labels) < len(JUDGE_LABELS):  # a label's first characters merged into the context's last token
+        labels = {label: tokenizer(template.labels[label], add_special_tokens=False)["input_ids"]
+                  for label in JUDGE_LABELS}  # all three alone: one tokenization for the three labels
     return Tokenized(context_ids, labels)
 
 
@@ -89,6 +96,14 @@ def verdict_of(logprobs: dict[str, float]) -> Verdict:
     total = sum(weights.values())
     probabilities = {label: weights[label] / total for label in JUDGE_LABELS}
     return Verdict(dict(logprobs), probabilities, max(JUDGE_LABELS, key=lambda label: probabilities[label]))
+
+
+def check_finite(logprobs: dict[str, float], where: str) -> None:
+    """One line when a label's log-probability is inf or nan: fp16 logits that overflowed, not a verdict."""
+    for label, value in logprobs.items():
+        if not math.isfinite(value):
+            fail(f"{where}: log P({label}) is {value}, not a finite number (the judge's logits overflowed at this "
+                 "precision); run again with --compute_dtype fp32 (or bf16)")
 
 
 def takes_logits_to_keep(model) -> bool:

@@ -13,9 +13,11 @@ Files are named by their absolute path when rated. Nothing here imports the web 
 the same file with the same checks.
 
 A model as judge (python -m alpaca_qlora.judge) writes the same lines, two per pair (one in each order: each file
-once on side A), with three more fields: `judge` (the model, the template's name and sha256, the prompt format and
-the precision), `probabilities` (of "A", "B" and "tie", summing to 1) and `logprobs` (each label's log-probability
-after the prompt); its `choice` is the most probable label and its annotator `judge:MODEL#HASH`.
+once on side A), with more fields: `judge` (the model, the template's name and sha256, the prompt format, the
+precision and the generation files), `probabilities` (of "A", "B" and "tie", summing to 1), `logprobs` (each
+label's log-probability after the prompt) and `answers_sha256` (A and B: the sha256 of what the judge read of each
+answer, so a resume on answers written again is refused; lines written before it lack it); its `choice` is the
+most probable label and its annotator `judge:MODEL#HASH`.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ class PairwiseRating:
     line: int
     judge: Optional[dict[str, Any]] = None  # a model's verdict: who judged and how (None: a person's choice)
     probabilities: Optional[dict[str, float]] = None  # a model's: of A, B and tie
+    answers_sha256: Optional[dict[str, str]] = None  # a model's: A and B -> what it read of each answer, hashed
 
     @property
     def is_judge(self) -> bool:
@@ -117,9 +120,13 @@ def parse_pairwise_rating(row: dict[str, Any], where: str, line: int = 0) -> Pai
     if not isinstance(comment, str):
         fail(f"{where}: field 'comment' must be text, got {type(comment).__name__}")
     judge, probabilities = (_judge_fields(row, where, choice) if "judge" in row else (None, None))
+    answers = row.get("answers_sha256")
+    if answers is not None and (not isinstance(answers, dict) or set(answers) != {"A", "B"}
+                                or not all(isinstance(digest, str) for digest in answers.values())):
+        fail(f"{where}: field 'answers_sha256' must map A and B to the sha256 of each answer, got {answers!r}")
     return PairwiseRating(prompt_id=prompt_id, files=(files[0], files[1]), sides={"A": sides["A"], "B": sides["B"]},
                           choice=choice, annotator=annotator, comment=comment, time=str(row.get("time", "")), line=line,
-                          judge=judge, probabilities=probabilities)
+                          judge=judge, probabilities=probabilities, answers_sha256=answers)
 
 
 def _judge_fields(row: dict[str, Any], where: str, choice: str) -> tuple[dict[str, Any], dict[str, float]]:
