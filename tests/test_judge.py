@@ -536,6 +536,26 @@ def test_a_judge_line_whose_choice_is_not_its_most_probable_label_is_refused(wor
     assert not (tmp_path / "out").exists()
 
 
+def test_one_annotator_judging_with_two_models_or_two_precisions_is_refused(worked, tmp_path):
+    """The annotator names the judge by its folder's name: two folders of one name, or one judge at two precisions,
+    must not be pooled as one judge's verdicts."""
+    base, tuned, judge, _ = worked
+    for name, value in (("model", "/elsewhere/tiny"), ("precision", {"quantization": "none", "compute_dtype": "fp16"})):
+        rows = read_lines(judge)
+        for row in rows:
+            row["judge"][name] = value
+        other = write_lines(tmp_path / f"other-{name}.jsonl", rows)
+        out = tmp_path / f"out-{name}"
+        with pytest.raises(UserError, match=rf"other-{name}\.jsonl:1: annotator '{re.escape(JUDGE)}' judged with {name} "
+                                            r".*judge\.jsonl:1 with .*: two judges under one name"):
+            score([base, tuned], [judge, other], out)
+        assert not out.exists()
+    # the same lines in two files (one judge, one precision): one judge, each pair and order counted once
+    again = write_lines(tmp_path / "again.jsonl", read_lines(judge))
+    [summary] = score([base, tuned], [judge, again], tmp_path / "both")["judge_pairwise"]
+    assert (summary["annotator"], summary["n_lines"], summary["n_pairs"]) == (JUDGE, 26, 6)
+
+
 def test_evaluate_metrics_scores_the_judge_file_unchanged(judged, tmp_path):
     """The job's own file, with the generations' references: the metrics as always, the judge's section beside them,
     its win rates those of the file's verdicts combined by hand (the same outcome in both orders, else a tie)."""

@@ -17,6 +17,8 @@ A judge writes two lines per pair, one in each order (each file once on side A).
   judge judged, each person's rating an item: *accuracy* (the judge picks the person's winner; a judge's tie is a
   miss) and *Cohen's kappa* (`sklearn.metrics.cohen_kappa_score`; labels: which system won, or tie).
 
+One annotator is one judge: its lines must all name one model, prompt format and precision (else one line, exit 2).
+
 Every interval is a 95% percentile bootstrap over pairs (prompt and the two files): a resampled pair brings all of
 its items; same --bootstrap and --seed as the metrics. Win rates resample prompts, as the people's do.
 """
@@ -29,13 +31,16 @@ from typing import Optional
 
 import numpy as np
 
+from ..cli import fail
 from ..rating.store import PairwiseRating
 from .human import (
-    HeadToHead, Judgement, PairwiseInput, WinRate, head_to_head, match_file, rated_inputs, share_interval, win_rates,
+    FLAG, HeadToHead, Judgement, PairwiseInput, WinRate, head_to_head, match_file, rated_inputs, share_interval,
+    win_rates,
 )
 from .metrics import interval, resample_counts
 
 Pair = tuple[str, int, int]  # (prompt, first system, second system), first < second
+JUDGE_IDENTITY = ("model", "format", "precision")  # what one annotator's lines must agree on
 
 
 @dataclass(frozen=True)
@@ -245,11 +250,25 @@ def summarise_judge(annotator: str, ratings: list[tuple[str, PairwiseRating]], p
     )
 
 
+def check_one_judge(annotator: str, ratings: list[tuple[str, PairwiseRating]]) -> None:
+    """An annotator's lines all name one model, prompt format and precision (the template is in its name): two
+    folders of one name, or one judge at two precisions, would otherwise be pooled as one judge."""
+    first_path, first = ratings[0]
+    for path, rating in ratings[1:]:
+        for name in JUDGE_IDENTITY:
+            if rating.judge.get(name) != first.judge.get(name):
+                fail(f"{FLAG} {path}:{rating.line}: annotator {annotator!r} judged with {name} "
+                     f"{rating.judge.get(name)!r}, at {first_path}:{first.line} with {first.judge.get(name)!r}: two "
+                     "judges under one name; score their ratings files in separate runs")
+
+
 def summarise_judges(pairwise: PairwiseInput, resamples: int, seed: int) -> list[JudgeSummary]:
     """Every judge of the ratings files, in the order its first line was read."""
     by_annotator: dict[str, list[tuple[str, PairwiseRating]]] = {}
     for path, rating in pairwise.judge_ratings:
         by_annotator.setdefault(rating.annotator, []).append((path, rating))
+    for annotator, ratings in by_annotator.items():
+        check_one_judge(annotator, ratings)
     answers = [system.answers for system in pairwise.systems]
     return [summarise_judge(annotator, ratings, pairwise, answers, resamples, seed)
             for annotator, ratings in by_annotator.items()]
