@@ -24,9 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from ..cli import fail
-from ..files import atomic_write_json
+from ..files import atomic_write_json, read_json_file
 from ..jsonl import read_objects
-from ..files import read_json_file
 from ..run_folder import EVAL_RESULTS, RUN_CONFIG, RUN_INFO, TRAIN_LOG, RunFolder
 from ..scoring.human import load_pairwise
 from ..scoring.inputs import Group, InputConfig, load_groups, pair_groups
