@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -116,13 +117,13 @@ def test_a_zero_learning_rate_run_a_recipe_and_a_judge_in_one_study(tiny_model, 
     - A recipe (NEFTune, at a learning rate that trains) is a run of its own per seed, its options in its
       run_config.json, compared with the plain recipe of the same seed in a section of its own.
     - A judge (the tiny model) compares base and tuned in both orders; the report gives its win rate; the report
-      rebuilds identically and a rerun skips the judge."""
+      rebuilds identically and a rerun skips the judge; with another `judge:` in the config, the verdicts on file
+      are refused by the study and by the rebuild (never reported under the new judge's name)."""
     folder = tmp_path / "configs"
     recipe = {"neftune_noise_alpha": 5, "learning_rate": 3.0e-3}
-    config = write_config(folder, tiny_model, tiny_data, budgets=[2], seeds=[42], seeded_budgets=None,
-                          quantizations=[], sweep="top_k=1", sweep_records=4,
-                          training={**FAST_STUDY["training"], "learning_rate": 0.0}, recipes={"neftune5": recipe},
-                          judge=os.path.relpath(tiny_model, folder))
+    changes = dict(budgets=[2], seeds=[42], seeded_budgets=None, quantizations=[], sweep="top_k=1", sweep_records=4,
+                   training={**FAST_STUDY["training"], "learning_rate": 0.0}, recipes={"neftune5": recipe})
+    config = write_config(folder, tiny_model, tiny_data, **changes, judge=os.path.relpath(tiny_model, folder))
     result = run_script("-m", "alpaca_qlora.experiment", "--config", str(config), env={"OMP_NUM_THREADS": "1"},
                         timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -172,6 +173,21 @@ def test_a_zero_learning_rate_run_a_recipe_and_a_judge_in_one_study(tiny_model, 
     assert rebuilt.returncode == 0 and "identical" in rebuilt.stdout, rebuilt.stdout[-3000:] + rebuilt.stderr[-3000:]
     rerun = run_script("-m", "alpaca_qlora.experiment", "--config", str(config), env={"OMP_NUM_THREADS": "1"})
     assert rerun.returncode == 0 and "[skip] judge (tuned-nf4-2-seed42)" in rerun.stdout, rerun.stderr[-3000:]
+
+    # another judge in the config (a copy of the tiny model under another name): the verdicts on file are not its own
+    other_judge = shutil.copytree(tiny_model, tmp_path / "other-judge")
+    write_config(folder, tiny_model, tiny_data, **changes, judge=os.path.relpath(other_judge, folder))
+    verdicts_file = (run_dir / "judge" / "tuned-nf4-2-seed42.jsonl").read_bytes()
+    changed = run_script("-m", "alpaca_qlora.experiment", "--config", str(config), env={"OMP_NUM_THREADS": "1"})
+    assert changed.returncode == 2, changed.stdout[-3000:] + changed.stderr[-3000:]
+    assert "not of the config's judge (judge:other-judge#" in changed.stderr
+    assert "tuned-nf4-2-seed42.jsonl to judge again with it" in changed.stderr
+    assert "judge (tuned-nf4-2-seed42)" not in changed.stdout  # neither skipped nor run
+    assert (run_dir / "judge" / "tuned-nf4-2-seed42.jsonl").read_bytes() == verdicts_file
+    rebuilt = run_script("-m", "alpaca_qlora.study.rebuild", "--config", str(config))
+    assert rebuilt.returncode == 2, rebuilt.stdout[-3000:] + rebuilt.stderr[-3000:]
+    assert f"verdicts of 'judge:{tiny_model.name}#" in rebuilt.stderr
+    assert "not of the config's judge (other-judge)" in rebuilt.stderr
 
 
 TRAINING = FAST_STUDY["training"]

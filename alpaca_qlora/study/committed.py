@@ -110,7 +110,10 @@ def load_study_data(config: StudyConfig, scorers: Scorers) -> StudyData:
 
 def judge_summaries(config: StudyConfig, groups: dict[str, Group]) -> dict[str, JudgeSummary]:
     """The committed verdicts of the judge on base against each tuned file, read and summarised as
-    evaluate_metrics.py --pairwise_ratings does (the same bootstrap as the scores)."""
+    evaluate_metrics.py --pairwise_ratings does (the same bootstrap as the scores); verdicts of another model than
+    the config's `judge` are refused (the report would give them its name)."""
+    from ..judge.job import judge_name  # torch: only a study with a judge needs it
+
     results_dir = Path(config.results_dir)
     base = f"base-{config.main_quantization}"
     summaries = {}
@@ -123,6 +126,9 @@ def judge_summaries(config: StudyConfig, groups: dict[str, Group]) -> dict[str, 
         judges = summarise_judges(pairwise, config.bootstrap, metric_config(config).seed)
         if len(judges) != 1:
             fail(f"{path}: expected the verdicts of one judge, found {len(judges)} (people's ratings or other judges)")
+        if judges[0].judge.get("name") != judge_name(config.judge):
+            fail(f"{path}: verdicts of {judges[0].annotator!r}, not of the config's judge ({judge_name(config.judge)}); "
+                 f"delete {Path(config.run_dir) / JUDGE_FOLDER / path.name} and run the study again to judge with it")
         summaries[run.tuned] = judges[0]
     return summaries
 

@@ -106,15 +106,28 @@ def judge_file(config: StudyConfig, name: str) -> Path:
 
 def judge(config: StudyConfig, base: Path, tuned: Path, name: str, timings: Timings) -> Path:
     """The configured judge on base against tuned, every record in both orders; skipped when every verdict is there
-    (the judge resumes a partial file itself)."""
+    (the judge resumes a partial file itself). A file holding another judge's verdicts (the config's `judge:` changed
+    since) is refused, neither skipped nor resumed: they would be reported under the new judge's name."""
     output = judge_file(config, name)
     title = f"judge ({name})"
+    check_judged_by(config, output)
     expected = 2 * config.eval_records
     if complete_lines(output) >= expected:
         skip(title, f"{output} holds its {expected} verdicts")
         return output
     run_job(title, JUDGE_JOB, [str(base), str(tuned), "--judge", config.judge, "--ratings_file", str(output)], timings)
     return output
+
+
+def check_judged_by(config: StudyConfig, output: Path) -> None:
+    """Every line of a judge file already there is the configured judge's: its model and the shipped template."""
+    from ..judge.job import shipped_template_annotator  # torch: only a study with a judge needs it
+
+    expected = shipped_template_annotator(config.judge)
+    for number, row in read_appendable(output).rows:
+        if row.get("annotator") != expected:
+            fail(f"{output}:{number}: verdicts of {row.get('annotator')!r}, not of the config's judge ({expected}); "
+                 f"delete {output} to judge again with it")
 
 
 def sweep_size(config: StudyConfig) -> int:
