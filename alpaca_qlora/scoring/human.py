@@ -69,6 +69,11 @@ class Judgement:
     def winner(self) -> Optional[int]:
         return {"first": self.first, "second": self.second}.get(self.outcome)
 
+    @property
+    def label(self) -> str:
+        """The outcome as agreement compares it: the system that won ("system 3"), else the outcome (tie, both_bad)."""
+        return {"first": f"system {self.first}", "second": f"system {self.second}"}.get(self.outcome, self.outcome)
+
 
 # ---------------------------------------------------------------- results
 
@@ -232,25 +237,31 @@ def metric_agreement(judgements: list[Judgement], scores: dict[tuple[int, str], 
                            int((differences[decisive] == 0).sum()), tau)
 
 
-def annotator_agreement(judgements: list[Judgement]) -> list[AnnotatorAgreement]:
-    """Cohen's kappa of every two annotators over the pairs both rated."""
+def cohen_kappa(a: list[str], b: list[str], weights: Optional[np.ndarray] = None) -> Optional[float]:
+    """Cohen's kappa of two raters' labels (sklearn's), each item weighted by `weights` if given (a bootstrap
+    resample); None when it is undefined (one label used by both). Two annotators here, a judge and people in
+    scoring/judged.py."""
     from sklearn.metrics import cohen_kappa_score
 
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # one label used by both: kappa is undefined (nan), reported as None
+        value = float(cohen_kappa_score(a, b, labels=sorted(set(a) | set(b)), sample_weight=weights))
+    return value if np.isfinite(value) else None
+
+
+def annotator_agreement(judgements: list[Judgement]) -> list[AnnotatorAgreement]:
+    """Cohen's kappa of every two annotators over the pairs both rated."""
     outcomes: dict[str, dict[tuple[str, int, int], str]] = {}
     for j in judgements:
-        label = {"first": f"system {j.first}", "second": f"system {j.second}"}.get(j.outcome, j.outcome)
-        outcomes.setdefault(j.annotator, {})[(j.prompt, j.first, j.second)] = label
+        outcomes.setdefault(j.annotator, {})[(j.prompt, j.first, j.second)] = j.label
     rows = []
     for a, b in combinations(sorted(outcomes), 2):
         shared = [key for key in outcomes[a] if key in outcomes[b]]
         if not shared:
             continue
         labels_a, labels_b = [outcomes[a][k] for k in shared], [outcomes[b][k] for k in shared]
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # one label used by both: kappa is undefined (nan), reported as None
-            kappa = float(cohen_kappa_score(labels_a, labels_b))
         raw = sum(x == y for x, y in zip(labels_a, labels_b)) / len(shared)
-        rows.append(AnnotatorAgreement(a, b, len(shared), kappa if np.isfinite(kappa) else None, raw))
+        rows.append(AnnotatorAgreement(a, b, len(shared), cohen_kappa(labels_a, labels_b), raw))
     return rows
 
 
@@ -317,6 +328,18 @@ def rated_inputs(rating: PairwiseRating, inputs: list[str]) -> Optional[tuple[in
     return None if first is None or second is None or first == second else (first, second)
 
 
+def rated_judgement(rating: PairwiseRating, inputs: list[str]) -> Optional[Judgement]:
+    """A rating (a person's, or a judge's line) tied to the two inputs it compares, first < second, its outcome in
+    their terms ("first", "second", else the choice: tie, both_bad); None when it compares no two inputs."""
+    indices = rated_inputs(rating, inputs)
+    if indices is None:
+        return None
+    first, second = sorted(indices)
+    winner = match_file(rating.winner_file, inputs) if rating.winner_file else None
+    outcome = rating.choice if winner is None else ("first" if winner == first else "second")
+    return Judgement(str(rating.prompt_id), first, second, outcome, rating.annotator)
+
+
 def load_pairwise(paths: list[str] | str, inputs: list[str], per_input: list[list[Group]]) -> PairwiseInput:
     """Read and check the ratings file(s) and tie each rating to two of the inputs (before any scoring); every file
     must compare two of the inputs at least once."""
@@ -347,16 +370,13 @@ def load_pairwise(paths: list[str] | str, inputs: list[str], per_input: list[lis
     judgements, unmatched, used_inputs = [], 0, set()
     choices = {choice: 0 for choice in ("A", "B", "tie", "both_bad")}
     for rating in latest.values():
-        indices = rated_inputs(rating, resolved)
-        if indices is None:
+        judgement = rated_judgement(rating, resolved)
+        if judgement is None:
             unmatched += 1
             continue
-        first, second = sorted(indices)
-        winner = match_file(rating.winner_file, resolved) if rating.winner_file else None
-        outcome = rating.choice if winner is None else ("first" if winner == first else "second")
-        judgements.append(Judgement(str(rating.prompt_id), first, second, outcome, rating.annotator))
+        judgements.append(judgement)
         choices[rating.choice] += 1
-        used_inputs.update(indices)
+        used_inputs.update((judgement.first, judgement.second))
     for _, rating in judged:
         used_inputs.update(rated_inputs(rating, resolved) or ())
     for index in sorted(used_inputs):

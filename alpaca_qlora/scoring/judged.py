@@ -25,7 +25,6 @@ its items; same --bootstrap and --seed as the metrics. Win rates resample prompt
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -34,8 +33,8 @@ import numpy as np
 from ..cli import fail
 from ..rating.store import PairwiseRating
 from .human import (
-    FLAG, HeadToHead, Judgement, PairwiseInput, WinRate, head_to_head, match_file, rated_inputs, share_interval,
-    win_rates,
+    FLAG, HeadToHead, Judgement, PairwiseInput, WinRate, cohen_kappa, head_to_head, match_file, rated_judgement,
+    share_interval, win_rates,
 )
 from .metrics import interval, resample_counts
 
@@ -119,15 +118,12 @@ def order_verdicts(ratings: list[PairwiseRating], inputs: list[str]) -> tuple[li
     """A judge's lines that compare two inputs, tied to them; and how many do not."""
     verdicts, unmatched = [], 0
     for rating in ratings:
-        indices = rated_inputs(rating, inputs)
+        judgement = rated_judgement(rating, inputs)  # a judge's choice is A, B or tie: its outcome first, second or tie
         on_a = match_file(rating.sides["A"], inputs)
-        if indices is None or on_a is None:
+        if judgement is None or on_a is None:
             unmatched += 1
             continue
-        first, second = sorted(indices)
-        winner = match_file(rating.winner_file, inputs) if rating.winner_file else None
-        outcome = "tie" if winner is None else ("first" if winner == first else "second")
-        verdicts.append(OrderVerdict(str(rating.prompt_id), first, second, on_a, outcome))
+        verdicts.append(OrderVerdict(judgement.prompt, judgement.first, judgement.second, on_a, judgement.outcome))
     return verdicts, unmatched
 
 
@@ -179,23 +175,6 @@ def longer_won(outcomes: list[tuple[Pair, str]], answers: list[dict[str, str]]) 
     return hits, equal
 
 
-def label(system: Optional[int]) -> str:
-    return "tie" if system is None else f"system {system}"
-
-
-def winner(pair: Pair, outcome: str) -> Optional[int]:
-    return {"first": pair[1], "second": pair[2]}.get(outcome)
-
-
-def kappa(a: list[str], b: list[str], weights: Optional[np.ndarray] = None) -> Optional[float]:
-    from sklearn.metrics import cohen_kappa_score
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # one label used by both: kappa is undefined (nan), reported as None
-        value = float(cohen_kappa_score(a, b, labels=sorted(set(a) | set(b)), sample_weight=weights))
-    return value if np.isfinite(value) else None
-
-
 def people_agreement(people: list[Judgement], outcomes: dict[Pair, str], resamples: int,
                      seed: int) -> Optional[PeopleAgreement]:
     """Accuracy and Cohen's kappa of the judge against each decisive rating of a person on a pair it judged."""
@@ -203,16 +182,16 @@ def people_agreement(people: list[Judgement], outcomes: dict[Pair, str], resampl
     items = [(j, pair) for j, pair in items if pair in outcomes]
     if not items:
         return None
-    theirs = [label(j.winner) for j, _ in items]
-    ours = [label(winner(pair, outcomes[pair])) for _, pair in items]
+    theirs = [j.label for j, _ in items]  # a person's decisive choice: the system that won
+    ours = [Judgement(*pair, outcomes[pair]).label for _, pair in items]  # the system that won, or tie
     hits = [float(a == b) for a, b in zip(theirs, ours)]
     units = [pair for _, pair in items]
     pairs = sorted(set(units))
     counts = resample_counts(len(pairs), resamples, seed)
     column = {pair: index for index, pair in enumerate(pairs)}
     weights = counts[:, [column[pair] for pair in units]]  # each resample's weight of each item: its pair's count
-    value = kappa(theirs, ours)
-    resampled = np.array([k for k in (kappa(theirs, ours, row) for row in weights) if k is not None])
+    value = cohen_kappa(theirs, ours)
+    resampled = np.array([k for k in (cohen_kappa(theirs, ours, row) for row in weights) if k is not None])
     return PeopleAgreement(
         n=len(items), n_pairs=len(pairs), judge_ties=sum(text == "tie" for text in ours),
         accuracy=sum(hits) / len(hits), accuracy_ci95=share_interval(units, hits, pairs, counts),
