@@ -72,10 +72,13 @@ class LoraArguments:
         default="default",
         metadata={"help": "LoRA initialisation (peft): default (A Kaiming-uniform, B zero), gaussian (A normal, B zero), "
                           "pissa (the principal singular directions of each weight; the adapter is saved converted to a "
-                          "plain LoRA of rank 2r) or loftq (the NF4 quantization error; CUDA only in peft).",
+                          "plain LoRA of rank 2r) or loftq (the NF4 quantization error; CUDA only in peft; with --quantization "
+                          "nf4 --double_quant false --loftq_iter 1 only, see training/lora_init.py).",
                   "choices": LORA_INITS},
     )
-    loftq_iter: int = field(default=1, metadata={"help": "Alternating quantize / SVD iterations of LoftQ (peft's loftq_iter)."})
+    loftq_iter: int = field(default=1, metadata={"help": "Alternating quantize / SVD iterations of LoftQ (peft's loftq_iter): 1 "
+                                                         "only (with more, peft's base is not the NF4 quantization of the "
+                                                         "original weights that generation loads)."})
     lora_dropout_rng: str = field(
         default="auto",
         metadata={"help": "Random masks of the LoRA dropout: auto (pcg64 on the CPU, torch on GPUs), torch, or pcg64 "

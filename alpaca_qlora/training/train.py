@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import dataclasses
+import gc
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -215,8 +216,14 @@ def add_lora(model, config: TrainingConfig, plan: TrainingPlan, checkpointing_kw
     return model
 
 
-def initialise_modified_base(config: TrainingConfig, plan: TrainingPlan) -> InitialAdapter:
-    """PiSSA / LoftQ: peft initialises on the base in the compute dtype; the result is set aside (lora_init.py)."""
+def initialise_modified_base(config: TrainingConfig, plan: TrainingPlan) -> tuple[InitialAdapter, float]:
+    """PiSSA / LoftQ: peft initialises on the base in the compute dtype; the result is set aside (lora_init.py).
+
+    Returns the aside and this step's peak memory (GiB, as peak_memory_gib measures it). The 16/32-bit base is freed
+    here, before the quantized one loads (initialise_aside's own references are gone, this function's `full` is the
+    last). On CUDA the allocator's cache is then emptied and its peak reset, so the run's peak_memory_gib is the
+    training's own and the initialisation's is recorded apart (eval_results.json: initialisation_peak_memory_gib).
+    On the CPU the resident set's peak cannot be reset: there peak_memory_gib includes the initialisation."""
     set_seed(config.train.seed)
     full = load_base_model(
         resolve_model_path(config.model.base_model), "none", DTYPES[plan.compute_dtype], config.model.double_quant,
@@ -224,9 +231,16 @@ def initialise_modified_base(config: TrainingConfig, plan: TrainingPlan) -> Init
         kind=plan.model_kind,
     )
     try:
-        return initialise_aside(full, lora_config(config, plan))
+        initial = initialise_aside(full, lora_config(config, plan))
     except ValueError as error:
         fail(f"--lora_target_modules {config.lora.lora_target_modules}: {str(error).strip().splitlines()[0]}")
+    del full
+    gc.collect()
+    peak = peak_memory_gib()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    return initial, peak
 
 
 def build_model(config: TrainingConfig, plan: TrainingPlan, initial: InitialAdapter | None = None):
@@ -489,7 +503,8 @@ def check_engine(config: TrainingConfig) -> tuple[EngineSettings, Precision]:
 
 def train(config: TrainingConfig) -> dict:
     engine, precision = check_engine(config)
-    check_lora_init(config.lora, config.model.quantization, plan_device(config.train), engine.engine, engine.world_size)
+    check_lora_init(config.lora, config.model.quantization, config.model.double_quant, plan_device(config.train),
+                    engine.engine, engine.world_size)
     folder = RunFolder(Path(config.train.output_dir))
     resume = resolve_resume(config)
     check_output_dir(config.train.output_dir, config.run.overwrite_output_dir, resume is not None)
@@ -511,7 +526,8 @@ def train(config: TrainingConfig) -> dict:
     engine = check_wrap_classes(engine, model_config, kind, config.model.trust_remote_code)
     plan = make_plan(config, model_config, bool(data.val_examples), engine, largest_batch_tokens(data, config), precision)
     print(plan.describe())  # every choice, before any weight loads
-    initial = initialise_modified_base(config, plan) if modifies_base(config.lora.init_lora_weights) else None
+    initial, initialisation_peak = (initialise_modified_base(config, plan) if modifies_base(config.lora.init_lora_weights)
+                                    else (None, None))
     model = build_model(config, plan, initial)
     packing_probe = data.train_examples[0]["input_ids"] * 16
     deferred_packing_check = plan.packing and params_partitioned(model)
@@ -554,6 +570,8 @@ def train(config: TrainingConfig) -> dict:
                               else "none: no held-out example is left after tokenization (raise --max_seq_length)")
     results["finished_at_step"] = trainer.state.global_step
     results["peak_memory_gib"] = peak_memory_gib()
+    if initialisation_peak is not None:  # PiSSA / LoftQ's 16/32-bit moment before training (initialise_modified_base)
+        results["initialisation_peak_memory_gib"] = initialisation_peak
     results["peak_memory_gib_per_process"] = per_process(results["peak_memory_gib"], args.world_size)
     results["memory_held_per_process"] = per_process(memory_held(trainer), args.world_size)
     sharded = adapter_sharded(plan)
