@@ -49,6 +49,12 @@ def modifies_base(init_lora_weights: str) -> bool:
     return init_lora_weights in MODIFYING_INITS
 
 
+def converts_adapter(init_lora_weights) -> bool:
+    """Whether the finished run's adapter is converted for the original base (PiSSA): its checkpoints' adapters are
+    not, and apply to the modified base only. A LoftQ adapter, converted or not, applies to NF4(W)."""
+    return init_lora_weights == "pissa"
+
+
 def check_lora_init(lora, quantization: str, double_quant: bool, device: str, engine: str, world_size: int) -> None:
     """One line, exit 2, for the combinations peft (0.21) cannot train or convert, or whose adapter would not apply
     to the base that generation loads (LoftQ: the module docstring). The CPU refusal of LoftQ comes last, so that a
@@ -110,7 +116,7 @@ class InitialAdapter:
 
     def conversion(self) -> dict:
         """save_pretrained's arguments that turn a trained PiSSA adapter into a LoRA on the original base."""
-        return {"path_initial_model_for_weight_conversion": str(self.adapter)} if self.init == "pissa" else {}
+        return {"path_initial_model_for_weight_conversion": str(self.adapter)} if converts_adapter(self.init) else {}
 
 
 def initialise_aside(full_model, lora_config) -> InitialAdapter:
