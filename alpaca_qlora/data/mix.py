@@ -23,9 +23,8 @@ import math
 from dataclasses import dataclass
 
 from ..cli import fail
-from ..files import file_sha256
 from .records import (
-    DEFAULT_FIELDS, DataSplit, data_file, load_records, make_split, resolve_val_size, shuffled_order, split_order,
+    DEFAULT_FIELDS, DataSplit, data_file, load_file_records, make_split, resolve_val_size, shuffled_order, split_order,
 )
 
 CONCATENATED = "concatenated: every record of every file once"
@@ -45,11 +44,32 @@ class DataFile:
 
 
 def read_data_file(path: str, fields: dict[str, str], template: str) -> DataFile:
-    records = load_records(path, fields, template=template)
-    file = data_file(path)  # after load_records, which downloads the default file where it is missing
-    if not file.is_file():
+    """A --data_path file's records and facts; its sha256 is that of the bytes its records were parsed from."""
+    records, sha256 = load_file_records(path, fields, template=template)
+    if sha256 is None:  # a datasets hub id
         return DataFile(path, records, None, None)
-    return DataFile(path, records, str(file.resolve()), file_sha256(file))
+    file = data_file(path)  # after load_file_records, which downloads the default file where it is missing
+    return DataFile(path, records, str(file.resolve()), sha256)
+
+
+def source_files(sources: dict) -> list[dict]:
+    """Each file's facts in a split's sources (run_info.json's data.sources): the --data_path files, then the
+    --val_data_path file."""
+    files = [facts for facts in sources.get("files", []) if isinstance(facts, dict)]
+    return files + ([sources["val_data_path"]] if isinstance(sources.get("val_data_path"), dict) else [])
+
+
+def changed_data_file(recorded: dict, current: dict) -> tuple[str, str, str] | None:
+    """(path as given, recorded sha256, sha256 now) of the first data file whose bytes differ from those a run
+    recorded (`recorded`: its data.sources; `current`: the sources as read now), else None. A file is matched by its
+    path as given; one without a recorded sha256 (a datasets hub id, a run from before sources were recorded) is not
+    compared."""
+    then = {facts.get("path"): facts.get("sha256") for facts in source_files(recorded)}
+    for facts in source_files(current):
+        before = then.get(facts["path"])
+        if before and facts["sha256"] and before != facts["sha256"]:
+            return facts["path"], before, facts["sha256"]
+    return None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from ..cli import fail
 from ..files import atomic_write_bytes
-from ..jsonl import decode_utf8, read_bytes, read_objects
+from ..jsonl import decode_utf8, parse_lines, read_bytes
 from ..vision import IMAGE_FIELD, check_image
 from .conversations import CONVERSATIONS, MESSAGES, conversation_field, prompt_messages, read_messages, reference_answer
 
@@ -82,18 +82,26 @@ def load_records(data_path: str, fields: dict[str, str] | None = None, require_o
 
     `fields` maps instruction/input/output to the user's field names (default: the same names). Without
     `require_output` (prompts to generate answers for) a record may lack its output: it is then None.
-    `template` (training's --prompt_template): a conversation is rendered by the chat template only, so any other
-    template is refused at the first conversation, naming it."""
+    `template` (training's --prompt_template, generation's template): a conversation is rendered by the chat
+    template only, so any other template is refused at the first conversation, naming it."""
+    return load_file_records(data_path, fields, require_output, template)[0]
+
+
+def load_file_records(data_path: str, fields: dict[str, str] | None = None, require_output: bool = True,
+                      template: str | None = None) -> tuple[list[dict], str | None]:
+    """load_records' records, and the sha256 of the very bytes they were parsed from (the file is read once; None
+    for a datasets hub id): what a run records of its data and compares on resume (data/mix.py)."""
     path = data_file(data_path)
     if not path.exists() and data_path == DEFAULT_DATA_PATH:
         download_alpaca_data(path)
+    sha256 = None
     if path.is_file():
-        if path.suffix == ".json":
-            raw = _read_json_list(path)
-        elif path.suffix == ".jsonl":
-            raw = read_objects(path)
-        else:
+        if path.suffix not in (".json", ".jsonl"):
             fail(f"{path}: unsupported data file type '{path.suffix}' (use .json or .jsonl)")
+        data = read_bytes(path)
+        sha256 = hashlib.sha256(data).hexdigest()
+        raw = (_parse_json_list(path, data) if path.suffix == ".json"
+               else [row for _, row in parse_lines(path, decode_utf8(path, data))])
     elif path.exists():
         fail(f"{path}: is a directory, expected a .json or .jsonl file")
     elif path.suffix in (".json", ".jsonl"):
@@ -121,7 +129,7 @@ def load_records(data_path: str, fields: dict[str, str] | None = None, require_o
         if IMAGE_FIELD in record:
             record[IMAGE_FIELD] = str((folder / Path(record[IMAGE_FIELD]).expanduser()).resolve())
             check_image(record[IMAGE_FIELD], f"{data_path}: record {index}: field '{IMAGE_FIELD}'")
-    return records
+    return records, sha256
 
 
 # ---------------------------------------------------------------------------------------------
@@ -179,14 +187,14 @@ def conversation_records(record: dict, source: str, index: int) -> list[dict]:
     return converted
 
 
-def _read_json_list(path: Path) -> list:
+def _parse_json_list(path: Path, data: bytes) -> list:
     try:
-        data = json.loads(decode_utf8(path, read_bytes(path)))
+        records = json.loads(decode_utf8(path, data))
     except json.JSONDecodeError as error:
         fail(f"{path}:{error.lineno}: not valid JSON ({error.msg} at column {error.colno})")
-    if not isinstance(data, list):
-        fail(f"{path}: top level must be a JSON list of records, found {type(data).__name__}")
-    return data
+    if not isinstance(records, list):
+        fail(f"{path}: top level must be a JSON list of records, found {type(records).__name__}")
+    return records
 
 
 

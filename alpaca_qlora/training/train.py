@@ -23,7 +23,7 @@ from transformers.trainer_callback import ProgressCallback
 
 from ..cli import check_writable_folder, fail
 from ..data.prompts import is_template_file, load_template_file
-from ..data.mix import load_data_files, read_data_file, split_files
+from ..data.mix import changed_data_file, load_data_files, read_data_file, split_files
 from ..data.records import DataSplit, make_split
 from ..data.tokenization import TokenizationReport, tokenize_records
 from ..files import atomic_write_json, first_changed_option, staging_folder
@@ -361,9 +361,17 @@ def start_run_folder(config: TrainingConfig, plan: TrainingPlan, data: PreparedD
     return folder
 
 
-def check_resumed_split(folder: RunFolder, data: PreparedData) -> None:
+def check_resumed_split(folder: RunFolder, split: DataSplit) -> None:
+    """A resumed run trains on the data it started with: every data file's bytes (the sha256 run_info.json recorded
+    of each, data/mix.py) and the training records' ids (train_ids.json); the first difference is named."""
+    recorded = folder.info().get("data", {}).get("sources", {}) if folder.file(RUN_INFO).is_file() else {}
+    changed = changed_data_file(recorded if isinstance(recorded, dict) else {}, split.sources)
+    if changed is not None:
+        path, then, now = changed
+        fail(f"--resume_from_checkpoint: {path} has changed since the run started (sha256 {now}, but "
+             f"{folder.file(RUN_INFO)} recorded {then}); resume with the data the run started with")
     saved_ids = folder.train_ids()
-    if saved_ids is not None and saved_ids != [record["id"] for record in data.split.train]:
+    if saved_ids is not None and saved_ids != [record["id"] for record in split.train]:
         fail(f"--resume_from_checkpoint: the data options select other training records than "
              f"{folder.file('train_ids.json')} records; resume with the run's own options")
 
@@ -520,6 +528,8 @@ def train(config: TrainingConfig) -> dict:
             fail(f"--resume_from_checkpoint true: {folder.path} finished without a checkpoint to continue from; "
                  "train into another --output_dir")
     split = load_split(config)
+    if resume is not None:  # before any model file is read
+        check_resumed_split(folder, split)
     model_config = load_model_config(config.model.base_model, config.model.trust_remote_code)
     kind = check_model_kind(config, model_config, split)
     data = tokenize_split(config, split, kind)
@@ -542,8 +552,6 @@ def train(config: TrainingConfig) -> dict:
     print(f"padding share of the training batches: {share:.1%} (packing {'on' if plan.packing else 'off'})")
     if resume is None:
         folder = start_run_folder(config, plan, data, share, args, engine)
-    else:
-        check_resumed_split(folder, data)
     trainer = build_trainer(args, plan, data, model, collator, folder)
 
     results = {key: value for key, value in folder.eval_results().items() if key == "before_training"} if resume else {}
