@@ -27,7 +27,9 @@ from ..cli import fail
 from ..files import atomic_write_bytes
 from ..jsonl import decode_utf8, parse_lines, read_bytes
 from ..vision import IMAGE_FIELD, check_image
-from .conversations import CONVERSATIONS, MESSAGES, conversation_field, prompt_messages, read_messages, reference_answer
+from .conversations import (
+    CONVERSATIONS, MESSAGES, conversation_field, prompt_messages, read_messages, reference_answer, require_chat_template,
+)
 
 REQUIRED_FIELDS = ("instruction", "input", "output")
 DEFAULT_FIELDS = {name: name for name in REQUIRED_FIELDS}
@@ -113,9 +115,8 @@ def load_file_records(data_path: str, fields: dict[str, str] | None = None, requ
     for index, record in enumerate(raw):
         form = conversation_field(record, fields)
         if form is not None:
-            if template is not None and template != "chat":
-                fail(f"{data_path}: record {index}: field '{form}': a conversation is rendered with the model's chat "
-                     f"template; pass --prompt_template chat (not {template})")
+            if template is not None:
+                require_chat_template(template, f"{data_path}: record {index}: field '{form}'")
             records.append(conversation_record(record, form, data_path, index, require_output))
         elif is_llava_conversation(record, fields):
             records += [validate_record(turn, data_path, index, fields, require_output)

@@ -84,7 +84,7 @@ def check_job(job: JobArguments) -> None:
 
 def run_batch(job: JobArguments, grid: list[dict], source) -> None:
     fields = {name.removesuffix("_field"): getattr(job, name) for name in FIELD_FLAGS}
-    records = batch.load_prompt_records(job.prompts_file, job.max_prompts, fields)
+    records = batch.load_prompt_records(job.prompts_file, job.max_prompts, fields, source.prompt_template)
     with batch.output_lock(job.output_file):
         batch_job, done = batch.prepare_batch_job(records, grid, job.output_file, job.batch_size, source, job.overwrite)
         model, tokenizer = load(source)

@@ -164,9 +164,10 @@ def tokenize_split(config: TrainingConfig, split: DataSplit, kind: str = "causal
     data = config.data
     tokenizer = load_tokenizer_or_processor(resolve_model_path(config.model.base_model), kind, config.model.trust_remote_code)
     reports, tokenized = {}, {}
+    sources = {"train": " ".join(data.data_path), "held-out": data.val_data_path or " ".join(data.data_path)}
     for name, records in (("train", split.train), ("held-out", split.val)):
         tokenized[name], reports[name] = tokenize_records(
-            records, tokenizer, data.prompt_template, data.max_seq_length, data.train_on_inputs
+            records, tokenizer, data.prompt_template, data.max_seq_length, data.train_on_inputs, sources[name]
         )
         print(reports[name].summary(name))
     if not tokenized["train"]:
