@@ -2,7 +2,8 @@
 
     --data_path a.json b.jsonl                      every record of every file once: the files as one file of them
                                                     all, in order (--max_samples and --val_set_size as for one file)
-    --data_weights 0.7 0.3                          training records drawn from the files in these proportions
+    --data_weights 0.7 0.3                          training records drawn from the files in these proportions (the
+                                                    held-out records from all the files' records, whatever the weights)
     --data_fields '{"b.jsonl": {"instruction": "question", "output": "answer"}}'
                                                     field names of one file (a mapping under data_fields in --config)
 
@@ -157,12 +158,13 @@ def draw_weighted(sizes: list[int], weights: list[float], val_set_size: float, m
     records; file i gives mix_counts(weights, that)[i] of them, taken from its own records that are not held out,
     in the shuffled order: as many whole passes over them as its share holds, then the first ones of one more pass.
     So a file repeats only when its share exceeds what it has, and then every record of it as evenly as can be. With
-    one file and N no more than its records this is split_order's split exactly."""
+    one file and N no more than its records this is split_order's split exactly. The held-out records do not follow
+    the weights: they are drawn from the pool of every file's records (a file of weight 0 gives held-out records
+    too), so the held-out loss measures that pool. `max_samples`, when given, is at least 1 (training/config.py
+    check_values owns that rule)."""
     names = names or [f"file {index + 1}" for index in range(len(sizes))]
     total = sum(sizes)
     order = shuffled_order(total, seed)
-    if max_samples is not None and max_samples < 1:
-        fail(f"--max_samples must be >= 1, got {max_samples}")
     wanted = total if max_samples is None else max_samples
     n_val = resolve_val_size(val_set_size, min(wanted, total))
     left: list[list[int]] = [[] for _ in sizes]

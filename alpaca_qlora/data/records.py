@@ -286,11 +286,10 @@ def shuffled_order(n_records: int, seed: int) -> list[int]:
 
 
 def split_order(n_records: int, val_set_size: float, max_samples: int | None, seed: int) -> tuple[list[int], list[int]]:
-    """(held-out, training) indices of the subset and split: the same sizes and seed always give the same ones."""
+    """(held-out, training) indices of the subset and split: the same sizes and seed always give the same ones.
+    `max_samples`, when given, is at least 1 (training/config.py check_values owns that rule)."""
     order = shuffled_order(n_records, seed)
     if max_samples is not None:
-        if max_samples < 1:
-            fail(f"--max_samples must be >= 1, got {max_samples}")
         order = order[:max_samples]
     n_val = resolve_val_size(val_set_size, len(order))
     return order[:n_val], order[n_val:]
