@@ -120,7 +120,10 @@ class InitialAdapter:
 
 
 def initialise_aside(full_model, lora_config) -> InitialAdapter:
-    """peft's initialisation on the 16/32-bit base, then the initial adapter and the modified base saved aside."""
+    """peft's initialisation on the 16/32-bit base, then the initial adapter and the modified base saved aside.
+
+    peft rewrites `full_model` in place, and unload() gives it back: this function lets go of its own references,
+    and the caller, which still holds `full_model`, frees it (train.initialise_modified_base)."""
     from peft import get_peft_model
 
     peft_model = get_peft_model(full_model, lora_config)  # PiSSA / LoftQ rewrite the base weights here
