@@ -26,6 +26,7 @@ from pathlib import Path
 from .cli import fail
 from .files import atomic_write_json, read_json_file, read_json_object, remove_written
 from .jsonl import read_objects, write_jsonl
+from .training.lora_init import converts_adapter
 
 RUN_CONFIG = "run_config.json"
 RUN_INFO = "run_info.json"
@@ -173,17 +174,40 @@ def check_output_dir(output_dir: str, overwrite: bool, resuming: bool) -> None:
              "out first (nothing was changed)")
 
 
-def adapter_base_model(adapter: str) -> str:
-    """The base model named in a local adapter folder's adapter_config.json."""
+def owning_run(folder: str | Path) -> RunFolder | None:
+    """The training run a folder belongs to: the folder itself, or, for a checkpoint-N folder, the run folder it is
+    in; None when it is neither (any other adapter folder)."""
+    path = Path(folder)
+    candidates = (path, path.parent) if path.name.startswith(CHECKPOINT_PREFIX) else (path,)
+    return next((RunFolder(candidate) for candidate in candidates if RunFolder(candidate).is_run_folder()), None)
+
+
+def adapter_config(adapter: str) -> dict:
+    """A local adapter folder's adapter_config.json, where generation and the merge take an adapter folder: the folder
+    and the file must be there, and a checkpoint-N folder of a run whose adapter is converted when the run finishes
+    (PiSSA: training/lora_init.py) is refused, since its weights apply to the base as PiSSA modified it, not to the
+    base its adapter_config.json names."""
     path = Path(adapter).expanduser()
     if not path.is_dir():
         fail(f"--adapter {adapter}: no such folder")
     config_path = path / ADAPTER_CONFIG
     if not config_path.is_file():
         fail(f"--adapter {adapter}: no {ADAPTER_CONFIG} in it (not a PEFT adapter folder; is the training run finished?)")
-    base = read_json_object(config_path, "a PEFT adapter configuration").get("base_model_name_or_path")
+    run = owning_run(path) if path.name.startswith(CHECKPOINT_PREFIX) else None
+    lora = run.config().get("lora") if run is not None else None
+    init = lora.get("init_lora_weights") if isinstance(lora, dict) else None
+    if run is not None and run.path != path and converts_adapter(init):
+        fail(f"--adapter {adapter}: a checkpoint of a --init_lora_weights {init} run ({run.file(RUN_CONFIG)}): its "
+             f"weights apply to the base as {init} modified it, not to the base its {ADAPTER_CONFIG} names; use the "
+             f"finished run folder {run.path}, which holds the converted adapter")
+    return read_json_object(config_path, "a PEFT adapter configuration")
+
+
+def adapter_base_model(adapter: str) -> str:
+    """The base model named in a local adapter folder's adapter_config.json (checked by adapter_config)."""
+    base = adapter_config(adapter).get("base_model_name_or_path")
     if not base or not isinstance(base, str):
-        fail(f"{config_path}: names no base_model_name_or_path; pass --base_model")
+        fail(f"{Path(adapter).expanduser() / ADAPTER_CONFIG}: names no base_model_name_or_path; pass --base_model")
     return base
 
 

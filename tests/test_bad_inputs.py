@@ -118,6 +118,13 @@ def corrupt_weights(run):
     (run / "adapter_model.safetensors").write_bytes(b"\x00" * 64)
 
 
+def run_checkpoint(t, init="pissa", base="base-model"):
+    """A run folder made by hand, with no training: its run_config.json's LoRA initialisation and a checkpoint-1
+    folder whose adapter_config.json names `base`."""
+    make(t, f"{init}_run/run_config.json", {"lora": {"init_lora_weights": init}})
+    return str(Path(make(t, f"{init}_run/checkpoint-1/adapter_config.json", {"base_model_name_or_path": base})).parent)
+
+
 def prompts(t, records=None, raw=None, name="prompts.jsonl"):
     if raw is not None:
         return make(t, name, raw)
@@ -214,6 +221,8 @@ INFERENCE_CASES = [
     ("infer-adapter-corrupt", lambda w, t: ["--adapter", adapter_with(w, t, corrupt_weights), "--instruction", "hi", "--max_new_tokens", "2"], "cannot put the adapter"),
     ("infer-adapter-other-base", lambda w, t: ["--adapter", w["run"], "--base_model", w["other"], "--instruction", "hi", "--max_new_tokens", "2"], "trained for another base model"),
     ("infer-adapter-missing", lambda w, t: ["--adapter", str(t / "nope"), "--instruction", "hi"], "no such folder"),
+    ("infer-pissa-checkpoint", lambda w, t: ["--adapter", run_checkpoint(t, base=w["model"]), "--instruction", "hi"],
+     "checkpoint-1: a checkpoint of a --init_lora_weights pissa run"),
     ("infer-sweep-bad-value", lambda w, t: batch_args(w, t, "--sweep", "top_k=1,a"), "'a' is not an integer"),
     ("infer-sweep-unknown", lambda w, t: batch_args(w, t, "--sweep", "beams=1,2"), "unknown setting 'beams'"),
     ("infer-sweep-nan", lambda w, t: batch_args(w, t, "--sweep", "temperature=0.5,nan"), "temperature=nan: must be a finite number"),
@@ -234,6 +243,8 @@ EVALUATE_CASES = [
 
 MERGE_CASES = [
     ("merge-adapter-missing", lambda w, t: ["--adapter", str(t / "nope"), "--output_dir", str(t / "out")], "no such folder"),
+    ("merge-pissa-checkpoint", lambda w, t: ["--adapter", run_checkpoint(t), "--base_model", w["model"], "--output_dir",
+                                             str(t / "out")], "its weights apply to the base as pissa modified it"),
     ("merge-adapter-config-list", lambda w, t: ["--adapter", adapter_with(w, t, list_adapter_config), "--output_dir", str(t / "out")], "expected a JSON object"),
     ("merge-adapter-corrupt", lambda w, t: ["--adapter", adapter_with(w, t, corrupt_weights), "--output_dir", str(t / "out")], "cannot put the adapter"),
     ("merge-other-base", lambda w, t: ["--adapter", w["run"], "--base_model", w["other"], "--output_dir", str(t / "out")], "trained for another base model"),
@@ -262,6 +273,25 @@ def test_bad_input_is_one_line_exit_2_and_changes_nothing(case_id, build, expect
     assert err and err[-1].startswith("error: ") and "Traceback" not in "\n".join(err), err
     assert expected in err[-1], err[-1]
     assert (snapshot(tmp_path), snapshot(world["root"])) == before
+
+
+def test_only_a_pissa_runs_checkpoints_are_refused(tmp_path):
+    """A PiSSA run's checkpoint holds the adapter before conversion (it applies to the modified base); its finished
+    folder holds the converted one. Other runs' checkpoints, LoftQ's too (its adapter is never converted), load."""
+    from alpaca_qlora.cli import UserError
+    from alpaca_qlora.run_folder import adapter_base_model
+
+    checkpoint = run_checkpoint(tmp_path)
+    with pytest.raises(UserError) as refused:
+        adapter_base_model(checkpoint)
+    assert str(refused.value) == (
+        f"--adapter {checkpoint}: a checkpoint of a --init_lora_weights pissa run ({tmp_path / 'pissa_run' / 'run_config.json'}): "
+        "its weights apply to the base as pissa modified it, not to the base its adapter_config.json names; use the "
+        f"finished run folder {tmp_path / 'pissa_run'}, which holds the converted adapter")
+    make(tmp_path, "pissa_run/adapter_config.json", {"base_model_name_or_path": "base-model"})
+    assert adapter_base_model(str(tmp_path / "pissa_run")) == "base-model"
+    for init in ("default", "gaussian", "loftq"):
+        assert adapter_base_model(run_checkpoint(tmp_path, init)) == "base-model"
 
 
 def test_interactive_set_answers_errors_and_goes_on(world, tmp_path, monkeypatch, capsys):

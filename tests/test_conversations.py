@@ -14,13 +14,13 @@ import pytest
 from alpaca_qlora.cli import UserError, run_cli
 from alpaca_qlora.data.prompts import build_prompt
 from alpaca_qlora.data.records import load_records
-from alpaca_qlora.data.tokenization import IGNORE_INDEX, tokenize_example
+from alpaca_qlora.data.tokenization import IGNORE_INDEX, tokenize_example, tokenize_records
 from alpaca_qlora.generation.job import main as generate_main
 from alpaca_qlora.modeling import load_tokenizer
 from alpaca_qlora.rating.pages import blind_pair
 from alpaca_qlora.rating.pairs import BlindSet
 from alpaca_qlora.training.train import main as train_main
-from conftest import run_script, training_args
+from conftest import cli_error_line, run_script, training_args
 
 # A 3-turn conversation with a system turn. No answer has a space before punctuation, so decoding gives it back
 # byte for byte.
@@ -133,6 +133,28 @@ def test_sharegpt_and_messages_forms_are_the_same_example(tokenizer, tmp_path):
     assert first.input_ids == second.input_ids and first.labels == second.labels
 
 
+# ChatML that writes "(answer)" in place of every assistant turn: the prefixes agree, the answers are not there
+DROPPING_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['role'] == 'assistant' %}(answer){% else %}{{ message['content'] }}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def test_a_template_that_drops_the_answers_is_refused_naming_the_file(tiny_model, tmp_path):
+    """Each rendering is a prefix of the next, so only the content check sees that the loss would fall on "(answer)";
+    the line names the file the record came from, as records.py names it for Alpaca records."""
+    tokenizer = load_tokenizer(str(tiny_model))
+    tokenizer.chat_template = DROPPING_TEMPLATE
+    path = write_jsonl(tmp_path / "chats.jsonl", [{"id": "c", "messages": CONVERSATION}])
+    records = load_records(str(path))
+    with pytest.raises(UserError) as refused:
+        tokenize_records(records, tokenizer, "chat", 512, False, str(path))
+    assert str(refused.value) == (
+        f"{path}: record 'c': the chat template does not write the content of turn 2 (an assistant turn) where the "
+        "turn is rendered (it rewrites or drops it), so the loss cannot be put on that answer")
+
+
 def test_a_llava_conversation_with_an_image_is_not_a_text_conversation():
     """Vision stays as it was: `conversations` with an image is LLaVA's form, read one question at a time."""
     from alpaca_qlora.data.conversations import conversation_field
@@ -155,6 +177,23 @@ def test_prompt_is_the_last_user_turn_with_its_history(tokenizer, tmp_path):
     assert open_ended["output"] is None  # no reference answer
     with pytest.raises(UserError, match="rendered with the model's chat template"):
         build_prompt(answered, "alpaca", tokenizer)
+
+
+def test_generation_refuses_a_conversation_under_another_template_before_loading(tiny_model, tmp_path, monkeypatch,
+                                                                                 capsys):
+    from alpaca_qlora.generation import generate
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded before the prompts were checked")
+
+    monkeypatch.setattr(generate, "load_for_inference", refuse)
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"id": "c", "messages": CONVERSATION}])
+    output = tmp_path / "out" / "gens.jsonl"
+    line = cli_error_line(generate_main, ["--base_model", str(tiny_model), "--prompts_file", str(prompts),
+                                          "--output_file", str(output)], capsys)  # no adapter: the alpaca template
+    assert line == (f"error: {prompts}: record 0: field 'messages': a conversation is rendered with the model's chat "
+                    "template; pass --prompt_template chat (not alpaca)")
+    assert not output.parent.exists()
 
 
 # ---------------------------------------------------------------------------------------------

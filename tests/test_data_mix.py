@@ -12,11 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from alpaca_qlora.cli import run_cli
-from alpaca_qlora.data.mix import draw_weighted, mix_counts, parse_data_fields, per_file
+from alpaca_qlora.cli import UserError, run_cli
+from alpaca_qlora.data.mix import changed_data_file, draw_weighted, mix_counts, parse_data_fields, per_file
 from alpaca_qlora.data.records import split_order
+from alpaca_qlora.run_folder import RunFolder
 from alpaca_qlora.training.config import parse_training_config
-from alpaca_qlora.training.train import load_split
+from alpaca_qlora.training.train import check_resumed_split, load_split
 from alpaca_qlora.training.train import main as train_main
 from conftest import run_script, training_args
 
@@ -117,6 +118,34 @@ def test_the_config_file_form_and_one_path_saved_as_before(tmp_path):
     assert config.to_dict()["data"]["data_path"] == ["a.json", "b.jsonl"]
     one = parse_training_config(["--data_path", "a.json", "--output_dir", str(tmp_path / "run")])
     assert one.data.data_path == ["a.json"] and one.to_dict()["data"]["data_path"] == "a.json"  # run_config.json as before
+
+
+def test_a_resume_refuses_a_data_file_changed_since_the_run_started(tmp_path, tiny_records):
+    """The ids alone would let an edited file resume on other data: each file's sha256, recorded when the run started
+    (of the very bytes parsed), is compared too, and the changed file is named."""
+    alpaca, qa = write_files(tmp_path, tiny_records)
+    config = parse_training_config(["--data_path", str(alpaca), str(qa), "--data_fields", json.dumps({str(qa): QA_FIELDS}),
+                                    "--val_set_size", "5", "--output_dir", str(tmp_path / "run")])
+    split = load_split(config)
+    assert [f["sha256"] for f in split.sources["files"]] == [hashlib.sha256(p.read_bytes()).hexdigest() for p in (alpaca, qa)]
+    folder = RunFolder(tmp_path / "run")
+    folder.path.mkdir()
+    folder.write_info({"data": {"sources": split.sources}})
+    folder.write_split(split.val, [record["id"] for record in split.train])
+    check_resumed_split(folder, split)  # the same files: the run goes on
+
+    rows = [json.loads(line) for line in qa.read_text().splitlines()]
+    rows[4]["answer"] = "another answer"  # same records, same ids: other data
+    qa.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    edited = load_split(config)
+    assert [r["id"] for r in edited.train] == [r["id"] for r in split.train]
+    assert changed_data_file(split.sources, edited.sources) == (
+        str(qa), split.sources["files"][1]["sha256"], hashlib.sha256(qa.read_bytes()).hexdigest())
+    with pytest.raises(UserError) as refused:
+        check_resumed_split(folder, edited)
+    assert str(refused.value).startswith(f"--resume_from_checkpoint: {qa} has changed since the run started (sha256 ")
+    # a run that recorded no sha256 (a datasets hub id) compares the ids only
+    assert changed_data_file({"files": [{**f, "sha256": None} for f in split.sources["files"]]}, edited.sources) is None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -76,6 +76,15 @@ def test_pissa_starts_from_the_base_itself(pissa_runs):
     assert heldout_before(pissa_runs / "pissa") == pytest.approx(heldout_before(pissa_runs / "default"), abs=1e-4)
 
 
+def test_the_initialisation_peak_is_recorded_apart(pissa_runs):
+    """The 16/32-bit moment of a base-modifying initialisation has its own peak in eval_results.json (on the CPU the
+    resident set's peak so far); a run that does not modify its base records none."""
+    pissa = json.loads((pissa_runs / "pissa" / "eval_results.json").read_text())
+    default = json.loads((pissa_runs / "default" / "eval_results.json").read_text())
+    assert 0 < pissa["initialisation_peak_memory_gib"] <= pissa["peak_memory_gib"]  # the CPU's peak is not reset
+    assert "initialisation_peak_memory_gib" not in default
+
+
 def test_pissa_adapter_is_converted_for_the_original_base(pissa_runs, tiny_model):
     import torch
     from peft import PeftModel
@@ -110,7 +119,8 @@ def test_pissa_on_nf4_trains_loads_and_generates(tiny_model, tiny_data, tmp_path
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--init_lora_weights", "loftq"], "--init_lora_weights loftq: peft computes LoftQ on CUDA (or XPU) only"),
+    (["--init_lora_weights", "loftq", "--double_quant", "false"],
+     "--init_lora_weights loftq: peft computes LoftQ on CUDA (or XPU) only"),
     (["--init_lora_weights", "pissa", "--use_dora", "true"], "--init_lora_weights pissa with --use_dora"),
     (["--loftq_iter", "3"], "--loftq_iter 3: only --init_lora_weights loftq iterates"),
 ])
@@ -120,3 +130,41 @@ def test_refused_lora_inits(tiny_model, tiny_data, tmp_path, flags, message):
     assert result.returncode == 2
     assert message in result.stderr and "Traceback" not in result.stderr
     assert not run.exists()
+
+
+# LoftQ's adapter applies to NF4(W) without double quantization, which peft's base is with one iteration only
+# (lora_init.py); each other combination is refused before the CPU refusal, so every machine names it.
+@pytest.mark.parametrize("quantization, double_quant, iterations, message", [
+    ("none", False, 1, "--init_lora_weights loftq needs --quantization nf4, not none: its adapter applies to the NF4 "
+                       "quantization of the base"),
+    ("int8", False, 1, "--init_lora_weights loftq needs --quantization nf4, not int8"),
+    ("nf4", True, 1, "--init_lora_weights loftq needs --double_quant false: peft quantizes LoftQ's base without double "
+                     "quantization (compress_statistics=False)"),
+    ("nf4", False, 5, "--loftq_iter 5: LoftQ runs one iteration here (with more, peft's modified base is the NF4 "
+                      "quantization of W - AB, not of W"),
+])
+@pytest.mark.parametrize("device", ["cuda", "cpu"])
+def test_loftq_is_refused_where_its_adapter_would_not_apply_to_the_loaded_base(quantization, double_quant, iterations,
+                                                                                message, device):
+    from alpaca_qlora.cli import UserError
+    from alpaca_qlora.training.config import LoraArguments
+    from alpaca_qlora.training.lora_init import check_lora_init
+
+    lora = LoraArguments(init_lora_weights="loftq", loftq_iter=iterations)
+    with pytest.raises(UserError) as refused:
+        check_lora_init(lora, quantization, double_quant, device, "single", 1)
+    assert str(refused.value).startswith(message), str(refused.value)
+
+
+def test_loftq_iterations_are_refused_without_loftq_and_loftq_runs_as_documented():
+    from alpaca_qlora.cli import UserError
+    from alpaca_qlora.training.config import LoraArguments
+    from alpaca_qlora.training.lora_init import check_lora_init
+
+    for init in ("pissa", "default", "gaussian"):  # PiSSA modifies the base too, but takes no iterations
+        with pytest.raises(UserError) as refused:
+            check_lora_init(LoraArguments(init_lora_weights=init, loftq_iter=5), "nf4", True, "cpu", "single", 1)
+        assert str(refused.value) == "--loftq_iter 5: only --init_lora_weights loftq iterates"
+    assert check_lora_init(LoraArguments(init_lora_weights="loftq"), "nf4", False, "cuda", "single", 1) is None
+    with pytest.raises(UserError, match="peft computes LoftQ on CUDA"):  # the one combination left, on the CPU
+        check_lora_init(LoraArguments(init_lora_weights="loftq"), "nf4", False, "cpu", "single", 1)

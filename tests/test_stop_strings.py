@@ -114,6 +114,67 @@ def test_stop_text_forms_and_the_resolved_settings():
         resolve_settings(GenerationSettings(stop=["###", ""]))
 
 
+def test_a_json_stop_list_holds_strings_only():
+    """'["a", 1]' was taken as one literal stop string; it is refused, naming what is not a string and how to write the
+    text itself."""
+    with pytest.raises(UserError) as refused:
+        parse_setting_value("stop", '["a", 1]')
+    assert str(refused.value) == ('stop=["a", 1]: a JSON list of stop strings holds strings only, found 1; to stop at '
+                                  'this text itself, write it as a JSON list of one string: ["[\\"a\\", 1]"]')
+    with pytest.raises(UserError, match="holds strings only, found null"):
+        parse_stop_text("[null]")
+    assert parse_stop_text('["[1]"]') == ["[1]"] and stop_text(["[1]"]) == '["[1]"]'  # the text itself, written as JSON
+    assert parse_stop_text("[INST]") == ["[INST]"] and parse_stop_text("[]") == []  # not JSON; an empty list
+
+
+def test_a_stop_string_holding_a_special_token_is_refused(MODEL):
+    """Answers are decoded without special tokens, so such a stop string would never be found: refused once the
+    tokenizer is known, as the model loads (job.load), before anything is generated or written."""
+    from alpaca_qlora.generation import job
+    from alpaca_qlora.generation.source import InferenceModelArguments, resolve_model_source
+    from alpaca_qlora.generation.stop_strings import check_stop_strings
+    from alpaca_qlora.modeling import load_tokenizer
+
+    tokenizer = load_tokenizer(MODEL)
+    check_stop_strings(["###", "\n\n", "s>"], tokenizer)  # ordinary text
+    with pytest.raises(UserError) as refused:
+        check_stop_strings(["###", "</s>"], tokenizer)
+    assert str(refused.value) == ('--stop "</s>" is a special token of the tokenizer; answers are decoded without special '
+                                  "tokens, so it would never be found (generation already ends at the end-of-sequence "
+                                  "token, </s>)")
+    with pytest.raises(UserError, match='--stop "x<unk>" holds <unk>, a special token of the tokenizer'):
+        check_stop_strings(["x<unk>"], tokenizer)
+    source = resolve_model_source(InferenceModelArguments(base_model=MODEL))
+    with pytest.raises(UserError, match='--stop "</s>" is a special token'):
+        job.load(source, [resolve_settings(GenerationSettings(stop=["</s>"]))])
+
+
+def test_the_criterion_reads_a_tail_window_and_ends_where_the_whole_answer_does(MODEL):
+    """StopAtStrings decodes each row's last tokens, not its whole answer, at every step; asked after every token as
+    `generate` asks it (until it says a row has ended), it answers as reading the whole answer would: the leading
+    whitespace rule and multi-byte characters cut at the window's start included."""
+    import torch
+
+    from alpaca_qlora.generation.stop_strings import StopAtStrings
+    from alpaca_qlora.modeling import load_tokenizer
+
+    tokenizer = load_tokenizer(MODEL)
+    eos = tokenizer.eos_token_id
+    answers = ["The apple is red. " * 12 + "### Instruction: name a colour",
+               "\n" * 30 + "Paris.\nBerlin.",  # "\n" counts only after the leading newlines
+               "été café école " * 8 + "fromage ### end"]
+    for text in answers:
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        for stops in (["###"], ["### Instruction:"], ["\n"], ["red. The"], ["école fromage"], ["absent"]):
+            criterion = StopAtStrings(stops, tokenizer, {eos}, 3)
+            whole = [criterion.ended(ids[:n]) for n in range(1, len(ids) + 1)]
+            asked = whole.index(True) + 1 if True in whole else len(ids)
+            assert [criterion.ended_at_tail(ids[:n]) for n in range(1, asked + 1)] == whole[:asked], (text, stops)
+            rows = torch.tensor([[7, 8, 9] + ids[:asked]])  # three prompt columns
+            assert criterion(rows, None).tolist() == [whole[asked - 1]]
+    assert StopAtStrings(["###"], tokenizer, {eos}, 0).window < len(tokenizer(answers[0])["input_ids"]) // 2
+
+
 def test_the_repl_set_command_reads_stop_strings():
     from alpaca_qlora.generation.interactive import parse_set_command
 

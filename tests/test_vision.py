@@ -79,6 +79,34 @@ def test_image_tokens_are_masked_and_eos_is_learned(tiny_llava, image_data):
     assert processor.tokenizer.decode(answer[:-1]) == "A circle."
 
 
+# ChatML over content parts only, as LLaVA-style processor templates are written: a plain string content writes nothing
+PARTS_ONLY_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}<image>\n{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def test_a_conversation_is_rendered_in_content_parts_by_a_processor_template(tiny_llava, tmp_path):
+    """A conversation goes through the one chat renderer (prompts.render_chat), which gives a processor's own template
+    content parts, as it gives them for a single question."""
+    from alpaca_qlora.data.prompts import build_prompt
+
+    processor = load_processor(str(tiny_llava))
+    processor.chat_template = PARTS_ONLY_TEMPLATE
+    messages = [{"role": "user", "content": "Add 2 and 2."}, {"role": "assistant", "content": "4."},
+                {"role": "user", "content": "And 3 and 3?"}, {"role": "assistant", "content": "6."}]
+    path = tmp_path / "chats.jsonl"
+    path.write_text(json.dumps({"id": "c", "messages": messages}) + "\n")
+    [record] = load_records(str(path))
+    assert build_prompt(record, "chat", processor) == (
+        "<|im_start|>user\nAdd 2 and 2.<|im_end|>\n<|im_start|>assistant\n4.<|im_end|>\n"
+        "<|im_start|>user\nAnd 3 and 3?<|im_end|>\n<|im_start|>assistant\n")
+    example = tokenize_example(record, processor, "chat", 256, train_on_inputs=False)
+    answers = [token for token, label in zip(example.input_ids, example.labels) if label != IGNORE_INDEX]
+    assert processor.tokenizer.decode(answers) == "4.<|im_end|>\n6.<|im_end|>\n" + processor.tokenizer.eos_token
+
+
 def test_training_tunes_the_language_model_only(llava_run, tiny_llava):
     config = json.loads((llava_run / "run_config.json").read_text())
     assert config["plan"]["model_kind"] == "image_text_to_text" and config["plan"]["packing"] is False

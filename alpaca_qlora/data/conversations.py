@@ -1,4 +1,4 @@
-"""Multi-turn conversations: the two record forms, their checks, and their rendering with the chat template.
+"""Multi-turn conversations: the two record forms and their checks.
 
 A conversation record is either
   {"messages": [{"role": "system"|"user"|"assistant", "content": "..."}, ...]}            (OpenAI / transformers)
@@ -9,14 +9,15 @@ reads it as one Alpaca record per question, as before.)
 
 A conversation trains as one example: the whole conversation rendered by the tokenizer's chat template
 (`--prompt_template chat`), with the loss on every assistant turn and on nothing else, each turn seeing the turns
-before it. As a prompt (generation, the rating page) it is its last user turn with the turns before it; when it
-ends with an assistant turn, that turn is the reference answer.
+before it (data/tokenization.py, assistant_spans). As a prompt (generation, the rating page) it is its last user
+turn with the turns before it (data/prompts.py, conversation_prompt); when it ends with an assistant turn, that turn
+is the reference answer. Both render it with prompts.render_chat, the one renderer of chat messages.
 """
 
 from __future__ import annotations
 
 from ..cli import fail
-from ..vision import IMAGE_FIELD, is_processor, text_tokenizer
+from ..vision import IMAGE_FIELD
 
 MESSAGES = "messages"
 HISTORY = "history"  # a generation line's turns before its last user turn (generation/batch.py, the rating page)
@@ -101,57 +102,15 @@ def reference_answer(messages: list[dict]) -> str | None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Rendering with the chat template
+# The chat template's rule, and how a bad-input line names a record
 # ---------------------------------------------------------------------------------------------
-def render(tokenizer, messages: list[dict], add_generation_prompt: bool, record_id) -> str:
-    """The messages as the chat template writes them (an image-text model's: its processor's template, if any)."""
-    from jinja2.exceptions import TemplateError
-
-    text = text_tokenizer(tokenizer)
-    template = getattr(tokenizer, "chat_template", None) if is_processor(tokenizer) else None
-    if not (template or getattr(text, "chat_template", None)):
-        fail(f"--prompt_template chat: the tokenizer of '{text.name_or_path}' has no chat template, which a "
-             "conversation needs")
-    try:
-        return text.apply_chat_template(messages, chat_template=template, tokenize=False,
-                                        add_generation_prompt=add_generation_prompt)
-    except TemplateError as error:  # the template's own raise_exception: e.g. roles it does not take
-        fail(f"record {record_id!r}: the chat template refuses this conversation ({str(error).strip() or 'TemplateError'})")
-
-
-def require_chat_template(record: dict, template: str) -> None:
+def require_chat_template(template: str, where: str) -> None:
+    """A conversation is rendered by the chat template only (`where`: the file, the record and its field)."""
     if template != "chat":
-        fail(f"record {record['id']!r} is a conversation: it is rendered with the model's chat template "
-             f"(--prompt_template chat), not {template}")
+        fail(f"{where}: a conversation is rendered with the model's chat template; pass --prompt_template chat "
+             f"(not {template})")
 
 
-def conversation_prompt(record: dict, tokenizer) -> str:
-    """The conversation's last user turn with the turns before it, and the assistant's opening."""
-    return render(tokenizer, prompt_messages(record[MESSAGES]), True, record["id"])
-
-
-def assistant_spans(record: dict, tokenizer) -> tuple[str, list[tuple[int, int]]]:
-    """The conversation through its last assistant turn as the template renders it, and the character span of
-    every assistant turn in it.
-
-    Why spans from prefixes: transformers' own mask (`apply_chat_template(..., return_assistant_tokens_mask=True)`)
-    needs `{% generation %}` blocks in the template, which few templates have (without them it warns and masks
-    nothing). Instead each assistant turn i is located by rendering the conversation twice: up to turn i with the
-    assistant's opening (add_generation_prompt) and through turn i. The turn is what the second adds to the first:
-    its content and the end-of-turn text the template writes after it (`<|im_end|>` and a newline in ChatML).
-    This needs a template that renders history as it renders the latest turn (each rendering a prefix of the
-    next); one that does not (e.g. one that drops earlier turns' reasoning) is refused with one line."""
-    messages = record[MESSAGES]
-    last = max(i for i, message in enumerate(messages) if message["role"] == "assistant")
-    text = render(tokenizer, messages[: last + 1], False, record["id"])
-    spans = []
-    for turn, message in enumerate(messages[: last + 1]):
-        if message["role"] != "assistant":
-            continue
-        before = render(tokenizer, messages[:turn], True, record["id"])
-        through = render(tokenizer, messages[: turn + 1], False, record["id"])
-        if not (through.startswith(before) and text.startswith(through)):
-            fail(f"record {record['id']!r}: the chat template renders turn {turn} of this conversation differently as "
-                 "history than as the latest turn, so its answer cannot be located by prefixes")
-        spans.append((len(before), len(through)))
-    return text, spans
+def record_where(record: dict, source: str | None) -> str:
+    """How a bad-input line names a record once it is loaded: its file(s) when known (`source`), and its id."""
+    return f"{source}: record {record['id']!r}" if source else f"record {record['id']!r}"

@@ -2,7 +2,8 @@
 
     --data_path a.json b.jsonl                      every record of every file once: the files as one file of them
                                                     all, in order (--max_samples and --val_set_size as for one file)
-    --data_weights 0.7 0.3                          training records drawn from the files in these proportions
+    --data_weights 0.7 0.3                          training records drawn from the files in these proportions (the
+                                                    held-out records from all the files' records, whatever the weights)
     --data_fields '{"b.jsonl": {"instruction": "question", "output": "answer"}}'
                                                     field names of one file (a mapping under data_fields in --config)
 
@@ -23,9 +24,8 @@ import math
 from dataclasses import dataclass
 
 from ..cli import fail
-from ..files import file_sha256
 from .records import (
-    DEFAULT_FIELDS, DataSplit, data_file, load_records, make_split, resolve_val_size, shuffled_order, split_order,
+    DEFAULT_FIELDS, DataSplit, data_file, load_file_records, make_split, resolve_val_size, shuffled_order, split_order,
 )
 
 CONCATENATED = "concatenated: every record of every file once"
@@ -45,11 +45,32 @@ class DataFile:
 
 
 def read_data_file(path: str, fields: dict[str, str], template: str) -> DataFile:
-    records = load_records(path, fields, template=template)
-    file = data_file(path)  # after load_records, which downloads the default file where it is missing
-    if not file.is_file():
+    """A --data_path file's records and facts; its sha256 is that of the bytes its records were parsed from."""
+    records, sha256 = load_file_records(path, fields, template=template)
+    if sha256 is None:  # a datasets hub id
         return DataFile(path, records, None, None)
-    return DataFile(path, records, str(file.resolve()), file_sha256(file))
+    file = data_file(path)  # after load_file_records, which downloads the default file where it is missing
+    return DataFile(path, records, str(file.resolve()), sha256)
+
+
+def source_files(sources: dict) -> list[dict]:
+    """Each file's facts in a split's sources (run_info.json's data.sources): the --data_path files, then the
+    --val_data_path file."""
+    files = [facts for facts in sources.get("files", []) if isinstance(facts, dict)]
+    return files + ([sources["val_data_path"]] if isinstance(sources.get("val_data_path"), dict) else [])
+
+
+def changed_data_file(recorded: dict, current: dict) -> tuple[str, str, str] | None:
+    """(path as given, recorded sha256, sha256 now) of the first data file whose bytes differ from those a run
+    recorded (`recorded`: its data.sources; `current`: the sources as read now), else None. A file is matched by its
+    path as given; one without a recorded sha256 (a datasets hub id, a run from before sources were recorded) is not
+    compared."""
+    then = {facts.get("path"): facts.get("sha256") for facts in source_files(recorded)}
+    for facts in source_files(current):
+        before = then.get(facts["path"])
+        if before and facts["sha256"] and before != facts["sha256"]:
+            return facts["path"], before, facts["sha256"]
+    return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -137,12 +158,13 @@ def draw_weighted(sizes: list[int], weights: list[float], val_set_size: float, m
     records; file i gives mix_counts(weights, that)[i] of them, taken from its own records that are not held out,
     in the shuffled order: as many whole passes over them as its share holds, then the first ones of one more pass.
     So a file repeats only when its share exceeds what it has, and then every record of it as evenly as can be. With
-    one file and N no more than its records this is split_order's split exactly."""
+    one file and N no more than its records this is split_order's split exactly. The held-out records do not follow
+    the weights: they are drawn from the pool of every file's records (a file of weight 0 gives held-out records
+    too), so the held-out loss measures that pool. `max_samples`, when given, is at least 1 (training/config.py
+    check_values owns that rule)."""
     names = names or [f"file {index + 1}" for index in range(len(sizes))]
     total = sum(sizes)
     order = shuffled_order(total, seed)
-    if max_samples is not None and max_samples < 1:
-        fail(f"--max_samples must be >= 1, got {max_samples}")
     wanted = total if max_samples is None else max_samples
     n_val = resolve_val_size(val_set_size, min(wanted, total))
     left: list[list[int]] = [[] for _ in sizes]

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Mapping
 
 from ..cli import fail, read_config_file
-from ..vision import IMAGE_FIELD, image_token, is_processor
-from .conversations import MESSAGES, conversation_prompt, require_chat_template
+from ..vision import IMAGE_FIELD, image_token, is_processor, text_tokenizer
+from .conversations import MESSAGES, prompt_messages, record_where, require_chat_template
 
 # Byte-exact copies of PROMPT_DICT in tatsu-lab/stanford_alpaca train.py. As there, the response
 # follows "### Response:" directly and the end-of-sequence token follows the response.
@@ -106,36 +106,63 @@ def format_alpaca_prompt(instruction: str, input_text: str = "") -> str:
     return fill(ALPACA_PROMPT_WITH_INPUT if input_text else ALPACA_PROMPT_NO_INPUT, instruction, input_text)
 
 
+def render_chat(tokenizer, messages: list[dict], add_generation_prompt: bool, where: str = "",
+                with_image: bool = False) -> str:
+    """Chat messages ({"role", "content": text}) as the chat template writes them: the one renderer of generation's
+    chat prompts (format_chat_prompt, conversation_prompt) and of training's conversations (tokenization.py).
+
+    `tokenizer` may be an image-text model's processor. A processor's own chat template takes content parts, as
+    transformers' processors do ([{"type": "text", "text": ...}]): LLaVA-style templates loop over the parts and write
+    nothing of a plain string. A tokenizer's template (or the processor's tokenizer's, when the processor has none)
+    takes strings. `with_image`: the first user turn carries the image (an image part first; with strings, the
+    model's image token leads its text). No chat template, or one that refuses the messages (its own
+    raise_exception), is one line; `where` names the record."""
+    from jinja2.exceptions import TemplateError
+
+    text = text_tokenizer(tokenizer)
+    own_template = is_processor(tokenizer) and getattr(tokenizer, "chat_template", None)
+    if not (own_template or getattr(text, "chat_template", None)):
+        fail(f"--prompt_template chat: the tokenizer of '{text.name_or_path}' has no chat template; use "
+             "--prompt_template alpaca (a conversation record needs a chat template)")
+    first_user = next((i for i, message in enumerate(messages) if message["role"] == "user"), None)
+    rendered = []
+    for index, message in enumerate(messages):
+        image = with_image and index == first_user
+        if own_template:
+            content = ([{"type": "image"}] if image else []) + [{"type": "text", "text": message["content"]}]
+        else:
+            content = f"{image_token(tokenizer)}\n{message['content']}" if image else message["content"]
+        rendered.append({**message, "content": content})
+    try:
+        return (tokenizer if own_template else text).apply_chat_template(
+            rendered, tokenize=False, add_generation_prompt=add_generation_prompt)
+    except TemplateError as error:
+        fail(f"{where + ': ' if where else ''}the chat template refuses these messages "
+             f"({str(error).strip() or 'TemplateError'})")
+
+
 def format_chat_prompt(tokenizer, instruction: str, input_text: str = "", with_image: bool = False) -> str:
-    """The chat template's user turn and the assistant's opening. `tokenizer` may be an image-text model's
-    processor: its own chat template places the image (content parts, as transformers' processors take them);
-    with only a tokenizer's template, the image token leads the text."""
+    """The chat template's user turn and the assistant's opening (render_chat; an image-text model's processor
+    places the image by its own template, else the image token leads the text)."""
     content = f"{instruction}\n\n{input_text}" if input_text else instruction
-    if is_processor(tokenizer) and getattr(tokenizer, "chat_template", None):
-        parts = ([{"type": "image"}] if with_image else []) + [{"type": "text", "text": content}]
-        return tokenizer.apply_chat_template([{"role": "user", "content": parts}], tokenize=False, add_generation_prompt=True)
-    text_tokenizer = tokenizer.tokenizer if is_processor(tokenizer) else tokenizer
-    if not getattr(text_tokenizer, "chat_template", None):
-        fail(
-            f"--prompt_template chat: the tokenizer of '{text_tokenizer.name_or_path}' has no chat template; "
-            "use --prompt_template alpaca"
-        )
-    if with_image:
-        content = f"{image_token(tokenizer)}\n{content}"
-    return text_tokenizer.apply_chat_template(
-        [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True
-    )
+    return render_chat(tokenizer, [{"role": "user", "content": content}], True, with_image=with_image)
 
 
-def build_prompt(record: Mapping[str, str], template: str, tokenizer=None) -> str:
+def conversation_prompt(record: dict, tokenizer, source: str | None = None) -> str:
+    """A conversation's last user turn with the turns before it, and the assistant's opening."""
+    return render_chat(tokenizer, prompt_messages(record[MESSAGES]), True, record_where(record, source))
+
+
+def build_prompt(record: Mapping[str, str], template: str, tokenizer=None, source: str | None = None) -> str:
     """The text a model sees before its answer, for one Alpaca record, or for a conversation (its last user turn
     with the turns before it, by the chat template: data/conversations.py).
 
     A record with an image (image-text models; `tokenizer` is then the processor) gets the model's image token
-    once, before the instruction: LLaVA's own layout (`<image>\n` then the question)."""
+    once, before the instruction: LLaVA's own layout (`<image>\n` then the question). `source`: the file(s) the
+    record came from, for a bad-input line."""
     if MESSAGES in record:
-        require_chat_template(record, template)
-        return conversation_prompt(record, tokenizer)
+        require_chat_template(template, record_where(record, source))
+        return conversation_prompt(record, tokenizer, source)
     instruction, input_text = record["instruction"], record.get("input", "")
     with_image = record.get(IMAGE_FIELD) is not None
     if template == "alpaca":

@@ -25,9 +25,11 @@ from pathlib import Path
 
 from ..cli import fail
 from ..files import atomic_write_bytes
-from ..jsonl import decode_utf8, read_bytes, read_objects
+from ..jsonl import decode_utf8, parse_lines, read_bytes
 from ..vision import IMAGE_FIELD, check_image
-from .conversations import CONVERSATIONS, MESSAGES, conversation_field, prompt_messages, read_messages, reference_answer
+from .conversations import (
+    CONVERSATIONS, MESSAGES, conversation_field, prompt_messages, read_messages, reference_answer, require_chat_template,
+)
 
 REQUIRED_FIELDS = ("instruction", "input", "output")
 DEFAULT_FIELDS = {name: name for name in REQUIRED_FIELDS}
@@ -82,18 +84,26 @@ def load_records(data_path: str, fields: dict[str, str] | None = None, require_o
 
     `fields` maps instruction/input/output to the user's field names (default: the same names). Without
     `require_output` (prompts to generate answers for) a record may lack its output: it is then None.
-    `template` (training's --prompt_template): a conversation is rendered by the chat template only, so any other
-    template is refused at the first conversation, naming it."""
+    `template` (training's --prompt_template, generation's template): a conversation is rendered by the chat
+    template only, so any other template is refused at the first conversation, naming it."""
+    return load_file_records(data_path, fields, require_output, template)[0]
+
+
+def load_file_records(data_path: str, fields: dict[str, str] | None = None, require_output: bool = True,
+                      template: str | None = None) -> tuple[list[dict], str | None]:
+    """load_records' records, and the sha256 of the very bytes they were parsed from (the file is read once; None
+    for a datasets hub id): what a run records of its data and compares on resume (data/mix.py)."""
     path = data_file(data_path)
     if not path.exists() and data_path == DEFAULT_DATA_PATH:
         download_alpaca_data(path)
+    sha256 = None
     if path.is_file():
-        if path.suffix == ".json":
-            raw = _read_json_list(path)
-        elif path.suffix == ".jsonl":
-            raw = read_objects(path)
-        else:
+        if path.suffix not in (".json", ".jsonl"):
             fail(f"{path}: unsupported data file type '{path.suffix}' (use .json or .jsonl)")
+        data = read_bytes(path)
+        sha256 = hashlib.sha256(data).hexdigest()
+        raw = (_parse_json_list(path, data) if path.suffix == ".json"
+               else [row for _, row in parse_lines(path, decode_utf8(path, data))])
     elif path.exists():
         fail(f"{path}: is a directory, expected a .json or .jsonl file")
     elif path.suffix in (".json", ".jsonl"):
@@ -105,9 +115,8 @@ def load_records(data_path: str, fields: dict[str, str] | None = None, require_o
     for index, record in enumerate(raw):
         form = conversation_field(record, fields)
         if form is not None:
-            if template is not None and template != "chat":
-                fail(f"{data_path}: record {index}: field '{form}': a conversation is rendered with the model's chat "
-                     f"template; pass --prompt_template chat (not {template})")
+            if template is not None:
+                require_chat_template(template, f"{data_path}: record {index}: field '{form}'")
             records.append(conversation_record(record, form, data_path, index, require_output))
         elif is_llava_conversation(record, fields):
             records += [validate_record(turn, data_path, index, fields, require_output)
@@ -121,7 +130,7 @@ def load_records(data_path: str, fields: dict[str, str] | None = None, require_o
         if IMAGE_FIELD in record:
             record[IMAGE_FIELD] = str((folder / Path(record[IMAGE_FIELD]).expanduser()).resolve())
             check_image(record[IMAGE_FIELD], f"{data_path}: record {index}: field '{IMAGE_FIELD}'")
-    return records
+    return records, sha256
 
 
 # ---------------------------------------------------------------------------------------------
@@ -179,14 +188,14 @@ def conversation_records(record: dict, source: str, index: int) -> list[dict]:
     return converted
 
 
-def _read_json_list(path: Path) -> list:
+def _parse_json_list(path: Path, data: bytes) -> list:
     try:
-        data = json.loads(decode_utf8(path, read_bytes(path)))
+        records = json.loads(decode_utf8(path, data))
     except json.JSONDecodeError as error:
         fail(f"{path}:{error.lineno}: not valid JSON ({error.msg} at column {error.colno})")
-    if not isinstance(data, list):
-        fail(f"{path}: top level must be a JSON list of records, found {type(data).__name__}")
-    return data
+    if not isinstance(records, list):
+        fail(f"{path}: top level must be a JSON list of records, found {type(records).__name__}")
+    return records
 
 
 
@@ -277,11 +286,10 @@ def shuffled_order(n_records: int, seed: int) -> list[int]:
 
 
 def split_order(n_records: int, val_set_size: float, max_samples: int | None, seed: int) -> tuple[list[int], list[int]]:
-    """(held-out, training) indices of the subset and split: the same sizes and seed always give the same ones."""
+    """(held-out, training) indices of the subset and split: the same sizes and seed always give the same ones.
+    `max_samples`, when given, is at least 1 (training/config.py check_values owns that rule)."""
     order = shuffled_order(n_records, seed)
     if max_samples is not None:
-        if max_samples < 1:
-            fail(f"--max_samples must be >= 1, got {max_samples}")
         order = order[:max_samples]
     n_val = resolve_val_size(val_set_size, len(order))
     return order[:n_val], order[n_val:]

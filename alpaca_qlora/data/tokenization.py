@@ -8,9 +8,9 @@ For an image-text model `tokenizer` is its processor: a record with an image is 
 expands the prompt's image token into the model's image tokens (part of the prompt, so masked like it); the
 example keeps the image's path, and the collator turns it into pixel values.
 
-A conversation (data/conversations.py) is one example: the whole conversation as the chat template renders it,
-labels on every assistant turn (its content and the template's end-of-turn text) and nowhere else, EOS after the
-last turn unless the template's own turn end is it.
+A conversation (data/conversations.py) is one example: the whole conversation as the chat template renders it
+(prompts.render_chat), labels on every assistant turn (its content and the template's end-of-turn text) and nowhere
+else, EOS after the last turn unless the template's own turn end is it.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 
 from ..cli import fail
 from ..vision import IMAGE_FIELD, is_processor, load_image, text_tokenizer
-from .conversations import MESSAGES, assistant_spans, require_chat_template
-from .prompts import build_prompt
+from .conversations import MESSAGES, record_where, require_chat_template
+from .prompts import build_prompt, render_chat
 
 IGNORE_INDEX = -100
 
@@ -47,12 +47,13 @@ class TokenizationReport:
 
 
 def tokenize_example(
-    record: dict, tokenizer, template: str, max_seq_length: int, train_on_inputs: bool
+    record: dict, tokenizer, template: str, max_seq_length: int, train_on_inputs: bool, source: str | None = None
 ) -> TokenizedExample | None:
-    """One record as ids and labels; None when its prompt leaves no room for a single response token."""
+    """One record as ids and labels; None when its prompt leaves no room for a single response token. `source`: the
+    file(s) the record came from, named with the record in a bad-input line."""
     if MESSAGES in record:
-        return tokenize_conversation(record, tokenizer, template, max_seq_length, train_on_inputs)
-    prompt = build_prompt(record, template, tokenizer)
+        return tokenize_conversation(record, tokenizer, template, max_seq_length, train_on_inputs, source)
+    prompt = build_prompt(record, template, tokenizer, source)
     encode = encoder(record, tokenizer)
     text = text_tokenizer(tokenizer)
     prompt_ids = encode(prompt)
@@ -74,20 +75,52 @@ def tokenize_example(
     return TokenizedExample(input_ids=input_ids, labels=labels, truncated=truncated)
 
 
+def assistant_spans(record: dict, tokenizer, source: str | None = None) -> tuple[str, list[tuple[int, int]]]:
+    """The conversation through its last assistant turn as the template renders it (prompts.render_chat), and the
+    character span of every assistant turn in it.
+
+    Why spans from prefixes: transformers' own mask (`apply_chat_template(..., return_assistant_tokens_mask=True)`)
+    needs `{% generation %}` blocks in the template, which few templates have (without them it warns and masks
+    nothing). Instead each assistant turn i is located by rendering the conversation twice: up to turn i with the
+    assistant's opening (add_generation_prompt) and through turn i. The turn is what the second adds to the first:
+    its content and the end-of-turn text the template writes after it (`<|im_end|>` and a newline in ChatML).
+    This needs a template that renders history as it renders the latest turn (each rendering a prefix of the
+    next), and that writes each answer's content in its span (the content, stripped, must be found there: a template
+    that rewrites or drops it would have the loss on other text); one that does not is refused with one line."""
+    where = record_where(record, source)
+    messages = record[MESSAGES]
+    last = max(i for i, message in enumerate(messages) if message["role"] == "assistant")
+    text = render_chat(tokenizer, messages[: last + 1], False, where)
+    spans = []
+    for turn, message in enumerate(messages[: last + 1]):
+        if message["role"] != "assistant":
+            continue
+        before = render_chat(tokenizer, messages[:turn], True, where)
+        through = render_chat(tokenizer, messages[: turn + 1], False, where)
+        if not (through.startswith(before) and text.startswith(through)):
+            fail(f"{where}: the chat template renders turn {turn} of this conversation differently as history than "
+                 "as the latest turn, so its answer cannot be located by prefixes")
+        if message["content"].strip() not in through[len(before):]:
+            fail(f"{where}: the chat template does not write the content of turn {turn} (an assistant turn) where the "
+                 "turn is rendered (it rewrites or drops it), so the loss cannot be put on that answer")
+        spans.append((len(before), len(through)))
+    return text, spans
+
+
 def tokenize_conversation(
-    record: dict, tokenizer, template: str, max_seq_length: int, train_on_inputs: bool
+    record: dict, tokenizer, template: str, max_seq_length: int, train_on_inputs: bool, source: str | None = None
 ) -> TokenizedExample | None:
     """A conversation as ids and labels; None when the text before its first answer fills max_seq_length.
 
     The rendered conversation is encoded prefix by prefix, up to the start and the end of every assistant turn
-    (conversations.assistant_spans), as tokenize_example encodes a prompt and then prompt + answer: each piece is
+    (assistant_spans), as tokenize_example encodes a prompt and then prompt + answer: each piece is
     what encoding the longer prefix adds, so the labels fall exactly on the answers' tokens and each masked prefix
     is the tokens generation is given for it; where the tokenizer merged tokens across a boundary, the piece is
     encoded on its own instead (as tokenize_example does). A cut at max_seq_length that lands after an answer leaves
     out the masked turns after it (they would teach nothing), so the example still ends on a label, as the
     collators' token counts expect."""
-    require_chat_template(record, template)
-    text, spans = assistant_spans(record, tokenizer)
+    require_chat_template(template, record_where(record, source))
+    text, spans = assistant_spans(record, tokenizer, source)
     encode, plain = encoder(record, tokenizer), text_tokenizer(tokenizer)
     input_ids: list[int] = []
     labels: list[int] = []
@@ -136,14 +169,16 @@ def encoder(record: dict, tokenizer):
 
 
 def tokenize_records(
-    records: list[dict], tokenizer, template: str, max_seq_length: int, train_on_inputs: bool
+    records: list[dict], tokenizer, template: str, max_seq_length: int, train_on_inputs: bool, source: str | None = None
 ) -> tuple[list[dict], TokenizationReport]:
+    """Every record as an example, with the report of what was cut or left out. `source`: the file(s) the records
+    came from, named in a bad-input line."""
     if text_tokenizer(tokenizer).eos_token_id is None:
         fail(f"the tokenizer of '{tokenizer.name_or_path}' has no EOS token; training could not teach it to stop")
     report = TokenizationReport()
     examples = []
     for record in records:
-        example = tokenize_example(record, tokenizer, template, max_seq_length, train_on_inputs)
+        example = tokenize_example(record, tokenizer, template, max_seq_length, train_on_inputs, source)
         if example is None:
             report.prompt_too_long += 1
             report.left_out_ids.append(record["id"])

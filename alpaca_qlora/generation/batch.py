@@ -104,11 +104,13 @@ def expand_grid(base: GenerationSettings, sweep: dict[str, list] | None) -> list
 # ---------------------------------------------------------------------------------------------
 # Prompts
 # ---------------------------------------------------------------------------------------------
-def load_prompt_records(path: str, max_prompts: int | None, fields: dict[str, str] | None = None) -> list[dict]:
+def load_prompt_records(path: str, max_prompts: int | None, fields: dict[str, str] | None = None,
+                        template: str | None = None) -> list[dict]:
     """Alpaca records or conversations (.json/.jsonl, a run folder's val.jsonl included) with unique ids; the output
     (the reference answer: a conversation's last turn when it is the assistant's) is optional: prompts without one
-    are generated for, and their lines carry no reference."""
-    records = load_records(path, fields, require_output=False)
+    are generated for, and their lines carry no reference. `template` (the prompts' template): a conversation under
+    any template but chat is refused here, naming the file and the record, before a model loads."""
+    records = load_records(path, fields, require_output=False, template=template)
     if max_prompts is not None:
         records = records[:max_prompts]
     seen = set()

@@ -17,10 +17,11 @@ from transformers import TextStreamer
 from ..cli import UserError
 from ..jsonl import append_synced, drop_torn_tail, read_appendable
 from ..scoring.inputs import RATING_RANGE
+from ..vision import text_tokenizer
 from .generate import generate_answers, prompt_for, seed_everything
 from .settings import GenerationSettings, parse_setting_value, resolve_settings, settings_label
 from .source import ModelSource
-from .stop_strings import StreamedUntilStop, cut_at_stop
+from .stop_strings import StreamedUntilStop, check_stop_strings, cut_at_stop
 
 RATINGS_FILE = "ratings.jsonl"
 LINE_START = '{"id": '  # how every ratings line begins (rating_row's first key): a half-written one too
@@ -214,6 +215,7 @@ class Session:
         changes = parse_set_command(argument)
         settings = replace(self.settings, **changes)
         resolved = resolve_settings(settings)  # a bad combination keeps the old settings
+        check_stop_strings(resolved.get("stop"), text_tokenizer(self.tokenizer))
         self.settings, self.resolved = settings, resolved
         if "seed" in changes:
             seed_everything(resolved["seed"])

@@ -12,9 +12,10 @@ from pathlib import Path
 
 from ..cli import ArgumentParser, check_writable_folder, fail, parse_dataclasses
 from ..data.records import DEFAULT_FIELDS
-from ..vision import IMAGE_FIELD, IMAGE_TEXT_TO_TEXT, check_image
+from ..vision import IMAGE_FIELD, IMAGE_TEXT_TO_TEXT, check_image, text_tokenizer
 from . import batch, generate, interactive
 from .settings import GenerationSettings
+from .stop_strings import check_stop_strings
 from .source import InferenceModelArguments, resolve_model_source
 
 DESCRIPTION = ("Generate with a fine-tuned (or the untuned base) model: interactive, one answer, or a prompts file to "
@@ -84,17 +85,21 @@ def check_job(job: JobArguments) -> None:
 
 def run_batch(job: JobArguments, grid: list[dict], source) -> None:
     fields = {name.removesuffix("_field"): getattr(job, name) for name in FIELD_FLAGS}
-    records = batch.load_prompt_records(job.prompts_file, job.max_prompts, fields)
+    records = batch.load_prompt_records(job.prompts_file, job.max_prompts, fields, source.prompt_template)
     with batch.output_lock(job.output_file):
         batch_job, done = batch.prepare_batch_job(records, grid, job.output_file, job.batch_size, source, job.overwrite)
-        model, tokenizer = load(source)
+        model, tokenizer = load(source, grid)
         result = batch.run_batch_job(batch_job, done, model, tokenizer)
     empty = f"; {result.empty} of them empty (the model ended its answer at once)" if result.empty else ""
     print(f"wrote {result.written} line(s) to {job.output_file}{empty}")
 
 
-def load(source):
+def load(source, grid: list[dict]):
+    """The model and tokenizer; then the settings' stop strings are checked against the tokenizer (the one check that
+    needs it), before anything is generated or written."""
     model, tokenizer = generate.load_for_inference(source)
+    for setting in grid:
+        check_stop_strings(setting.get("stop"), text_tokenizer(tokenizer))
     print(f"loaded {source.base_model}" + (f" + adapter {source.adapter}" if source.adapter else " (no adapter)")
           + f": {source.describe_precision()}, on {generate.describe_device(model)}", file=sys.stderr)
     return model, tokenizer
@@ -115,13 +120,13 @@ def main(argv: list[str] | None = None) -> None:
             if source.model_kind != IMAGE_TEXT_TO_TEXT:
                 fail(f"--image: {source.base_model} is a text-only model; use an image-text model (LLaVA)")
             record[IMAGE_FIELD] = job.image
-        model, tokenizer = load(source)
+        model, tokenizer = load(source, grid)
         prompt = generate.prompt_for(record, source.prompt_template, tokenizer)
         generate.seed_everything(grid[0]["seed"])
         images = generate.record_images([record]) or None
         print(generate.generate_answers(model, tokenizer, [prompt], grid[0], images=images)[0].text)
     else:
         ratings = interactive.RatingsFile(job.ratings_file or interactive.default_ratings_path(source))
-        model, tokenizer = load(source)
+        model, tokenizer = load(source, grid)
         interactive.run_interactive(model, tokenizer, source, settings, ratings, job.rate)
 

@@ -158,14 +158,27 @@ def parse_setting_value(name: str, text: str):
 def parse_stop_text(text: str) -> list[str] | None:
     """stop's value as text (`/set stop=...`, the chat page's field): none for no stop strings; a JSON list of strings
     for several, or for one with a newline or spaces at its ends (`["\\n\\n"]`); else the text itself, one stop string
-    (`[INST]` too: text that is not a JSON list of strings is taken as it is)."""
+    (`[INST]` too: text that is not a JSON list is taken as it is). A JSON list that holds anything but strings
+    (`["a", 1]`) is refused: it is no list of stop strings, and as one literal string it is not what was meant."""
     if text.strip().lower() in RESET_WORDS:
         return None
+    values = json_list(text)
+    if values is None:
+        return [text]
+    others = [value for value in values if not isinstance(value, str)]
+    if others:
+        fail(f"stop={text}: a JSON list of stop strings holds strings only, found {json.dumps(others[0])}; to stop at "
+             f"this text itself, write it as a JSON list of one string: {json.dumps([text], ensure_ascii=False)}")
+    return values
+
+
+def json_list(text: str) -> list | None:
+    """`text` read as a JSON list, or None when it is not one."""
     try:
         values = json.loads(text)
     except json.JSONDecodeError:
-        return [text]
-    return values if isinstance(values, list) and all(isinstance(value, str) for value in values) else [text]
+        return None
+    return values if isinstance(values, list) else None
 
 
 def stop_text(stop: list[str] | None) -> str:
@@ -173,6 +186,7 @@ def stop_text(stop: list[str] | None) -> str:
     if not stop:
         return ""
     [first, *others] = stop
-    if not others and first == first.strip() and first.isprintable() and parse_stop_text(first) == [first]:
+    plain = first.strip().lower() not in RESET_WORDS and json_list(first) is None  # parse_stop_text reads it as itself
+    if not others and first == first.strip() and first.isprintable() and plain:
         return first
     return json.dumps(stop, ensure_ascii=False)

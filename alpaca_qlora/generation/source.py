@@ -20,8 +20,8 @@ from ..modeling import (
     use_packed_cpu_kernel,
 )
 from ..run_folder import (
-    ADAPTER_CONFIG, CHECKPOINT_PREFIX, PROMPT_TEMPLATE_COPY, RUN_CONFIG, TOKENIZER_CONFIG, TRAINING_ONLY_ATTENTIONS, RunFolder,
-    adapter_base_model,
+    ADAPTER_CONFIG, PROMPT_TEMPLATE_COPY, RUN_CONFIG, TOKENIZER_CONFIG, TRAINING_ONLY_ATTENTIONS, adapter_base_model,
+    owning_run,
 )
 
 
@@ -87,14 +87,8 @@ class ModelSource:
 
 def read_run_config(folder: str | None) -> dict:
     """The training run's run_config.json in a local folder (for a checkpoint-N folder, in its run folder), or {}."""
-    if folder is None:
-        return {}
-    path = Path(folder)
-    for candidate in (path, path.parent) if path.name.startswith(CHECKPOINT_PREFIX) else (path,):
-        run = RunFolder(candidate)
-        if run.is_run_folder():
-            return run.config()
-    return {}
+    run = owning_run(folder) if folder is not None else None
+    return run.config() if run is not None else {}
 
 
 def resolve_model_source(args: InferenceModelArguments) -> ModelSource:

@@ -78,6 +78,8 @@ def run_chat(argv: list[str]) -> None:
     from ..generation.interactive import RatingsFile, default_ratings_path
     from ..generation.settings import resolve_settings
     from ..generation.source import InferenceModelArguments, resolve_model_source
+    from ..generation.stop_strings import check_stop_strings
+    from ..vision import text_tokenizer
     from .chat import ChatSession
     from .server import build_app, chat_routes, serve
 
@@ -91,6 +93,7 @@ def run_chat(argv: list[str]) -> None:
     source = resolve_model_source(model_args)
     ratings = RatingsFile(chat_args.ratings_file or default_ratings_path(source))
     model, tokenizer = load_for_inference(source)
+    check_stop_strings(settings.stop, text_tokenizer(tokenizer))  # the one check that needs the tokenizer
     label = source.base_model + (f" + adapter {source.adapter}" if source.adapter else " (no adapter)")
     print(f"loaded {label}: {source.describe_precision()}, on {describe_device(model)}", file=sys.stderr)
     session = ChatSession(model, tokenizer, source, settings, ratings)

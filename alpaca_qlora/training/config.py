@@ -72,10 +72,13 @@ class LoraArguments:
         default="default",
         metadata={"help": "LoRA initialisation (peft): default (A Kaiming-uniform, B zero), gaussian (A normal, B zero), "
                           "pissa (the principal singular directions of each weight; the adapter is saved converted to a "
-                          "plain LoRA of rank 2r) or loftq (the NF4 quantization error; CUDA only in peft).",
+                          "plain LoRA of rank 2r) or loftq (the NF4 quantization error; CUDA only in peft; with --quantization "
+                          "nf4 --double_quant false --loftq_iter 1 only, see training/lora_init.py).",
                   "choices": LORA_INITS},
     )
-    loftq_iter: int = field(default=1, metadata={"help": "Alternating quantize / SVD iterations of LoftQ (peft's loftq_iter)."})
+    loftq_iter: int = field(default=1, metadata={"help": "Alternating quantize / SVD iterations of LoftQ (peft's loftq_iter): 1 "
+                                                         "only (with more, peft's base is not the NF4 quantization of the "
+                                                         "original weights that generation loads)."})
     lora_dropout_rng: str = field(
         default="auto",
         metadata={"help": "Random masks of the LoRA dropout: auto (pcg64 on the CPU, torch on GPUs), torch, or pcg64 "
@@ -95,7 +98,9 @@ class DataArguments:
     data_weights: list[float] | None = field(
         default=None,
         metadata={"help": "One weight per --data_path file: the training records are drawn from the files in these "
-                          "proportions (seeded by --split_seed; a file repeats when its share exceeds its records). "
+                          "proportions (seeded by --split_seed; a file repeats when its share exceeds its records). The "
+                          "held-out records are not weighted: they come from the pool of all the files' records (a file "
+                          "of weight 0 gives held-out records too), so the held-out loss measures that pool. "
                           "Default: every record of every file once."},
     )
     data_fields: str | None = field(
@@ -106,7 +111,12 @@ class DataArguments:
     instruction_field: str = field(default=DEFAULT_FIELDS["instruction"], metadata={"help": "Field of a record holding the instruction."})
     input_field: str = field(default=DEFAULT_FIELDS["input"], metadata={"help": "Field holding the input (context); a record without it has an empty input."})
     output_field: str = field(default=DEFAULT_FIELDS["output"], metadata={"help": "Field holding the answer to train on."})
-    max_samples: int | None = field(default=None, metadata={"help": "Use a deterministic subset of this many records."})
+    max_samples: int | None = field(
+        default=None,
+        metadata={"help": "How many records the run uses, held-out ones included: a deterministic subset of the records "
+                          "(seeded by --split_seed); with --data_weights, how many are drawn, which may exceed the records "
+                          "(files then repeat: an upsampling target). Default: all the records, once."},
+    )
     val_set_size: float = field(default=2000, metadata={"help": "Held-out records: a count, or a fraction below 1. 0 turns evaluation off."})
     val_data_path: str | None = field(
         default=None,

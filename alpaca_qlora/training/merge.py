@@ -32,7 +32,7 @@ from ..files import (
 )
 from ..generation.source import read_run_config, resolve_prompt_template
 from ..modeling import DTYPES, attach_adapter, base_model_kind, load_base_model, load_model_config, load_tokenizer_or_processor
-from ..run_folder import PROMPT_TEMPLATE_COPY, RUN_CONFIG, TOKENIZER_CONFIG, RunFolder, adapter_base_model
+from ..run_folder import PROMPT_TEMPLATE_COPY, RUN_CONFIG, TOKENIZER_CONFIG, RunFolder, adapter_base_model, adapter_config
 
 MERGE_INFO = "merge_info.json"
 MODELFILE = "Modelfile"
@@ -115,6 +115,7 @@ def plan_gguf(args: MergeArguments, config, base_name: str, tokenizer) -> GgufPl
 def merge_adapter(args: MergeArguments) -> Path:
     output = Path(args.output_dir)
     written_before = check_output(output, args.overwrite)
+    adapter_config(args.adapter)  # the adapter folder checked before anything loads, --base_model given or not
     base_name = args.base_model or adapter_base_model(args.adapter)
     kind = base_model_kind(base_name, args.trust_remote_code)  # an image-text model merges with its processor
     config = load_model_config(base_name, args.trust_remote_code) if args.gguf else None

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import dataclasses
+import gc
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from transformers.trainer_callback import ProgressCallback
 
 from ..cli import check_writable_folder, fail
 from ..data.prompts import is_template_file, load_template_file
-from ..data.mix import load_data_files, read_data_file, split_files
+from ..data.mix import changed_data_file, load_data_files, read_data_file, split_files
 from ..data.records import DataSplit, make_split
 from ..data.tokenization import TokenizationReport, tokenize_records
 from ..files import atomic_write_json, first_changed_option, staging_folder
@@ -163,9 +164,10 @@ def tokenize_split(config: TrainingConfig, split: DataSplit, kind: str = "causal
     data = config.data
     tokenizer = load_tokenizer_or_processor(resolve_model_path(config.model.base_model), kind, config.model.trust_remote_code)
     reports, tokenized = {}, {}
+    sources = {"train": " ".join(data.data_path), "held-out": data.val_data_path or " ".join(data.data_path)}
     for name, records in (("train", split.train), ("held-out", split.val)):
         tokenized[name], reports[name] = tokenize_records(
-            records, tokenizer, data.prompt_template, data.max_seq_length, data.train_on_inputs
+            records, tokenizer, data.prompt_template, data.max_seq_length, data.train_on_inputs, sources[name]
         )
         print(reports[name].summary(name))
     if not tokenized["train"]:
@@ -215,8 +217,14 @@ def add_lora(model, config: TrainingConfig, plan: TrainingPlan, checkpointing_kw
     return model
 
 
-def initialise_modified_base(config: TrainingConfig, plan: TrainingPlan) -> InitialAdapter:
-    """PiSSA / LoftQ: peft initialises on the base in the compute dtype; the result is set aside (lora_init.py)."""
+def initialise_modified_base(config: TrainingConfig, plan: TrainingPlan) -> tuple[InitialAdapter, float]:
+    """PiSSA / LoftQ: peft initialises on the base in the compute dtype; the result is set aside (lora_init.py).
+
+    Returns the aside and this step's peak memory (GiB, as peak_memory_gib measures it). The 16/32-bit base is freed
+    here, before the quantized one loads (initialise_aside's own references are gone, this function's `full` is the
+    last). On CUDA the allocator's cache is then emptied and its peak reset, so the run's peak_memory_gib is the
+    training's own and the initialisation's is recorded apart (eval_results.json: initialisation_peak_memory_gib).
+    On the CPU the resident set's peak cannot be reset: there peak_memory_gib includes the initialisation."""
     set_seed(config.train.seed)
     full = load_base_model(
         resolve_model_path(config.model.base_model), "none", DTYPES[plan.compute_dtype], config.model.double_quant,
@@ -224,9 +232,16 @@ def initialise_modified_base(config: TrainingConfig, plan: TrainingPlan) -> Init
         kind=plan.model_kind,
     )
     try:
-        return initialise_aside(full, lora_config(config, plan))
+        initial = initialise_aside(full, lora_config(config, plan))
     except ValueError as error:
         fail(f"--lora_target_modules {config.lora.lora_target_modules}: {str(error).strip().splitlines()[0]}")
+    del full
+    gc.collect()
+    peak = peak_memory_gib()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    return initial, peak
 
 
 def build_model(config: TrainingConfig, plan: TrainingPlan, initial: InitialAdapter | None = None):
@@ -347,9 +362,17 @@ def start_run_folder(config: TrainingConfig, plan: TrainingPlan, data: PreparedD
     return folder
 
 
-def check_resumed_split(folder: RunFolder, data: PreparedData) -> None:
+def check_resumed_split(folder: RunFolder, split: DataSplit) -> None:
+    """A resumed run trains on the data it started with: every data file's bytes (the sha256 run_info.json recorded
+    of each, data/mix.py) and the training records' ids (train_ids.json); the first difference is named."""
+    recorded = folder.info().get("data", {}).get("sources", {}) if folder.file(RUN_INFO).is_file() else {}
+    changed = changed_data_file(recorded if isinstance(recorded, dict) else {}, split.sources)
+    if changed is not None:
+        path, then, now = changed
+        fail(f"--resume_from_checkpoint: {path} has changed since the run started (sha256 {now}, but "
+             f"{folder.file(RUN_INFO)} recorded {then}); resume with the data the run started with")
     saved_ids = folder.train_ids()
-    if saved_ids is not None and saved_ids != [record["id"] for record in data.split.train]:
+    if saved_ids is not None and saved_ids != [record["id"] for record in split.train]:
         fail(f"--resume_from_checkpoint: the data options select other training records than "
              f"{folder.file('train_ids.json')} records; resume with the run's own options")
 
@@ -489,7 +512,8 @@ def check_engine(config: TrainingConfig) -> tuple[EngineSettings, Precision]:
 
 def train(config: TrainingConfig) -> dict:
     engine, precision = check_engine(config)
-    check_lora_init(config.lora, config.model.quantization, plan_device(config.train), engine.engine, engine.world_size)
+    check_lora_init(config.lora, config.model.quantization, config.model.double_quant, plan_device(config.train),
+                    engine.engine, engine.world_size)
     folder = RunFolder(Path(config.train.output_dir))
     resume = resolve_resume(config)
     check_output_dir(config.train.output_dir, config.run.overwrite_output_dir, resume is not None)
@@ -505,13 +529,16 @@ def train(config: TrainingConfig) -> dict:
             fail(f"--resume_from_checkpoint true: {folder.path} finished without a checkpoint to continue from; "
                  "train into another --output_dir")
     split = load_split(config)
+    if resume is not None:  # before any model file is read
+        check_resumed_split(folder, split)
     model_config = load_model_config(config.model.base_model, config.model.trust_remote_code)
     kind = check_model_kind(config, model_config, split)
     data = tokenize_split(config, split, kind)
     engine = check_wrap_classes(engine, model_config, kind, config.model.trust_remote_code)
     plan = make_plan(config, model_config, bool(data.val_examples), engine, largest_batch_tokens(data, config), precision)
     print(plan.describe())  # every choice, before any weight loads
-    initial = initialise_modified_base(config, plan) if modifies_base(config.lora.init_lora_weights) else None
+    initial, initialisation_peak = (initialise_modified_base(config, plan) if modifies_base(config.lora.init_lora_weights)
+                                    else (None, None))
     model = build_model(config, plan, initial)
     packing_probe = data.train_examples[0]["input_ids"] * 16
     deferred_packing_check = plan.packing and params_partitioned(model)
@@ -526,8 +553,6 @@ def train(config: TrainingConfig) -> dict:
     print(f"padding share of the training batches: {share:.1%} (packing {'on' if plan.packing else 'off'})")
     if resume is None:
         folder = start_run_folder(config, plan, data, share, args, engine)
-    else:
-        check_resumed_split(folder, data)
     trainer = build_trainer(args, plan, data, model, collator, folder)
 
     results = {key: value for key, value in folder.eval_results().items() if key == "before_training"} if resume else {}
@@ -554,6 +579,8 @@ def train(config: TrainingConfig) -> dict:
                               else "none: no held-out example is left after tokenization (raise --max_seq_length)")
     results["finished_at_step"] = trainer.state.global_step
     results["peak_memory_gib"] = peak_memory_gib()
+    if initialisation_peak is not None:  # PiSSA / LoftQ's 16/32-bit moment before training (initialise_modified_base)
+        results["initialisation_peak_memory_gib"] = initialisation_peak
     results["peak_memory_gib_per_process"] = per_process(results["peak_memory_gib"], args.world_size)
     results["memory_held_per_process"] = per_process(memory_held(trainer), args.world_size)
     sharded = adapter_sharded(plan)
