@@ -194,6 +194,16 @@ def test_killed_and_resumed_run_equals_uninterrupted_run(tiny_model, tiny_data, 
     assert {p.name: p.read_bytes() for p in resumed.iterdir() if p.is_file()} == before
     assert sorted(p.name for p in resumed.glob("checkpoint-*")) == ["checkpoint-12", "checkpoint-4", "checkpoint-8"]
 
+    # Stopped during its final evaluation (after checkpoint-12, before the adapter): resumed, it trains no step more.
+    (resumed / "adapter_model.safetensors").unlink()
+    last = run_script(*training_args(tiny_model, tiny_data, resumed, *common, "--resume_from_checkpoint", "true"))
+    assert last.returncode == 0, last.stderr[-3000:]
+    assert json.loads((resumed / "eval_results.json").read_text())["finished_at_step"] == 12
+    assert losses(resumed) == losses(straight)
+    assert _adapter(resumed).keys() == expected.keys()
+    for name in expected:
+        assert torch.allclose(expected[name], _adapter(resumed)[name], atol=1e-6, rtol=0), name
+
 
 def test_two_process_ddp_on_cpu(tiny_model, tiny_data, tmp_path):
     output_dir = tmp_path / "ddp"

@@ -82,6 +82,14 @@ class InstructionTrainer(Trainer):
         finally:
             self.processing_class = processor
 
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        """No batch once the run is at --max_steps. transformers (5.24, Trainer._run_epoch) checks the stop only after
+        a step, so a run resumed from a checkpoint taken at its last step (stopped during its final evaluation)
+        trained one step more: 161 of 160 in the SmolLM2 study, a weight change under a constant rate."""
+        if self.state.max_steps > 0 and self.state.global_step >= self.state.max_steps:
+            return [], None
+        return super().get_batch_samples(epoch_iterator, num_batches, device)
+
     def create_accelerator_and_postprocess(self) -> None:
         """accelerate's Accelerator, as the Trainer builds it; on the CPU, FSDP handed to accelerate's FSDP2 path
         (engines.enable_fsdp_on_cpu: accelerate 1.15 would otherwise run DDP and ignore the FSDP plugin)."""
