@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from ..cli import fail
 from ..vision import IMAGE_FIELD, is_processor, load_image, text_tokenizer
 from .conversations import MESSAGES, record_where, require_chat_template
-from .prompts import build_prompt, render_chat
+from .prompts import build_prompt, render_chat, written_by_chat_template
 
 IGNORE_INDEX = -100
 
@@ -54,7 +54,7 @@ def tokenize_example(
     if MESSAGES in record:
         return tokenize_conversation(record, tokenizer, template, max_seq_length, train_on_inputs, source)
     prompt = build_prompt(record, template, tokenizer, source)
-    encode = encoder(record, tokenizer)
+    encode = encoder(record, tokenizer, written_by_chat_template(template))
     text = text_tokenizer(tokenizer)
     prompt_ids = encode(prompt)
     full_ids = encode(prompt + record["output"])
@@ -121,7 +121,7 @@ def tokenize_conversation(
     collators' token counts expect."""
     require_chat_template(template, record_where(record, source))
     text, spans = assistant_spans(record, tokenizer, source)
-    encode, plain = encoder(record, tokenizer), text_tokenizer(tokenizer)
+    encode, plain = encoder(record, tokenizer, True), text_tokenizer(tokenizer)
     input_ids: list[int] = []
     labels: list[int] = []
     prompt_length, done, answer = None, 0, []
@@ -158,10 +158,11 @@ def encode_text(tokenizer, text: str, from_chat_template: bool) -> list[int]:
     return text_tokenizer(tokenizer)(text, add_special_tokens=not from_chat_template)["input_ids"]
 
 
-def encoder(record: dict, tokenizer):
-    """text -> ids: the tokenizer's; for a record with an image, the processor's (image tokens expanded)."""
+def encoder(record: dict, tokenizer, from_chat_template: bool):
+    """text -> ids: the tokenizer's (encode_text); for a record with an image, the processor's (image tokens
+    expanded)."""
     if not is_processor(tokenizer):
-        return lambda text: tokenizer(text)["input_ids"]
+        return lambda text: encode_text(tokenizer, text, from_chat_template)
     if record.get(IMAGE_FIELD) is None:
         return lambda text: tokenizer.tokenizer(text)["input_ids"]
     image = load_image(record[IMAGE_FIELD], f"record {record['id']!r}: field '{IMAGE_FIELD}'")

@@ -25,9 +25,11 @@ from tqdm.auto import tqdm
 
 from ..cli import UserError, fail
 from ..data.conversations import HISTORY, MESSAGES, prompt_messages
+from ..data.prompts import written_by_chat_template
 from ..data.records import load_records
+from ..data.tokenization import encode_text
 from ..jsonl import AppendableFile, append_line, drop_torn_tail, read_appendable
-from ..vision import IMAGE_FIELD, IMAGE_TEXT_TO_TEXT, text_tokenizer
+from ..vision import IMAGE_FIELD, IMAGE_TEXT_TO_TEXT
 from .generate import batch_seed, context_length, generate_answers, prompt_for, record_images, seed_everything
 from .sampling import answer_seed
 from .settings import SETTING_NAMES, GenerationSettings, parse_setting_value, resolve_settings, settings_key, settings_label
@@ -265,7 +267,8 @@ class BatchResult:
 def run_batch_job(job: BatchJob, done: set, model, tokenizer) -> BatchResult:
     """Generate every missing (setting, record) line."""
     prompts = [prompt_for(record, job.source.prompt_template, tokenizer) for record in job.records]
-    token_ids = text_tokenizer(tokenizer)(prompts)["input_ids"]
+    from_chat_template = written_by_chat_template(job.source.prompt_template)
+    token_ids = [encode_text(tokenizer, prompt, from_chat_template) for prompt in prompts]
     lengths = [len(ids) for ids in token_ids]
     warn_long_prompts(lengths, job.settings, model)
     batches = plan_batches(lengths, job.batch_size, [tuple(ids[:BEGINNING_TOKENS]) for ids in token_ids])
@@ -288,7 +291,8 @@ def run_batch_job(job: BatchJob, done: set, model, tokenizer) -> BatchResult:
                 started = time.perf_counter()
                 images = record_images([job.records[i] for i in batch])
                 seeds = [answer_seed(setting["seed"], job.records[i]["id"]) for i in batch]
-                answers = generate_batch(model, tokenizer, [prompts[i] for i in batch], setting, job.batch_size, images, seeds)
+                answers = generate_batch(model, tokenizer, [prompts[i] for i in batch], setting, job.batch_size, images, seeds,
+                                         from_chat_template)
                 seconds = (time.perf_counter() - started) / len(batch)
                 for i, answer in zip(batch, answers):
                     if i in missing:
@@ -325,9 +329,10 @@ def output_lock(output_file: str, flag: str = "--output_file", writer: str = "in
 
 
 def generate_batch(model, tokenizer, prompts: list[str], setting: dict, batch_size: int, images: list | None = None,
-                   answer_seeds: list[int] | None = None):
+                   answer_seeds: list[int] | None = None, from_chat_template: bool = False):
     try:
-        return generate_answers(model, tokenizer, prompts, setting, images=images or None, answer_seeds=answer_seeds)
+        return generate_answers(model, tokenizer, prompts, setting, images=images or None, answer_seeds=answer_seeds,
+                                from_chat_template=from_chat_template)
     except torch.cuda.OutOfMemoryError:
         fail(f"out of GPU memory at --batch_size {batch_size}; run again with a smaller one (the lines written so far are kept)")
 
