@@ -423,6 +423,16 @@ def test_a_chatml_template_becomes_ollamas_chatml_and_a_default_system_becomes_s
             build_prompt({"instruction": instruction, "input": ""}, "chat", tokenizer)
 
 
+def test_a_chat_template_that_writes_the_bos_leaves_it_to_the_gguf(tiny_model):
+    """Mistral-Instruct-style: the chat template writes {{ bos_token }} and the tokenizer adds one too (the GGUF says
+    add_bos, and llama.cpp and Ollama add it): the Modelfile's template starts after the BOS, so the model reads one."""
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    tokenizer.chat_template = "{{ bos_token }}{% for m in messages %}[INST] {{ m['content'] }} [/INST]{% endfor %}"
+    assert tokenizer("a")["input_ids"][0] == tokenizer.bos_token_id
+    template = quoted_block(ollama_modelfile("model-q8_0.gguf", "chat", tokenizer, 512), "TEMPLATE")
+    assert template == "[INST] {{ .Prompt }} [/INST]{{ .Response }}"
+
+
 def test_a_template_file_with_braces_is_escaped_for_go_templates(tiny_model, tmp_path):
     template = tmp_path / "braces.yaml"
     template.write_text(json.dumps({"prompt_input": "Q: {instruction}\n{input}\nA {{json}}:",

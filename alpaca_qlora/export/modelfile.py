@@ -19,6 +19,7 @@ from pathlib import Path
 from ..cli import fail
 from ..data.prompts import build_prompt, is_template_file
 from ..generation.settings import GenerationSettings
+from .to_gguf import added_specials
 
 MARKER = "ALPACA_QLORA_INSTRUCTION_MARKER"
 CHATML_USER = "<|im_start|>user\n"
@@ -35,11 +36,18 @@ MAX_CONTEXT = 4096  # num_ctx: the model's context, at most this (Ollama allocat
 
 
 def prompt_around(template: str, tokenizer) -> tuple[str, str]:
-    """The text before and after the instruction in the prompt of a record without an input."""
+    """The text before and after the instruction in the prompt of a record without an input.
+
+    A chat template that writes the BOS itself (Llama-3's, Mistral-Instruct's) has it at the start of the text; when
+    the tokenizer adds a BOS too, the GGUF says so (to_gguf.added_specials) and llama.cpp and Ollama add it: the
+    template leaves its own out, so the model reads one BOS, as in training (data/tokenization.encode_text)."""
     text = build_prompt({"instruction": MARKER, "input": ""}, template, tokenizer)
     if text.count(MARKER) != 1:
         fail(f"--gguf: the prompt template {template} does not hold the instruction once as written; it cannot be "
              "turned into an Ollama template; nothing was written")
+    bos = tokenizer.bos_token
+    if bos and text.startswith(bos) and added_specials(tokenizer)[0]:
+        text = text[len(bos):]
     before, after = text.split(MARKER)
     return before, after
 
