@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
+
+from tables import check_rows
 
 # bench_generation.py's model names -> the start of the folder name its --keep uses (the model folder's name)
 KEPT_FOLDER = {"smollm2": "SmolLM2-135M-Instruct", "stories260K": "stories260K-hf"}
@@ -58,15 +59,8 @@ def main() -> None:
     parser.add_argument("--check", default=None)
     args = parser.parse_args()
     table = rows(Path(args.results))
-    print("| model | workload | variant | seconds (median) | runs | ours vs plain bs16 / bs64 | identical to plain bs16 |")
-    print("|---|---|---|---:|---:|---:|---:|")
-    print("\n".join(table))
-    if args.check:
-        text = Path(args.check).read_text(encoding="utf-8")
-        missing = [line for line in table if line not in text]
-        if missing:
-            sys.exit(f"{args.check}: {len(missing)} row(s) differ from the results, e.g.\n{missing[0]}")
-        print(f"{args.check}: all {len(table)} rows match")
+    check_rows(["| model | workload | variant | seconds (median) | runs | ours vs plain bs16 / bs64 | identical to plain bs16 |",
+                "|---|---|---|---:|---:|---:|---:|", *table], args.check)
 
 
 if __name__ == "__main__":

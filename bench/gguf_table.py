@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
+
+from tables import check_rows
 
 
 def count(share: float, n: int) -> str:
@@ -35,14 +36,7 @@ def main() -> None:
     parser.add_argument("results")
     parser.add_argument("--check", default=None)
     args = parser.parse_args()
-    table = rows(json.loads(Path(args.results).read_text(encoding="utf-8")))
-    print("\n".join(table))
-    if args.check:
-        text = Path(args.check).read_text(encoding="utf-8")
-        missing = [line for line in table if line not in text]
-        if missing:
-            sys.exit(f"{args.check}: {len(missing)} row(s) differ from the results, e.g.\n{missing[0]}")
-        print(f"{args.check}: all {len(table)} rows match")
+    check_rows(rows(json.loads(Path(args.results).read_text(encoding="utf-8"))), args.check)
 
 
 if __name__ == "__main__":

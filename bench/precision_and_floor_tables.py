@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
+
+from tables import check_rows
 
 NAMES = {"stock": "stock fp32", "stock_bf16": "stock bf16 (autocast + bf16 4-bit layers)",
          "stock_bf16_matmul": "stock bf16 4-bit layers, no autocast", "ours": "ours (default: bf16 4-bit layers)",
@@ -94,16 +95,7 @@ def main() -> None:
     parser.add_argument("folder", type=Path)
     parser.add_argument("--check", type=Path, help="a markdown file that must hold every row, as is")
     args = parser.parse_args()
-    lines = tables(args.folder)
-    if not args.check:
-        print("\n".join(lines))
-        return
-    text = args.check.read_text(encoding="utf-8")
-    missing = [line for line in lines if line.startswith("| ") and line not in text]
-    if missing:
-        print("\n".join(["rows not in " + str(args.check) + ":", *missing]))
-        sys.exit(1)
-    print(f"{args.check}: every row of {args.folder}'s tables is there, as is")
+    check_rows(tables(args.folder), args.check)
 
 
 if __name__ == "__main__":

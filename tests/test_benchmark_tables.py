@@ -15,6 +15,7 @@ CHECKS = [
     ("bench/generation_table.py", "bench/results/2026-12-06/prefix-only"),
     ("bench/precision_and_floor_tables.py", "bench/results/2026-12-06b"),
     ("bench/gguf_table.py", "bench/results/2026-12-06c/gguf-smollm2.json"),
+    ("bench/pcg64_table.py", "bench/results/2026-12-06d"),
 ]
 
 

@@ -3,10 +3,9 @@
 Why by hand: PEFT applies dropout to the input of every LoRA layer (seven per Llama block), and torch's CPU
 dropout draws one number per element from its serial Mersenne Twister. On stories260K, profiled under load, that was
 19-20% of a training step on two cores (bench/results/HISTORY.md, CPU 2026-12-01 afternoon); PCG64 draws the same
-masks' worth of numbers two to three times faster. End to end the gain is not established: in the SmolLM2 run of
-2026-12-01 afternoon `--lora_dropout_rng torch` ran 136 real tok/s against 128 with these masks (one run each, before
-the raw-output draw of 2026-12-02 made them 1.06x faster); to be measured again, ours against ours_no_pcg64 in one
-quiet run, and dropped if it does not pay (issue 25). The masks have the same distribution: each element is kept with
+masks' worth of numbers two to three times faster. End to end, measured on SmolLM2 (BENCHMARKS.md, CPU 2026-12-06,
+AMD EPYC Zen 4, quiet, three runs in alternating order): a step takes 3.49-3.66 s with these masks against 3.74-4.07
+s with torch's (1.07-1.11x faster), at a 0.35-0.38 GiB lower peak. The masks have the same distribution: each element is kept with
 probability 1 - p (p rounded to a multiple of 1/65536) and scaled by 1 / (1 - p). Each mask's generator is
 seeded from torch's generator, so `--seed` fixes the masks and a resumed run (the Trainer restores torch's RNG
 state) draws the same ones. GPUs keep torch's own dropout, which is fast there.
