@@ -26,6 +26,7 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
+from alpaca_qlora.data.tokenization import encode_text  # noqa: E402
 from alpaca_qlora.generation import generate  # noqa: E402
 from alpaca_qlora.generation.batch import plan_batches  # noqa: E402
 from alpaca_qlora.generation.settings import GenerationSettings, resolve_settings  # noqa: E402
@@ -93,7 +94,7 @@ def main() -> None:
     records = json.loads(Path(args.data_path).read_text(encoding="utf-8"))[: args.num_prompts]
     prompts = [generate.prompt_for(record, source.prompt_template, tokenizer) for record in records]
     settings = resolve_settings(GenerationSettings(max_new_tokens=args.max_new_tokens))
-    batches = plan_batches([len(ids) for ids in tokenizer(prompts)["input_ids"]], args.batch_size)
+    batches = plan_batches([len(encode_text(tokenizer, prompt)) for prompt in prompts], args.batch_size)
     device = generate.describe_device(model)
     print(f"model: {source.base_model}" + (f" + adapter {source.adapter}" if source.adapter else "")
           + f" ({source.quantization} weights, {source.compute_dtype} compute) on {device}")

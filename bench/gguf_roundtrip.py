@@ -47,6 +47,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig  
 
 from alpaca_qlora.cli import fail, run_cli  # noqa: E402
 from alpaca_qlora.data.prompts import build_prompt  # noqa: E402
+from alpaca_qlora.data.tokenization import encode_text, starts_with_bos  # noqa: E402
 from alpaca_qlora.files import atomic_write_json, read_json_object  # noqa: E402
 from alpaca_qlora.generation.batch import load_prompt_records  # noqa: E402
 from alpaca_qlora.generation.generate import stop_token_ids  # noqa: E402
@@ -101,7 +102,7 @@ def prompt_ids(merged: Path, prompts_file: str, n: int, tokenizer) -> tuple[str,
     prompts = []
     for record in records:
         text = build_prompt(record, template, tokenizer)
-        prompts.append({"id": record["id"], "text": text, "ids": tokenizer(text)["input_ids"]})
+        prompts.append({"id": record["id"], "text": text, "ids": encode_text(tokenizer, text)})
     return template, prompts
 
 
@@ -171,7 +172,7 @@ def transformers_on_gguf(gguf_path: Path, reference, prompts: list[dict], refere
                                                               dtype=torch.float32), stops, pad_token_id)
     load_seconds = time.perf_counter() - started
     file_tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
-    same_ids = [file_tokenizer(p["text"])["input_ids"] == p["ids"] for p in prompts]
+    same_ids = [encode_text(file_tokenizer, p["text"]) == p["ids"] for p in prompts]
     differences, largest = logits_differences(model, reference, prompts)
     answers, seconds = greedy_answers(model, prompts, stops)
     details = [{"id": p["id"], "file_tokenizer_same_ids": same, "max_abs_logit_diff": difference,
@@ -220,7 +221,8 @@ def llama_cpp_answers(llama_cpp, gguf_path: Path, prompts: list[dict], transform
     load_seconds = time.perf_counter() - started
     details, generated, seconds = [], 0, 0.0
     for prompt, expected, merged in zip(prompts, transformers_answers, merged_answers):
-        tokens = llm.tokenize(prompt["text"].encode("utf-8"), add_bos=True if add_bos is None else add_bos, special=True)
+        bos = (True if add_bos is None else add_bos) and not starts_with_bos(tokenizer, prompt["text"])  # one BOS
+        tokens = llm.tokenize(prompt["text"].encode("utf-8"), add_bos=bos, special=True)
         llm.reset()  # every prompt from an empty cache, as transformers generates it
         answer, started = [], time.perf_counter()
         for token in llm.generate(tokens, top_k=1, temp=0.0, repeat_penalty=1.0, reset=True):

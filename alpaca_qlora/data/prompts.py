@@ -153,12 +153,6 @@ def conversation_prompt(record: dict, tokenizer, source: str | None = None) -> s
     return render_chat(tokenizer, prompt_messages(record[MESSAGES]), True, record_where(record, source))
 
 
-def written_by_chat_template(template: str) -> bool:
-    """Whether prompts of this --prompt_template are the chat template's text, which holds every special token the
-    template wants: they are encoded without the tokenizer's own (data/tokenization.encode_text)."""
-    return template == "chat"
-
-
 def build_prompt(record: Mapping[str, str], template: str, tokenizer=None, source: str | None = None) -> str:
     """The text a model sees before its answer, for one Alpaca record, or for a conversation (its last user turn
     with the turns before it, by the chat template: data/conversations.py).

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from ..cli import fail
 from ..vision import IMAGE_FIELD, is_processor, load_image, text_tokenizer
 from .conversations import MESSAGES, record_where, require_chat_template
-from .prompts import build_prompt, render_chat, written_by_chat_template
+from .prompts import build_prompt, render_chat
 
 IGNORE_INDEX = -100
 
@@ -54,7 +54,7 @@ def tokenize_example(
     if MESSAGES in record:
         return tokenize_conversation(record, tokenizer, template, max_seq_length, train_on_inputs, source)
     prompt = build_prompt(record, template, tokenizer, source)
-    encode = encoder(record, tokenizer, written_by_chat_template(template))
+    encode = encoder(record, tokenizer)
     text = text_tokenizer(tokenizer)
     prompt_ids = encode(prompt)
     full_ids = encode(prompt + record["output"])
@@ -121,7 +121,7 @@ def tokenize_conversation(
     collators' token counts expect."""
     require_chat_template(template, record_where(record, source))
     text, spans = assistant_spans(record, tokenizer, source)
-    encode, plain = encoder(record, tokenizer, True), text_tokenizer(tokenizer)
+    encode, plain = encoder(record, tokenizer), text_tokenizer(tokenizer)
     input_ids: list[int] = []
     labels: list[int] = []
     prompt_length, done, answer = None, 0, []
@@ -150,23 +150,28 @@ def tokenize_conversation(
     return TokenizedExample(input_ids=input_ids, labels=labels, truncated=truncated)
 
 
-def encode_text(tokenizer, text: str, from_chat_template: bool) -> list[int]:
-    """The token ids of one text. Text a chat template wrote already holds every special token the template wants
-    (Llama-3's, Mistral-Instruct's and Gemma's write {{ bos_token }} themselves): it is encoded without the
-    tokenizer's own, as transformers' apply_chat_template(tokenize=True) encodes it (a second BOS otherwise); any
-    other text with them."""
-    return text_tokenizer(tokenizer)(text, add_special_tokens=not from_chat_template)["input_ids"]
+def starts_with_bos(tokenizer, text: str) -> bool:
+    """Whether the text begins with the BOS token as text: what a chat template that writes {{ bos_token }} itself
+    (Llama-3's, Mistral-Instruct's, Gemma's) puts first."""
+    bos = text_tokenizer(tokenizer).bos_token
+    return bool(bos) and text.startswith(bos)
 
 
-def encoder(record: dict, tokenizer, from_chat_template: bool):
-    """text -> ids: the tokenizer's (encode_text); for a record with an image, the processor's (image tokens
-    expanded)."""
-    if not is_processor(tokenizer):
-        return lambda text: encode_text(tokenizer, text, from_chat_template)
-    if record.get(IMAGE_FIELD) is None:
-        return lambda text: tokenizer.tokenizer(text)["input_ids"]
+def encode_text(tokenizer, text: str) -> list[int]:
+    """The token ids of one text (training's prompts and answers, generation's prompts, the judge's): with the
+    tokenizer's own special tokens, unless the text already begins with the BOS (starts_with_bos), which then is not
+    added twice. The rule transformers' processors apply to chat-template text; it leaves every text without a BOS of
+    its own as the tokenizer encodes it (the Alpaca template, template files, ChatML chat templates)."""
+    return text_tokenizer(tokenizer)(text, add_special_tokens=not starts_with_bos(tokenizer, text))["input_ids"]
+
+
+def encoder(record: dict, tokenizer):
+    """text -> ids: encode_text; for a record with an image, the processor's (image tokens expanded)."""
+    if not is_processor(tokenizer) or record.get(IMAGE_FIELD) is None:
+        return lambda text: encode_text(tokenizer, text)
     image = load_image(record[IMAGE_FIELD], f"record {record['id']!r}: field '{IMAGE_FIELD}'")
-    return lambda text: [int(i) for i in tokenizer(text=[text], images=[image])["input_ids"][0]]
+    return lambda text: [int(i) for i in tokenizer(text=[text], images=[image],
+                                                   add_special_tokens=not starts_with_bos(tokenizer, text))["input_ids"][0]]
 
 
 def tokenize_records(

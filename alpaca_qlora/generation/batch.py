@@ -25,7 +25,6 @@ from tqdm.auto import tqdm
 
 from ..cli import UserError, fail
 from ..data.conversations import HISTORY, MESSAGES, prompt_messages
-from ..data.prompts import written_by_chat_template
 from ..data.records import load_records
 from ..data.tokenization import encode_text
 from ..jsonl import AppendableFile, append_line, drop_torn_tail, read_appendable
@@ -267,8 +266,7 @@ class BatchResult:
 def run_batch_job(job: BatchJob, done: set, model, tokenizer) -> BatchResult:
     """Generate every missing (setting, record) line."""
     prompts = [prompt_for(record, job.source.prompt_template, tokenizer) for record in job.records]
-    from_chat_template = written_by_chat_template(job.source.prompt_template)
-    token_ids = [encode_text(tokenizer, prompt, from_chat_template) for prompt in prompts]
+    token_ids = [encode_text(tokenizer, prompt) for prompt in prompts]
     lengths = [len(ids) for ids in token_ids]
     warn_long_prompts(lengths, job.settings, model)
     batches = plan_batches(lengths, job.batch_size, [tuple(ids[:BEGINNING_TOKENS]) for ids in token_ids])
@@ -291,8 +289,7 @@ def run_batch_job(job: BatchJob, done: set, model, tokenizer) -> BatchResult:
                 started = time.perf_counter()
                 images = record_images([job.records[i] for i in batch])
                 seeds = [answer_seed(setting["seed"], job.records[i]["id"]) for i in batch]
-                answers = generate_batch(model, tokenizer, [prompts[i] for i in batch], setting, job.batch_size, images, seeds,
-                                         from_chat_template)
+                answers = generate_batch(model, tokenizer, [prompts[i] for i in batch], setting, job.batch_size, images, seeds)
                 seconds = (time.perf_counter() - started) / len(batch)
                 for i, answer in zip(batch, answers):
                     if i in missing:
@@ -329,10 +326,9 @@ def output_lock(output_file: str, flag: str = "--output_file", writer: str = "in
 
 
 def generate_batch(model, tokenizer, prompts: list[str], setting: dict, batch_size: int, images: list | None = None,
-                   answer_seeds: list[int] | None = None, from_chat_template: bool = False):
+                   answer_seeds: list[int] | None = None):
     try:
-        return generate_answers(model, tokenizer, prompts, setting, images=images or None, answer_seeds=answer_seeds,
-                                from_chat_template=from_chat_template)
+        return generate_answers(model, tokenizer, prompts, setting, images=images or None, answer_seeds=answer_seeds)
     except torch.cuda.OutOfMemoryError:
         fail(f"out of GPU memory at --batch_size {batch_size}; run again with a smaller one (the lines written so far are kept)")
 

@@ -13,7 +13,7 @@ import torch
 from transformers import LogitsProcessorList, StoppingCriteriaList
 
 from ..data.prompts import build_prompt
-from ..data.tokenization import encode_text
+from ..data.tokenization import encode_text, starts_with_bos
 from ..modeling import (
     DTYPES, attach_adapter, default_device_map, load_base_model, load_processor, load_tokenizer,
     use_packed_cpu_kernel,
@@ -123,8 +123,7 @@ def record_images(records: list[dict]) -> list:
 
 @torch.no_grad()
 def generate_answers(model, tokenizer, prompts: list[str], resolved: dict, streamer=None, images: list | None = None,
-                     stopping_criteria=None, answer_seeds: list[int] | None = None,
-                     from_chat_template: bool = False) -> list[Answer]:
+                     stopping_criteria=None, answer_seeds: list[int] | None = None) -> list[Answer]:
     """Answers to a batch of prompt texts: one `generate` call with the KV cache.
 
     With a processor (image-text models), `images` are the batch's images in the order of the prompts' image tokens.
@@ -133,18 +132,19 @@ def generate_answers(model, tokenizer, prompts: list[str], resolved: dict, strea
     batch it is in. Text prompts that begin alike (a template's preamble) share one forward pass over their common
     tokens (shared_prefix.py); the others are left-padded. Two or more text prompts without beams or streamer are
     generated in segments, finished answers leaving the batch between them (segments.py). An answer that writes one of
-    the setting's stop strings ends there and is cut before it (stop_strings.py). `from_chat_template`: the prompts are
-    the chat template's text, encoded as training encoded them (tokenization.encode_text: no second BOS)."""
+    the setting's stop strings ends there and is cut before it (stop_strings.py). Prompts are encoded as training encoded
+    them (tokenization.encode_text: a prompt that begins with the BOS gets no second one)."""
     kwargs = generate_kwargs(resolved, tokenizer, model)
     stops = set(stop_token_ids(tokenizer, model))
     stop_strings = resolved.get("stop") or ()
     sampler = (RowSeededSampling.seeded(answer_seeds, model_device(model), resolved)
                if answer_seeds and samples_per_row(resolved) else None)
     if is_processor(tokenizer):
-        encoded = tokenizer(text=prompts, images=images or None, return_tensors="pt", padding=True)
+        encoded = tokenizer(text=prompts, images=images or None, return_tensors="pt", padding=True,
+                            add_special_tokens=not any(starts_with_bos(tokenizer, prompt) for prompt in prompts))
         inputs = dict(encoded.to(model_device(model)))
     else:
-        token_ids = [encode_text(tokenizer, prompt, from_chat_template) for prompt in prompts]
+        token_ids = [encode_text(tokenizer, prompt) for prompt in prompts]
         inputs = prefix_shared_inputs(model, token_ids, kwargs["pad_token_id"], resolved["num_beams"])
     until_stop = (StopAtStrings(stop_strings, text_tokenizer(tokenizer), stops, inputs["input_ids"].shape[1])
                   if stop_strings else None)

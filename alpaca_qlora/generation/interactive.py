@@ -15,7 +15,6 @@ from pathlib import Path
 from transformers import TextStreamer
 
 from ..cli import UserError
-from ..data.prompts import written_by_chat_template
 from ..jsonl import append_synced, drop_torn_tail, read_appendable
 from ..scoring.inputs import RATING_RANGE
 from ..vision import text_tokenizer
@@ -256,8 +255,7 @@ class Session:
                     if self.resolved["num_beams"] == 1 else None)
         started = time.perf_counter()
         try:
-            [answer] = generate_answers(self.model, self.tokenizer, [prompt], self.resolved, streamer=streamer,
-                                        from_chat_template=written_by_chat_template(self.source.prompt_template))
+            [answer] = generate_answers(self.model, self.tokenizer, [prompt], self.resolved, streamer=streamer)
         except KeyboardInterrupt:
             partial = streamer.text.strip() if streamer is not None else ""
             index = self.ratings.take_index()

@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..cli import ArgumentParser, check_writable_folder, fail, parse_dataclasses
-from ..data.prompts import written_by_chat_template
 from ..data.records import DEFAULT_FIELDS
 from ..vision import IMAGE_FIELD, IMAGE_TEXT_TO_TEXT, check_image, text_tokenizer
 from . import batch, generate, interactive
@@ -125,8 +124,7 @@ def main(argv: list[str] | None = None) -> None:
         prompt = generate.prompt_for(record, source.prompt_template, tokenizer)
         generate.seed_everything(grid[0]["seed"])
         images = generate.record_images([record]) or None
-        print(generate.generate_answers(model, tokenizer, [prompt], grid[0], images=images,
-                                       from_chat_template=written_by_chat_template(source.prompt_template))[0].text)
+        print(generate.generate_answers(model, tokenizer, [prompt], grid[0], images=images)[0].text)
     else:
         ratings = interactive.RatingsFile(job.ratings_file or interactive.default_ratings_path(source))
         model, tokenizer = load(source, grid)

@@ -4,8 +4,8 @@ The verdict is read from the model, never from text it generates, so every pair 
 
 - The prompt (template.py) goes into the judge's chat template when it has one (the user's turn, the assistant's
   reply opened), else it is plain text followed by a blank line; the template's verdict_prefix follows either way.
-  Text the chat template wrote is encoded without the tokenizer's own special tokens (the template writes the BOS
-  it wants: data/tokenization.encode_text); plain text with them.
+  The text is encoded as training encodes its prompts (data/tokenization.encode_text): with the tokenizer's own
+  special tokens, but no second BOS after one the chat template wrote.
 - Each label ("A", "B", "tie" as the template writes them) is tokenized as it follows that text: the whole
   `context + label` is tokenized and the context's tokens cut off its beginning, so the label's tokens are those a
   model reading the text would see. Should any label's first characters merge into the context's last token, all
@@ -77,11 +77,10 @@ def context_text(template: JudgeTemplate, tokenizer, judge_format: str, question
 
 def tokenize(tokenizer, context: str, template: JudgeTemplate, judge_format: str) -> Tokenized:
     """The context's tokens (context_text's, in `judge_format`) and each label's tokens as they follow it."""
-    from_chat_template = judge_format == "chat"
-    context_ids = encode_text(tokenizer, context, from_chat_template)
+    context_ids = encode_text(tokenizer, context)
     labels = {}
     for label in JUDGE_LABELS:
-        whole = encode_text(tokenizer, context + template.labels[label], from_chat_template)
+        whole = encode_text(tokenizer, context + template.labels[label])
         if len(whole) > len(context_ids) and whole[: len(context_ids)] == context_ids:
             labels[label] = whole[len(context_ids):]
     if len(labels) < len(JUDGE_LABELS):  # a label's first characters merged into the context's last token

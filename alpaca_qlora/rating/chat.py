@@ -18,7 +18,6 @@ import torch
 from transformers import AsyncTextIteratorStreamer, StoppingCriteria, StoppingCriteriaList
 
 from ..cli import UserError
-from ..data.prompts import written_by_chat_template
 from ..generation.generate import generate_answers, prompt_for, seed_everything
 from ..generation.interactive import AnsweredQuestion, RatingsFile, rating_row
 from ..generation.settings import SETTING_NAMES, GenerationSettings, parse_setting_value, resolve_settings
@@ -119,8 +118,7 @@ class ChatSession:
                     seed_everything(resolved["seed"])
                     started = time.perf_counter()
                     [answer] = generate_answers(self.model, self.tokenizer, [prompt], resolved, streamer=streamer,
-                                                stopping_criteria=StoppingCriteriaList([UntilCancelled(cancelled)]),
-                                                from_chat_template=written_by_chat_template(self.source.prompt_template))
+                                                stopping_criteria=StoppingCriteriaList([UntilCancelled(cancelled)]))
                     outcome["answer"], outcome["seconds"] = answer, time.perf_counter() - started
                 except Exception as error:  # reported to the page; the server goes on
                     outcome["error"] = error
