@@ -7,9 +7,11 @@ so an installed copy (`pip install .`) runs the pipelines from any folder.
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,13 +45,32 @@ class Timings:
         atomic_write_json(self.path, {**self.read(), step: round(seconds, 1)})
 
 
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+@contextmanager
+def stopped_by_sigterm_too():
+    """SIGTERM (`kill PID`) stops a step as Ctrl-C does. A pipeline started in the background from a script
+    (`nohup python -m alpaca_qlora.experiment ... &`) ignores SIGINT, as the shell starts background commands, so
+    `kill` is how it is stopped; by default that ends the process at once, and the step's time was lost (seen in the
+    SmolLM2 study: legs of a training run missing from timings.json). Now the step's process is killed, its leg is
+    recorded, and the pipeline exits 130, to resume with the same command."""
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run_job(title: str, module: str, arguments: list[str], timings: Timings) -> None:
     """`python -m module arguments` as a user runs it; a refusal (exit 2) is not told to resume, a failure is."""
     command = [sys.executable, "-m", module, *arguments]
     print(f"[run] {title}\n      {' '.join(command[1:])}", flush=True)
     started = time.time()
     try:
-        result = subprocess.run(command)
+        with stopped_by_sigterm_too():
+            result = subprocess.run(command)  # interrupted, it kills the step's process before it re-raises
     finally:
         timings.add(title, time.time() - started)
     if result.returncode == USER_ERROR_EXIT_CODE:  # the script refused its input: running it again would refuse it again
