@@ -7,8 +7,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import yaml
@@ -253,6 +255,36 @@ def test_a_step_refusing_its_input_is_not_told_to_resume(tiny_model, tiny_data, 
         "Please check the target modules and try again.",
         "error: train (nf4-2-seed1) refused the command shown (exit code 2, the error above): fix what it names (a flag --NAME "
         "is the study config's training.NAME or NAME) and run the study again"]
+
+
+def test_sigterm_stops_a_step_as_ctrl_c_does_and_keeps_its_time(tmp_path):
+    """A pipeline started in the background ignores SIGINT, so `kill` (SIGTERM) is how it is stopped: the step's
+    process ends with it, the step's leg is recorded in timings.json, and the pipeline exits 130 (jobs.run_job; the
+    step here is a module that says it is ready, then waits)."""
+    (tmp_path / "waiting_step.py").write_text("import pathlib, sys, time\npathlib.Path(sys.argv[1]).touch()\ntime.sleep(600)\n")
+    ready, timings = tmp_path / "ready", tmp_path / "timings.json"
+    script = ("from pathlib import Path; from alpaca_qlora.cli import run_cli; from alpaca_qlora.jobs import Timings, run_job; "
+              f"run_cli(lambda: run_job('wait', 'waiting_step', [{str(ready)!r}], Timings(Path({str(timings)!r}))))")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO_ROOT)])}
+    process = subprocess.Popen([sys.executable, "-c", script], cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.time() + 60
+        while not ready.exists():
+            assert process.poll() is None and time.time() < deadline, "the step did not start"
+            time.sleep(0.05)
+        time.sleep(0.5)
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=60)
+        assert process.returncode == 130 and stderr.splitlines()[-1] == "interrupted", stderr[-2000:]
+        assert 0.5 <= json.loads(timings.read_text())["wait"] < 60
+        with pytest.raises(ProcessLookupError):  # the step's process ended with it
+            os.killpg(process.pid, 0)
+    finally:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 @pytest.mark.real_model
