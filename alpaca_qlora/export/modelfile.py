@@ -18,6 +18,7 @@ from pathlib import Path
 
 from ..cli import fail
 from ..data.prompts import build_prompt, is_template_file
+from ..data.tokenization import starts_with_bos
 from ..generation.settings import GenerationSettings
 from .to_gguf import added_specials
 
@@ -45,9 +46,8 @@ def prompt_around(template: str, tokenizer) -> tuple[str, str]:
     if text.count(MARKER) != 1:
         fail(f"--gguf: the prompt template {template} does not hold the instruction once as written; it cannot be "
              "turned into an Ollama template; nothing was written")
-    bos = tokenizer.bos_token
-    if bos and text.startswith(bos) and added_specials(tokenizer)[0]:
-        text = text[len(bos):]
+    if starts_with_bos(tokenizer, text) and added_specials(tokenizer)[0]:
+        text = text[len(tokenizer.bos_token):]
     before, after = text.split(MARKER)
     return before, after
 
