@@ -10,6 +10,10 @@ from pathlib import Path
 def check_rows(lines: list[str], markdown: str | Path | None) -> None:
     """Print the rebuilt lines; with a markdown file, fail unless each table row ("| ...") is in it."""
     print("\n".join(lines))
+    empty = [lines[i - 1] for i, line in enumerate(lines) if line.startswith("|---")
+             and not (i + 1 < len(lines) and lines[i + 1].startswith("| "))]
+    if empty:  # a table with no rows would pass the check below without checking anything
+        sys.exit(f"no results gave a row of the table {empty[0]}")
     if markdown is None:
         return
     text = Path(markdown).read_text(encoding="utf-8")
